@@ -1,0 +1,36 @@
+# Two commands: `make run` and `make test`. Both create .venv and install what they
+# need first, including the Debian rabbitmq-server package (as root) when no broker
+# binary exists and RABBITMQ_URL is unset.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test soak bench rabbitmq clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed; installing python3-venv"; \
+	  apt-get install -y -qq python3-venv || { apt-get update -qq && apt-get install -y -qq python3-venv; }; \
+	  $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+rabbitmq:
+	@if [ -z "$$RABBITMQ_URL" ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && ! command -v rabbitmq-server >/dev/null 2>&1; then \
+	  echo "Installing rabbitmq-server (Debian package) ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null; }; \
+	fi
+
+run: $(STAMP) rabbitmq
+	$(BIN)/bfus-lime run
+
+test: $(STAMP) rabbitmq
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache

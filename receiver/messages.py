@@ -1,0 +1,89 @@
+"""``POST /bfus/messages`` (contract.md §1): check the key and the envelope, publish
+with publisher confirms, answer 202 only once RabbitMQ has confirmed. A message that
+is not JSON (400) or whose envelope is invalid (422) is also queued, raw, for the
+failed-message log, so nothing BFUS sent is lost."""
+
+from __future__ import annotations
+
+import hmac
+
+import pika
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from shared.config import Config
+from shared.envelope import EnvelopeError, parse_envelope
+from shared.logs import get_logger
+from shared.publisher import BrokerUnavailable, ConfirmedPublisher
+from shared.topology import INVALID_ROUTING_KEY, Topology
+from receiver.errors import error_response
+
+bp = Blueprint("bfus_messages", __name__)
+log = get_logger(component="receiver")
+
+
+def _config() -> Config:
+    return current_app.config["BFUS_LIME"]
+
+
+def _publisher() -> ConfirmedPublisher:
+    return current_app.extensions["publisher"]
+
+
+def _topology() -> Topology:
+    return current_app.extensions["topology"]
+
+
+def _unavailable(err: BrokerUnavailable) -> Response:
+    log.warning("message_not_queued", error=str(err))
+    return error_response(
+        503,
+        "unavailable",
+        f"The message could not be stored right now ({err}). Send it again later.",
+        {"Retry-After": str(_config().receiver.retry_after)},
+    )
+
+
+@bp.post("/bfus/messages")
+def receive() -> Response:
+    given = request.headers.get("X-API-Key", "")
+    if not given or not hmac.compare_digest(given.encode(), _config().receiver.api_key.encode()):
+        return error_response(401, "unauthorized", "Missing or invalid API key.")
+    if request.mimetype != "application/json":
+        return error_response(
+            415, "unsupported_media_type", f"Send the message as application/json, not {request.mimetype or 'nothing'}."
+        )
+    body = request.get_data(cache=False)
+    try:
+        envelope = parse_envelope(body)
+    except EnvelopeError as err:
+        return _keep_invalid(body, err)
+    partition = _topology().partition_of(envelope.partition_key)
+    properties = pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=str(envelope.id),
+        headers={"x-bfus-id": envelope.id, "x-bfus-objecttype": envelope.objecttype},
+    )
+    try:
+        _publisher().publish(_topology().exchange, _topology().routing_key(partition), body, properties)
+    except BrokerUnavailable as err:
+        return _unavailable(err)
+    log.info("message_queued", message_id=envelope.id, customerno=envelope.customerno or "", partition=partition)
+    response = jsonify({"status": "queued", "id": envelope.id})
+    response.status_code = 202
+    return response
+
+
+def _keep_invalid(body: bytes, err: EnvelopeError) -> Response:
+    properties = pika.BasicProperties(
+        content_type=request.mimetype,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        headers={"x-bfus-reason": err.reason, "x-bfus-error": err.message[:2000], "x-bfus-status": err.status},
+    )
+    try:
+        _publisher().publish(_topology().exchange, INVALID_ROUTING_KEY, body, properties)
+    except BrokerUnavailable as unavailable:
+        return _unavailable(unavailable)
+    log.warning("message_rejected", status=err.status, reason=err.reason)
+    extra = {"fields": err.fields} if err.status == 422 else {}
+    return error_response(err.status, err.reason, err.message, **extra)

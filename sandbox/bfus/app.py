@@ -1,0 +1,194 @@
+"""The BFUS stand-in: a customer register with the API of contract.md §4, and the
+change queue that posts to the receiver.
+
+    GET  /api/v1/<objecttype>s?offset=&limit=&status=&changedsince=   (Bearer token)
+    GET  /api/v1/customers/<customerno>
+    POST /_admin/changes  {"count", "customers", "rate", "delete_share"}   (X-Admin-Key)
+    GET  /_admin/queue          queue status: pending, delivered, head
+    POST /_admin/poster         {"paused": true|false}
+    GET  /_admin/snapshots/<objecttype>   last state of every object, deleted included
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from sandbox.bfus.changes import ChangeMaker, ChangeMix
+from sandbox.bfus.poster import QueuePoster
+from sandbox.bfus.store import BfusStore
+
+OBJECTTYPES = ("customer", "contract", "facility", "meter")
+
+
+@dataclass
+class BfusSandboxSettings:
+    db_path: str | Path
+    target_url: str  # where the queue posts, e.g. http://127.0.0.1:8080/bfus/messages
+    api_key: str  # X-API-Key sent with each message
+    token: str = "dev-bfus-token"  # Bearer token of the BFUS API
+    admin_key: str = "dev-bfus-admin"
+    retry_pause: float = 1.0
+    seed: int | None = None
+    max_limit: int = 1000
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    response = jsonify({"error": code, "message": message})
+    response.status_code = status
+    return response
+
+
+class BfusStandIn:
+    def __init__(self, settings: BfusSandboxSettings, host: str = "127.0.0.1", port: int = 0, post: bool = True):
+        from sandbox.serve import ServerThread
+
+        self.settings = settings
+        self.store = BfusStore(settings.db_path)
+        self.changes = ChangeMaker(self.store, settings.seed)
+        self.poster = QueuePoster(self.store, settings.target_url, settings.api_key, settings.retry_pause)
+        self._post = post
+        self.app = self._create_app()
+        self.server = ServerThread(self.app, host, port)
+        self._feeds: list[threading.Thread] = []
+        self._stop_feeds = threading.Event()
+
+    def start(self) -> "BfusStandIn":
+        self.server.start()
+        if self._post:
+            self.poster.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop_feeds.set()
+        self.poster.stop()
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def feed(self, count: int, customers: int | None = None, rate: float | None = None,
+             mix: ChangeMix | None = None) -> threading.Thread:
+        """Make changes in the background at ``rate`` per second."""
+        thread = threading.Thread(
+            target=self.changes.make, args=(count, customers, mix, rate, self._stop_feeds), daemon=True,
+            name="bfus-feed",
+        )
+        thread.start()
+        self._feeds.append(thread)
+        return thread
+
+    # ------------------------------------------------------------------ app
+
+    def _create_app(self) -> Flask:
+        app = Flask("sandbox.bfus")
+        app.extensions["bfus"] = self
+        app.register_blueprint(_api_blueprint(), url_prefix="/api/v1")
+        app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
+        return app
+
+
+def _standin() -> BfusStandIn:
+    return current_app.extensions["bfus"]
+
+
+def _int_arg(name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    value = int(raw)  # ValueError -> 400 below
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0")
+    return min(value, maximum) if maximum else value
+
+
+def _api_blueprint() -> Blueprint:
+    bp = Blueprint("bfus_api", __name__)
+
+    @bp.before_request
+    def guard() -> Response | None:
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {_standin().settings.token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return _error(401, "unauthorized", "A valid 'Authorization: Bearer <token>' header is required.")
+        return None
+
+    @bp.get("/<plural>")
+    def list_objects(plural: str) -> Response:
+        objecttype = plural[:-1] if plural.endswith("s") else ""
+        if objecttype not in OBJECTTYPES:
+            return _error(404, "not_found", f"No list '{plural}'.")
+        try:
+            offset = _int_arg("offset", 0)
+            limit = _int_arg("limit", 100, _standin().settings.max_limit) or 100
+        except ValueError as err:
+            return _error(400, "invalid_parameter", str(err))
+        store = _standin().store
+        items, total = store.list(objecttype, offset, limit, request.args.get("status"), request.args.get("changedsince"))
+        next_url = None
+        if offset + len(items) < total:
+            args = {k: v for k, v in request.args.items() if k not in ("offset", "limit")}
+            next_url = f"{request.base_url}?{urlencode({**args, 'offset': offset + limit, 'limit': limit})}"
+        queueid = store.queue_status()["last_id"]
+        return jsonify({"items": items, "next": next_url, "total": total, "queueid": queueid})
+
+    @bp.get("/customers/<customerno>")
+    def get_customer(customerno: str) -> Response:
+        found = _standin().store.get("customer", customerno)
+        if found is None or found["deleted"]:
+            return _error(404, "not_found", f"Customer {customerno} does not exist.")
+        return jsonify(found["data"])
+
+    return bp
+
+
+def _admin_blueprint() -> Blueprint:
+    bp = Blueprint("bfus_admin", __name__)
+
+    @bp.before_request
+    def guard() -> Response | None:
+        if not hmac.compare_digest(request.headers.get("X-Admin-Key", ""), _standin().settings.admin_key):
+            return _error(401, "unauthorized", "A valid X-Admin-Key header is required.")
+        return None
+
+    @bp.post("/changes")
+    def make_changes() -> Response:
+        body: dict[str, Any] = request.get_json(silent=True) or {}
+        count = body.get("count", 10)
+        if not isinstance(count, int) or count < 1:
+            return _error(400, "invalid_body", "count must be a positive integer.")
+        mix = ChangeMix(delete=float(body.get("delete_share", 0.1)), update=1 - float(body.get("delete_share", 0.1)))
+        if body.get("rate"):
+            _standin().feed(count, body.get("customers"), float(body["rate"]), mix)
+            return jsonify({"status": "feeding", "count": count, "rate": body["rate"]})
+        report = _standin().changes.make(count, body.get("customers"), mix)
+        return jsonify({k: v for k, v in report.__dict__.items() if k != "ids"})
+
+    @bp.get("/queue")
+    def queue() -> Response:
+        status = _standin().store.queue_status()
+        status["paused"] = _standin().poster.paused
+        status["last_status"] = _standin().poster.last_status
+        return jsonify(status)
+
+    @bp.post("/poster")
+    def poster() -> Response:
+        body = request.get_json(silent=True) or {}
+        if body.get("paused"):
+            _standin().poster.pause()
+        else:
+            _standin().poster.resume()
+        return jsonify({"paused": _standin().poster.paused})
+
+    @bp.get("/snapshots/<objecttype>")
+    def snapshots(objecttype: str) -> Response:
+        return jsonify(_standin().store.snapshots(objecttype))
+
+    return bp

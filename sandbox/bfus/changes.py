@@ -1,0 +1,103 @@
+"""Changes in the BFUS stand-in: seeding customers, and making a stream of creates,
+updates and deletes, each written to the register with its change message."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sandbox.bfus.store import BfusStore, now
+from sandbox.bfus.swedish import SwedishData
+
+FIRST_CUSTOMERNO = 100001
+
+
+@dataclass
+class ChangeMix:
+    """Relative weights of operations on an existing customer."""
+
+    update: float = 0.9
+    delete: float = 0.1
+
+
+@dataclass
+class ChangeReport:
+    queued: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    first_id: int | None = None
+    last_id: int | None = None
+    ids: list[int] = field(default_factory=list)
+
+    def add(self, operation: str, queue_id: int) -> None:
+        self.queued += 1
+        setattr(self, operation, getattr(self, operation) + 1)
+        self.first_id = self.first_id or queue_id
+        self.last_id = queue_id
+        self.ids.append(queue_id)
+
+
+class ChangeMaker:
+    def __init__(self, store: BfusStore, seed: int | None = None):
+        self.store = store
+        self.rng = random.Random(seed)
+        self.data = SwedishData(self.rng)
+        self._lock = threading.Lock()
+
+    def new_customerno(self) -> str:
+        return str(self.store.next_number("customerno", FIRST_CUSTOMERNO))
+
+    def seed_customers(self, count: int) -> list[str]:
+        """Customers BFUS had before the integration started (no change messages)."""
+        keys = []
+        today = now().date()
+        for _ in range(count):
+            key = self.new_customerno()
+            self.store.put_silently("customer", key, key, self.data.customer(key, today))
+            keys.append(key)
+        return keys
+
+    def make(self, count: int, customers: int | None = None, mix: ChangeMix | None = None,
+             rate: float | None = None, stop: threading.Event | None = None) -> ChangeReport:
+        """Queue ``count`` customer changes spread over a pool of ``customers`` customer
+        numbers (existing ones first, then new ones; default: one new customer per
+        ten changes). ``rate`` limits changes per second."""
+        mix = mix or ChangeMix()
+        report = ChangeReport()
+        with self._lock:
+            pool = self._pool(customers or max(1, count // 10))
+            for i in range(count):
+                if stop is not None and stop.is_set():
+                    break
+                if rate:
+                    time.sleep(max(0.0, 1.0 / rate))
+                operation, queue_id = self._one_change(pool, mix)
+                report.add(operation, queue_id)
+        return report
+
+    def _pool(self, size: int) -> list[str]:
+        pool = self.store.keys("customer")[:size]
+        while len(pool) < size:
+            pool.append(self.new_customerno())
+        return pool
+
+    def _one_change(self, pool: list[str], mix: ChangeMix) -> tuple[str, int]:
+        today = now().date()
+        while True:
+            key = self.rng.choice(pool)
+            current = self.store.get("customer", key)
+            if current is None:
+                data = self.data.customer(key, today)
+                return "created", self.store.change("customer", "created", key, key, data)
+            if current["deleted"]:
+                pool.remove(key)
+                if not pool:
+                    pool.append(self.new_customerno())
+                continue
+            if self.rng.random() < mix.delete / (mix.delete + mix.update):
+                return "deleted", self.store.change("customer", "deleted", key, key, current["data"])
+            data = self.data.change_customer(current["data"], today)
+            return "updated", self.store.change("customer", "updated", key, key, data)

@@ -1,0 +1,81 @@
+"""BFUS's outbound queue: posts change messages one at a time, in order, to one URL;
+a message not answered 2xx stays at the head and is posted again after a pause, and
+nothing behind it moves until it is accepted."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import requests
+
+from sandbox.bfus.store import BfusStore
+from shared.logs import get_logger
+
+log = get_logger(component="bfus-standin")
+
+
+class QueuePoster:
+    def __init__(self, store: BfusStore, target_url: str, api_key: str, retry_pause: float = 1.0,
+                 timeout: float = 10.0):
+        self.store = store
+        self.target_url = target_url
+        self.api_key = api_key
+        self.retry_pause = retry_pause
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers.update({"User-Agent": "BFUS-stand-in/1.0", "X-API-Key": api_key})
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_status: str | None = None
+
+    def start(self) -> "QueuePoster":
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="bfus-poster", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.store.notify()
+        if self._thread is not None:
+            self._thread.join(self.timeout + 5)
+            self._thread = None
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self.store.notify()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            head = None if self._paused.is_set() else self.store.head()
+            if head is None:
+                with self.store.queue_changed:
+                    self.store.queue_changed.wait(0.5)
+                continue
+            status = self._post(head.envelope())
+            delivered = status.isdigit() and 200 <= int(status) < 300
+            self.store.record_attempt(head.id, status, delivered)
+            self.last_status = status
+            if not delivered:
+                log.info("bfus_message_kept", id=head.id, status=status, attempts=head.attempts + 1)
+                self._stop.wait(self.retry_pause)
+
+    def _post(self, message: dict) -> str:
+        body = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        try:
+            response = self.session.post(
+                self.target_url, data=body, headers={"Content-Type": "application/json"}, timeout=self.timeout
+            )
+            return str(response.status_code)
+        except requests.RequestException as err:
+            return type(err).__name__

@@ -1,0 +1,379 @@
+"""A RabbitMQ broker for development and tests, found in this order:
+
+1. ``RABBITMQ_URL`` when it is set (management API at ``RABBITMQ_MANAGEMENT_URL`` or
+   port 15672 of the same host);
+2. a testcontainers RabbitMQ when a Docker engine answers;
+3. a private node from the Debian ``rabbitmq-server`` package, with its own node name,
+   free ports and a data folder owned by the ``rabbitmq`` user, removed afterwards.
+
+The machine's default node is never used."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pika
+import requests
+
+from shared.logs import get_logger
+
+log = get_logger(component="broker")
+
+SERVER_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/rabbitmq/sbin/rabbitmq-server")
+
+
+class BrokerSetupError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_server_binary() -> Path | None:
+    for candidate in SERVER_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return Path(candidate)
+    found = shutil.which("rabbitmq-server")
+    return Path(found) if found else None
+
+
+def install_rabbitmq() -> Path:
+    """Install the Debian package (root only). Returns the server binary."""
+    binary = find_server_binary()
+    if binary:
+        return binary
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BrokerSetupError(
+            "No RabbitMQ found. Set RABBITMQ_URL, or install it: apt-get install -y rabbitmq-server"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log.info("installing_rabbitmq_server")
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "rabbitmq-server"]
+    if subprocess.run(cmd, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(cmd, env=env, check=True)
+    binary = find_server_binary()
+    if not binary:
+        raise BrokerSetupError("rabbitmq-server was installed but its binary was not found")
+    return binary
+
+
+def amqp_reachable(url: str, timeout: float = 2.0) -> bool:
+    params = pika.URLParameters(url)
+    params.socket_timeout = timeout
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+        return True
+    except Exception:
+        return False
+
+
+def _with_vhost(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
+
+
+@dataclass
+class BrokerHandle:
+    """A broker the project may use: its AMQP URL, its management API, and (for a
+    private node) the power to stop and start it."""
+
+    url: str
+    management_url: str | None
+    kind: str
+    node: "PrivateNode | None" = None
+    container: object | None = None
+    _vhosts: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- vhosts
+
+    def _management(self, method: str, path: str, **kwargs) -> requests.Response:
+        if not self.management_url:
+            raise BrokerSetupError("this broker has no management API")
+        parts = urlsplit(self.management_url)
+        auth = (parts.username or "guest", parts.password or "guest")
+        base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), "", "", ""))
+        response = requests.request(method, f"{base}/api/{path}", auth=auth, timeout=10, **kwargs)
+        response.raise_for_status()
+        return response
+
+    def create_vhost(self, name: str | None = None) -> str:
+        """A fresh virtual host; returns its AMQP URL."""
+        name = name or f"test-{uuid.uuid4().hex[:10]}"
+        user = urlsplit(self.url).username or "guest"
+        self._management("PUT", f"vhosts/{quote(name, safe='')}")
+        self._management(
+            "PUT",
+            f"permissions/{quote(name, safe='')}/{quote(user, safe='')}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        self._vhosts.append(name)
+        return _with_vhost(self.url, name)
+
+    def delete_vhost(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        from urllib.parse import unquote
+
+        name = unquote(name)
+        with contextlib.suppress(Exception):
+            self._management("DELETE", f"vhosts/{quote(name, safe='')}")
+        if name in self._vhosts:
+            self._vhosts.remove(name)
+
+    def queue_info(self, vhost_url: str, queue: str) -> dict:
+        vhost = urlsplit(vhost_url).path.lstrip("/") or "%2F"
+        return self._management("GET", f"queues/{vhost}/{quote(queue, safe='')}").json()
+
+    # ---------------------------------------------------------------- outages
+
+    @property
+    def can_stop(self) -> bool:
+        return self.node is not None
+
+    def stop_app(self) -> None:
+        """Stop the broker application (connections drop, data stays)."""
+        if self.node is None:
+            raise BrokerSetupError("only a private node can be stopped by the tests")
+        self.node.ctl("stop_app")
+
+    def start_app(self) -> None:
+        if self.node is None:
+            raise BrokerSetupError("only a private node can be started by the tests")
+        self.node.ctl("start_app")
+        self.node.wait_amqp(60)
+
+    def close(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.container.stop()  # type: ignore[attr-defined]
+
+
+class PrivateNode:
+    """A RabbitMQ node of our own: own node name, ports and data folder."""
+
+    def __init__(
+        self,
+        amqp_port: int | None = None,
+        management_port: int | None = None,
+        base_dir: str | Path | None = None,
+        management: bool = True,
+        extra_conf: dict[str, str] | None = None,
+    ) -> None:
+        self.binary = find_server_binary()
+        if self.binary is None:
+            raise BrokerSetupError(
+                "rabbitmq-server is not installed. As root: apt-get install -y rabbitmq-server "
+                "(make run and make test do this), or set RABBITMQ_URL."
+            )
+        self.ctl_binary = self.binary.with_name("rabbitmqctl")
+        self.amqp_port = amqp_port or free_port()
+        self.management_port = management_port or free_port()
+        self.dist_port = free_port()
+        self.management = management
+        self.extra_conf = extra_conf or {}
+        self.nodename = f"bfuslime-{os.getpid()}-{uuid.uuid4().hex[:6]}@localhost"
+        self._own_dir = base_dir is None
+        self.base = Path(base_dir or tempfile.mkdtemp(prefix="bfus-lime-rabbitmq-"))
+        self.process: subprocess.Popen | None = None
+        self.user = self._node_user()
+
+    @staticmethod
+    def _node_user() -> pwd.struct_passwd | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam("rabbitmq")
+        except KeyError:
+            return None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
+
+    @property
+    def management_url(self) -> str | None:
+        return f"http://guest:guest@127.0.0.1:{self.management_port}/" if self.management else None
+
+    def _env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_") and not k.startswith("ERL_")
+        }
+        env.update(
+            HOME=str(self.base),
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_PORT=str(self.amqp_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.base / "log"),
+            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
+            RABBITMQ_PLUGINS_EXPAND_DIR=str(self.base / "plugins-expand"),
+            RABBITMQ_PID_FILE=str(self.base / "rabbitmq.pid"),
+            RABBITMQ_LOGS="-",
+        )
+        return env
+
+    def _as_node_user(self, argv: list[str]) -> list[str]:
+        if self.user is None:
+            return argv
+        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--init-groups", *argv]
+
+    def _prepare(self) -> None:
+        for sub in ("mnesia", "log", "plugins-expand"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        conf = {
+            "listeners.tcp.default": f"127.0.0.1:{self.amqp_port}",
+            "loopback_users": "none",
+            "log.console": "true",
+            "log.console.level": "warning",
+            "log.file": "false",
+        }
+        if self.management:
+            conf["management.tcp.port"] = str(self.management_port)
+            conf["management.tcp.ip"] = "127.0.0.1"
+        conf.update(self.extra_conf)
+        (self.base / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
+        (self.base / "advanced.config").write_text("[].\n")
+        plugins = "[rabbitmq_management]." if self.management else "[]."
+        (self.base / "enabled_plugins").write_text(plugins + "\n")
+        os.chmod(self.base, 0o755)
+        if self.user is not None:
+            for path in [self.base, *self.base.rglob("*")]:
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+
+    def start(self, timeout: float = 90.0) -> "PrivateNode":
+        self._prepare()
+        self._log = open(self.base / "server.out", "wb")
+        self.process = subprocess.Popen(
+            self._as_node_user([str(self.binary)]),
+            env=self._env(),
+            cwd=self.base,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_amqp(timeout)
+        log.info("private_node_started", node=self.nodename, port=self.amqp_port)
+        return self
+
+    def wait_amqp(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise BrokerSetupError(f"RabbitMQ node exited during start-up:\n{self.tail()}")
+            if amqp_reachable(self.url, timeout=1.0):
+                return
+            time.sleep(0.25)
+        raise BrokerSetupError(f"RabbitMQ node did not accept connections within {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = (self.base / "server.out").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        result = subprocess.run(
+            self._as_node_user([str(self.ctl_binary), "-n", self.nodename, *args]),
+            env=self._env(),
+            cwd=self.base,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise BrokerSetupError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")
+        return result.stdout
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        self.process = None
+        if getattr(self, "_log", None):
+            self._log.close()
+        if self._own_dir:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # installed with testcontainers
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+def _start_container() -> BrokerHandle:
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    container = RabbitMqContainer("rabbitmq:4.1-management").with_exposed_ports(15672)
+    container.start()
+    host = container.get_container_host_ip()
+    amqp = container.get_exposed_port(5672)
+    mgmt = container.get_exposed_port(15672)
+    return BrokerHandle(
+        url=f"amqp://guest:guest@{host}:{amqp}/%2F",
+        management_url=f"http://guest:guest@{host}:{mgmt}/",
+        kind="container",
+        container=container,
+    )
+
+
+def provide_broker(
+    allow_container: bool = True, install: bool = False, extra_conf: dict[str, str] | None = None
+) -> BrokerHandle:
+    """The broker to use, per the module docstring. Call ``close()`` when done."""
+    url = os.environ.get("RABBITMQ_URL")
+    if url:
+        management = os.environ.get("RABBITMQ_MANAGEMENT_URL")
+        if not management:
+            parts = urlsplit(url)
+            management = f"http://{parts.username or 'guest'}:{parts.password or 'guest'}@{parts.hostname}:15672/"
+        return BrokerHandle(url=url, management_url=management, kind="url")
+    if allow_container and _docker_answers():
+        return _start_container()
+    if install:
+        install_rabbitmq()
+    node = PrivateNode(extra_conf=extra_conf).start()
+    return BrokerHandle(url=node.url, management_url=node.management_url, kind="private", node=node)
+
+
+@contextlib.contextmanager
+def broker_session(**kwargs) -> Iterator[BrokerHandle]:
+    handle = provide_broker(**kwargs)
+    try:
+        yield handle
+    finally:
+        handle.close()

@@ -1,0 +1,297 @@
+"""The Lime CRM stand-in: the REST API of contract.md §3 on SQLite, plus an admin API
+(its own key) for fault injection, request counts and data export.
+
+    /<application>/api/v1/limetype/                     GET
+    /<application>/api/v1/limetype/<name>/              GET
+    /<application>/api/v1/limeobject/<type>/            GET (filters, paging, _sort), POST
+    /<application>/api/v1/limeobject/<type>/<id>/       GET, PUT (partial), DELETE
+    /_admin/faults  GET, PUT      /_admin/stats  GET     /_admin/stats/reset  POST
+    /_admin/objects/<type>  GET (every object, no paging)   /_admin/counts  GET
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from sandbox.lime.faults import Faults, FaultInjector
+from sandbox.lime.schema import load_schema
+from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
+
+HAL = "application/hal+json"
+CONTROL_PARAMS = {"_limit", "_offset", "_sort", "_embed"}
+
+
+@dataclass
+class LimeSandboxSettings:
+    db_path: str | Path
+    schema_path: str | Path | None = None
+    api_keys: tuple[str, ...] = ("dev-lime-key",)
+    admin_key: str = "dev-lime-admin"
+    application: str = "lime"
+    default_limit: int = 10
+    max_limit: int = 50
+    faults: Faults = field(default_factory=Faults)
+    seed: int | None = None
+
+
+def _json(body: Any, status: int = 200, content_type: str = HAL, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status=status, content_type=content_type, headers=headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    return _json({"error": code, "message": message}, status, "application/json", headers)
+
+
+def create_lime_app(settings: LimeSandboxSettings) -> Flask:
+    app = Flask("sandbox.lime")
+    app.config["LIME"] = settings
+    app.extensions["lime_store"] = LimeStore(settings.db_path, load_schema(settings.schema_path))
+    app.extensions["lime_faults"] = FaultInjector(settings.faults, settings.seed)
+    app.url_map.strict_slashes = False
+    app.register_blueprint(_api_blueprint(), url_prefix=f"/{settings.application}/api/v1")
+    app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
+
+    @app.errorhandler(LimeRequestError)
+    def lime_error(err: LimeRequestError) -> Response:
+        return _error(err.status, err.code, err.message)
+
+    @app.errorhandler(404)
+    def not_found(_err: Any) -> Response:
+        return _error(404, "not_found", f"No such resource: {request.path}")
+
+    @app.errorhandler(405)
+    def not_allowed(_err: Any) -> Response:
+        return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+
+    return app
+
+
+def store() -> LimeStore:
+    return current_app.extensions["lime_store"]
+
+
+def injector() -> FaultInjector:
+    return current_app.extensions["lime_faults"]
+
+
+def settings() -> LimeSandboxSettings:
+    return current_app.config["LIME"]
+
+
+def base_url() -> str:
+    return f"{request.host_url}{settings().application}/api/v1/"
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def _api_blueprint() -> Blueprint:
+    bp = Blueprint("lime_api", __name__)
+
+    @bp.before_request
+    def guard() -> Response | None:
+        limetype = (request.view_args or {}).get("limetype", "limetype")
+        verdict = injector().before(request.method, limetype, request.remote_addr or "-")
+        if verdict is not None:
+            status, message, headers = verdict
+            code = {503: "unavailable", 429: "too_many_requests", 500: "internal_error"}[status]
+            return _error(status, code, message, headers)
+        key = request.headers.get("X-API-Key", "")
+        if not any(hmac.compare_digest(key, k) for k in settings().api_keys):
+            return _error(401, "unauthorized", "A valid X-API-Key header is required.")
+        return None
+
+    @bp.after_request
+    def count(response: Response) -> Response:
+        injector().answered(response.status_code)
+        return response
+
+    @bp.get("/limetype/")
+    def limetypes() -> Response:
+        base = base_url()
+        types = [lt.to_json(base) for lt in store().limetypes.values()]
+        return _json(
+            {
+                "_links": {
+                    "self": {"href": f"{base}limetype/"},
+                    "limetypes": [{"href": f"{base}limetype/{t['name']}/", "name": t["name"]} for t in types],
+                },
+                "_embedded": {"limetypes": types},
+            }
+        )
+
+    @bp.get("/limetype/<limetype>/")
+    def limetype(limetype: str) -> Response:
+        return _json(store().limetype(limetype).to_json(base_url()))
+
+    @bp.get("/limeobject/<limetype>/")
+    def list_objects(limetype: str) -> Response:
+        lt = store().limetype(limetype)
+        limit = _int_param("_limit", settings().default_limit, minimum=1)
+        limit = min(limit, settings().max_limit)
+        offset = _int_param("_offset", 0, minimum=0)
+        filters = []
+        for name, raw in request.args.items(multi=True):
+            if name in CONTROL_PARAMS:
+                continue
+            op = "="
+            if name.startswith("min-"):
+                name, op = name[4:], ">="
+            elif name.startswith("max-"):
+                name, op = name[4:], "<="
+            column, value = store().filter_value(lt, name, raw)
+            filters.append(Filter(column, op, value))
+        order = [store().sort_column(lt, s) for s in request.args.get("_sort", "").split(",") if s.strip()]
+        objects, more = store().query(limetype, filters, order, limit, offset)
+        base = base_url()
+        links: dict[str, Any] = {"self": {"href": _page_url(base, limetype, offset, limit)}}
+        if more:
+            links["next"] = {"href": _page_url(base, limetype, offset + limit, limit)}
+        if offset > 0:
+            links["prev"] = {"href": _page_url(base, limetype, max(0, offset - limit), limit)}
+        return _json({"_links": links, "_embedded": {"limeobjects": [_with_links(base, lt.name, o) for o in objects]}})
+
+    @bp.post("/limeobject/<limetype>/")
+    def create(limetype: str) -> Response:
+        created = store().create(limetype, _body())
+        return _json(_with_links(base_url(), limetype, created), 201)
+
+    @bp.get("/limeobject/<limetype>/<int:object_id>/")
+    def read(limetype: str, object_id: int) -> Response:
+        return _json(_with_links(base_url(), limetype, store().get(limetype, object_id)))
+
+    @bp.put("/limeobject/<limetype>/<int:object_id>/")
+    def update(limetype: str, object_id: int) -> Response:
+        updated = store().update(limetype, object_id, _body())
+        return _json(_with_links(base_url(), limetype, updated))
+
+    @bp.delete("/limeobject/<limetype>/<int:object_id>/")
+    def delete(limetype: str, object_id: int) -> Response:
+        store().delete(limetype, object_id)
+        return Response(status=204)
+
+    return bp
+
+
+def _int_param(name: str, default: int, minimum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer, got {raw!r}.", "invalid_parameter") from None
+    if value < minimum:
+        raise bad_request(f"{name} must be at least {minimum}.", "invalid_parameter")
+    return value
+
+
+def _page_url(base: str, limetype: str, offset: int, limit: int) -> str:
+    args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_offset", "_limit")]
+    args += [("_limit", str(limit)), ("_offset", str(offset))]
+    return f"{base}limeobject/{limetype}/?{urlencode(args)}"
+
+
+def _with_links(base: str, limetype: str, obj: dict[str, Any]) -> dict[str, Any]:
+    lt = store().limetype(limetype)
+    links: dict[str, Any] = {
+        "self": {"href": f"{base}limeobject/{limetype}/{obj['_id']}/"},
+        "limetype": {"href": f"{base}limetype/{limetype}/", "name": limetype},
+    }
+    for prop in lt.properties.values():
+        if prop.related:
+            links[f"relation_{prop.name}"] = {
+                "href": f"{base}limeobject/{limetype}/{obj['_id']}/{prop.name}/",
+                "name": prop.name,
+            }
+    return {**obj, "_links": links}
+
+
+def _body() -> dict[str, Any]:
+    if not request.is_json:
+        raise bad_request("Send the object as JSON (Content-Type: application/json).", "invalid_body")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object of property values.", "invalid_body")
+    return body
+
+
+# ----------------------------------------------------------------------------- admin
+
+
+def _admin_blueprint() -> Blueprint:
+    bp = Blueprint("lime_admin", __name__)
+
+    @bp.before_request
+    def guard() -> Response | None:
+        if not hmac.compare_digest(request.headers.get("X-Admin-Key", ""), settings().admin_key):
+            return _error(401, "unauthorized", "A valid X-Admin-Key header is required.")
+        return None
+
+    @bp.get("/faults")
+    def get_faults() -> Response:
+        return _json(injector().snapshot(), content_type="application/json")
+
+    @bp.put("/faults")
+    def put_faults() -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _error(400, "invalid_body", "Send a JSON object of faults, e.g. {\"down\": true}.")
+        try:
+            return _json(injector().configure(body), content_type="application/json")
+        except ValueError as err:
+            return _error(400, "invalid_fault", str(err))
+
+    @bp.get("/stats")
+    def stats() -> Response:
+        return _json(injector().stats(), content_type="application/json")
+
+    @bp.post("/stats/reset")
+    def reset_stats() -> Response:
+        injector().reset_stats()
+        return Response(status=204)
+
+    @bp.get("/counts")
+    def counts() -> Response:
+        return _json({name: store().count(name) for name in store().limetypes}, content_type="application/json")
+
+    @bp.get("/objects/<limetype>")
+    def objects(limetype: str) -> Response:
+        return _json(store().all_objects(limetype), content_type="application/json")
+
+    return bp
+
+
+class LimeStandIn:
+    """The stand-in as an object: its app, store and fault injector, servable on a port."""
+
+    def __init__(self, settings: LimeSandboxSettings, host: str = "127.0.0.1", port: int = 0):
+        from sandbox.serve import ServerThread
+
+        self.settings = settings
+        self.app = create_lime_app(settings)
+        self.store: LimeStore = self.app.extensions["lime_store"]
+        self.faults: FaultInjector = self.app.extensions["lime_faults"]
+        self.server = ServerThread(self.app, host, port)
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.server.url}{self.settings.application}/api/v1/"
+
+    @property
+    def api_key(self) -> str:
+        return self.settings.api_keys[0]
+
+    def start(self) -> "LimeStandIn":
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,348 @@
+"""SQLite storage for the Lime stand-in: one table per limetype, one column per stored
+property, values checked the way Lime checks them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from sandbox.lime.schema import TEXT_TYPES, Limetype, Property
+from sandbox.sqlite import ThreadLocalDB
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class LimeRequestError(Exception):
+    """An error answered as ``{"error": code, "message": message}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def bad_request(message: str, code: str = "bad_request") -> LimeRequestError:
+    return LimeRequestError(400, code, message)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="microseconds")
+
+
+def _parse_time(value: str) -> str:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.isoformat(timespec="microseconds")
+
+
+def _parse_date(value: str) -> str:
+    if _DATE.match(value):
+        dt.date.fromisoformat(value)
+        return value
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).date().isoformat()
+
+
+@dataclass
+class Filter:
+    column: str
+    op: str  # "=", ">=", "<="
+    value: Any
+
+
+class LimeStore:
+    """Thread-safe: one SQLite connection per thread, writes under one lock."""
+
+    def __init__(self, path: str | Path, limetypes: dict[str, Limetype]):
+        self.limetypes = limetypes
+        self.db = ThreadLocalDB(path)
+        self._create_tables()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _db(self) -> sqlite3.Connection:
+        return self.db.conn()
+
+    @staticmethod
+    def _table(limetype: str) -> str:
+        return f'"lt_{limetype}"'
+
+    @staticmethod
+    def _col(name: str) -> str:
+        return f'"{name}"'
+
+    def _create_tables(self) -> None:
+        with self.db.write() as db:
+            for lt in self.limetypes.values():
+                cols = ", ".join(self._column_ddl(p) for p in lt.stored_properties)
+                db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._table(lt.name)} ("
+                    "_id INTEGER PRIMARY KEY AUTOINCREMENT, _createdtime TEXT NOT NULL, _timestamp TEXT NOT NULL"
+                    + (", " + cols if cols else "")
+                    + ")"
+                )
+                for p in lt.stored_properties:
+                    db.execute(
+                        f'CREATE INDEX IF NOT EXISTS "ix_{lt.name}_{p.name}" ON {self._table(lt.name)} ({self._col(p.name)})'
+                    )
+            # Lime object ids are unique across limetypes and start at 1001.
+            db.execute("CREATE TABLE IF NOT EXISTS _ids (id INTEGER PRIMARY KEY AUTOINCREMENT)")
+            if db.execute("SELECT COUNT(*) FROM _ids").fetchone()[0] == 0:
+                db.execute("INSERT INTO _ids (id) VALUES (1000)")
+
+    def _column_ddl(self, prop: Property) -> str:
+        sql_type = {
+            "integer": "INTEGER", "belongsto": "INTEGER", "file": "INTEGER", "user": "INTEGER",
+            "decimal": "REAL", "percent": "REAL", "yesno": "INTEGER",
+        }.get(prop.type, "TEXT")
+        return f"{self._col(prop.name)} {sql_type}"
+
+    def limetype(self, name: str) -> Limetype:
+        lt = self.limetypes.get(name)
+        if lt is None:
+            raise LimeRequestError(404, "not_found", f"Limetype '{name}' does not exist.")
+        return lt
+
+    # ------------------------------------------------------------------ values
+
+    def _to_db(self, lt: Limetype, prop: Property, value: Any) -> Any:
+        where = f"{lt.name}.{prop.name}"
+        if prop.type in TEXT_TYPES:
+            if value is None:
+                raise bad_request(f"Property '{where}' does not accept null; send \"\" for no value.", "invalid_value")
+            if not isinstance(value, str):
+                raise bad_request(f"Property '{where}' expects a string, got {type(value).__name__}.", "invalid_value")
+            if prop.length and len(value) > prop.length:
+                raise bad_request(
+                    f"Property '{where}' is at most {prop.length} characters, got {len(value)}.", "invalid_value"
+                )
+            if prop.required and value == "":
+                raise bad_request(f"Property '{where}' is required and may not be empty.", "required")
+            return value
+        if value is None:
+            if prop.required:
+                raise bad_request(f"Property '{where}' is required and may not be null.", "required")
+            if prop.type == "yesno":
+                raise bad_request(f"Property '{where}' expects true or false, got null.", "invalid_value")
+            return None
+        if prop.type == "yesno":
+            if not isinstance(value, bool):
+                raise bad_request(f"Property '{where}' expects true or false, got {value!r}.", "invalid_value")
+            return int(value)
+        if prop.type in ("integer", "file", "user"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad_request(f"Property '{where}' expects an integer, got {value!r}.", "invalid_value")
+            return value
+        if prop.type in ("decimal", "percent"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad_request(f"Property '{where}' expects a number, got {value!r}.", "invalid_value")
+            return float(value)
+        if prop.type == "option":
+            key = value.get("key") if isinstance(value, dict) else value
+            if not isinstance(key, str) or prop.option(key) is None:
+                keys = ", ".join(o.key for o in prop.options)
+                raise bad_request(f"Property '{where}' has no option {key!r} (options: {keys}).", "invalid_option")
+            return key
+        if prop.type == "time":
+            try:
+                return _parse_time(value) if isinstance(value, str) else _fail()
+            except ValueError:
+                raise bad_request(f"Property '{where}' expects an ISO 8601 time, got {value!r}.", "invalid_value") from None
+        if prop.type == "date":
+            try:
+                return _parse_date(value) if isinstance(value, str) else _fail()
+            except ValueError:
+                raise bad_request(f"Property '{where}' expects a date (YYYY-MM-DD), got {value!r}.", "invalid_value") from None
+        if prop.type == "belongsto":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad_request(f"Property '{where}' expects the related object's id, got {value!r}.", "invalid_value")
+            if self._get_row(prop.related or "", value) is None:
+                raise bad_request(f"Property '{where}': {prop.related} {value} does not exist.", "invalid_relation")
+            return value
+        raise bad_request(f"Property '{where}' cannot be written.", "read_only")
+
+    def _from_db(self, prop: Property, value: Any) -> Any:
+        if prop.type in TEXT_TYPES:
+            return value if value is not None else ""
+        if prop.type == "yesno":
+            return bool(value)
+        if prop.type == "option":
+            option = prop.option(value) if value is not None else None
+            return {"id": option.id, "key": option.key, "text": option.text} if option else None
+        return value
+
+    def _checked(self, lt: Limetype, values: dict[str, Any], creating: bool) -> dict[str, Any]:
+        if not isinstance(values, dict):
+            raise bad_request("The body must be a JSON object of property values.", "invalid_body")
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if name.startswith("_"):
+                continue  # system properties such as _id are read-only and ignored
+            prop = lt.properties.get(name)
+            if prop is None:
+                raise bad_request(f"Limetype '{lt.name}' has no property '{name}'.", "unknown_property")
+            if not prop.stored:
+                raise bad_request(f"Property '{lt.name}.{name}' is a hasmany relation and cannot be written.", "read_only")
+            out[name] = self._to_db(lt, prop, value)
+        if creating:
+            missing = [p.name for p in lt.stored_properties if p.required and p.name not in out]
+            if missing:
+                raise bad_request(f"Required properties missing for '{lt.name}': {', '.join(missing)}.", "required")
+            for prop in lt.stored_properties:
+                if prop.name not in out:
+                    out[prop.name] = self._default(prop)
+        return out
+
+    @staticmethod
+    def _default(prop: Property) -> Any:
+        if prop.default is not None:
+            return int(prop.default) if prop.type == "yesno" else prop.default
+        if prop.type in TEXT_TYPES:
+            return ""
+        if prop.type == "yesno":
+            return 0
+        if prop.type == "option":
+            return prop.options[0].key
+        return None
+
+    # ------------------------------------------------------------------ objects
+
+    def _get_row(self, limetype: str, object_id: int) -> sqlite3.Row | None:
+        if limetype not in self.limetypes:
+            return None
+        return self._db().execute(f"SELECT * FROM {self._table(limetype)} WHERE _id = ?", (object_id,)).fetchone()
+
+    def row_to_object(self, lt: Limetype, row: sqlite3.Row) -> dict[str, Any]:
+        obj = {p.name: self._from_db(p, row[p.name]) for p in lt.stored_properties}
+        obj["_id"] = row["_id"]
+        obj["_timestamp"] = row["_timestamp"]
+        obj["_createdtime"] = row["_createdtime"]
+        obj["_createduser"] = 1
+        obj["_updateduser"] = 1
+        descriptive = row[lt.descriptive] if lt.descriptive and lt.descriptive in row.keys() else None
+        obj["_descriptive"] = str(descriptive) if descriptive not in (None, "") else f"{lt.name} {row['_id']}"
+        return obj
+
+    def get(self, limetype: str, object_id: int) -> dict[str, Any]:
+        lt = self.limetype(limetype)
+        row = self._get_row(limetype, object_id)
+        if row is None:
+            raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
+        return self.row_to_object(lt, row)
+
+    def create(self, limetype: str, values: dict[str, Any]) -> dict[str, Any]:
+        lt = self.limetype(limetype)
+        checked = self._checked(lt, values, creating=True)
+        stamp = now_iso()
+        with self.db.write() as db:
+            cur = db.execute("INSERT INTO _ids DEFAULT VALUES")
+            new_id = cur.lastrowid
+            cols = ["_id", "_createdtime", "_timestamp", *checked]
+            db.execute(
+                f"INSERT INTO {self._table(limetype)} ({', '.join(map(self._col, cols))}) "
+                f"VALUES ({', '.join('?' for _ in cols)})",
+                (new_id, stamp, stamp, *checked.values()),
+            )
+        return self.get(limetype, new_id)
+
+    def update(self, limetype: str, object_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        lt = self.limetype(limetype)
+        if self._get_row(limetype, object_id) is None:
+            raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
+        checked = self._checked(lt, values, creating=False)
+        checked["_timestamp"] = now_iso()
+        with self.db.write() as db:
+            sets = ", ".join(f"{self._col(k)} = ?" for k in checked)
+            cur = db.execute(
+                f"UPDATE {self._table(limetype)} SET {sets} WHERE _id = ?", (*checked.values(), object_id)
+            )
+            if cur.rowcount == 0:
+                raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
+        return self.get(limetype, object_id)
+
+    def delete(self, limetype: str, object_id: int) -> None:
+        self.limetype(limetype)
+        with self.db.write() as db:
+            cur = db.execute(f"DELETE FROM {self._table(limetype)} WHERE _id = ?", (object_id,))
+        if cur.rowcount == 0:
+            raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
+
+    # ------------------------------------------------------------------ queries
+
+    def filter_value(self, lt: Limetype, name: str, raw: str) -> tuple[str, Any]:
+        """A query-string value converted to what the column holds."""
+        if name == "_id":
+            try:
+                return "_id", int(raw)
+            except ValueError:
+                raise bad_request(f"Filter on _id expects an integer, got {raw!r}.", "invalid_filter") from None
+        prop = lt.properties.get(name)
+        if prop is None or not prop.stored:
+            raise bad_request(f"Limetype '{lt.name}' has no property '{name}' to filter on.", "unknown_property")
+        if prop.type == "yesno":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise bad_request(f"Filter on '{name}' expects true or false, got {raw!r}.", "invalid_filter")
+            return name, int(raw.lower() in ("true", "1"))
+        if prop.type in ("integer", "belongsto", "file", "user"):
+            try:
+                return name, int(raw)
+            except ValueError:
+                raise bad_request(f"Filter on '{name}' expects an integer, got {raw!r}.", "invalid_filter") from None
+        if prop.type in ("decimal", "percent"):
+            try:
+                return name, float(raw)
+            except ValueError:
+                raise bad_request(f"Filter on '{name}' expects a number, got {raw!r}.", "invalid_filter") from None
+        if prop.type == "option" and prop.option(raw) is None:
+            raise bad_request(f"Filter on '{name}': no option {raw!r}.", "invalid_option")
+        return name, raw
+
+    def sort_column(self, lt: Limetype, spec: str) -> str:
+        descending = spec.startswith("-")
+        name = spec.lstrip("-")
+        if name not in ("_id", "_timestamp", "_createdtime"):
+            prop = lt.properties.get(name)
+            if prop is None or not prop.stored:
+                raise bad_request(f"Cannot sort '{lt.name}' on unknown property '{name}'.", "unknown_property")
+        return f"{self._col(name)} {'DESC' if descending else 'ASC'}"
+
+    def query(
+        self, limetype: str, filters: Iterable[Filter], order: list[str], limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Objects matching every filter; and whether more follow this page."""
+        lt = self.limetype(limetype)
+        where, params = [], []
+        for f in filters:
+            if f.value is None and f.op == "=":
+                where.append(f"{self._col(f.column)} IS NULL")
+            else:
+                where.append(f"{self._col(f.column)} {f.op} ?")
+                params.append(f.value)
+        sql = f"SELECT * FROM {self._table(limetype)}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY " + ", ".join([*order, '"_id" ASC'])
+        sql += " LIMIT ? OFFSET ?"
+        rows = self._db().execute(sql, (*params, limit + 1, offset)).fetchall()
+        return [self.row_to_object(lt, r) for r in rows[:limit]], len(rows) > limit
+
+    def count(self, limetype: str) -> int:
+        self.limetype(limetype)
+        return self._db().execute(f"SELECT COUNT(*) FROM {self._table(limetype)}").fetchone()[0]
+
+    def all_objects(self, limetype: str) -> list[dict[str, Any]]:
+        lt = self.limetype(limetype)
+        rows = self._db().execute(f"SELECT * FROM {self._table(limetype)} ORDER BY _id").fetchall()
+        return [self.row_to_object(lt, r) for r in rows]
+
+
+def _fail() -> Any:
+    raise ValueError("wrong type")

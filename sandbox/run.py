@@ -1,0 +1,259 @@
+"""``bfus-lime run``: the whole integration on this machine, as separate processes.
+
+A RabbitMQ (RABBITMQ_URL, else a private node), the Lime and BFUS stand-ins, the
+receiver under gunicorn and N workers; then the BFUS stand-in posts a stream of
+changes while a progress line shows queued / applied / failed. Ctrl-C stops every
+process it started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from sandbox.broker import BrokerHandle, BrokerSetupError, free_port, provide_broker
+
+LIME_KEY = "dev-lime-key"
+LIME_ADMIN = "dev-lime-admin"
+RECEIVER_KEY = "dev-receiver-key"
+BFUS_TOKEN = "dev-bfus-token"
+BFUS_ADMIN = "dev-bfus-admin"
+PREFERRED_PORTS = {"receiver": 8080, "lime": 8081, "bfus": 8082}
+
+
+@dataclass
+class RunOptions:
+    workdir: Path
+    changes: int
+    customers: int
+    rate: float
+    workers: int
+    until_done: bool
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def write_config(path: Path, broker_url: str, ports: dict[str, int]) -> None:
+    path.write_text(
+        f"""# Written by `bfus-lime run` for the local stand-ins. Not for production.
+[broker]
+url = "{broker_url}"
+partitions = 16
+
+[receiver]
+host = "127.0.0.1"
+port = {ports['receiver']}
+api_key = "{RECEIVER_KEY}"
+processes = 2
+threads = 4
+
+[lime]
+url = "http://127.0.0.1:{ports['lime']}/lime/api/v1/"
+api_key = "{LIME_KEY}"
+rate_limit = 200.0
+
+[bfus]
+url = "http://127.0.0.1:{ports['bfus']}/"
+token = "{BFUS_TOKEN}"
+"""
+    )
+
+
+class Processes:
+    """Children started by `run`, each logging to its own file, stopped together."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.children: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "ab")
+        exe = shutil.which("bfus-lime") or sys.argv[0]
+        child = subprocess.Popen([exe, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.children.append((name, child))
+        return child
+
+    def check(self) -> str | None:
+        for name, child in self.children:
+            if child.poll() is not None:
+                return f"{name} exited with code {child.returncode}; see {self.logdir / (name + '.log')}"
+        return None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for _name, child in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, child in reversed(self.children):
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop in time; killing it", file=sys.stderr)
+                child.kill()
+                child.wait(5)
+
+
+def _get(url: str, **kwargs: Any) -> requests.Response | None:
+    try:
+        return requests.get(url, timeout=2, **kwargs)
+    except requests.RequestException:
+        return None
+
+
+def _wait_until(check: Any, timeout: float, what: str, processes: Processes) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        problem = processes.check()
+        if problem:
+            raise RuntimeError(problem)
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s (logs in {processes.logdir})")
+
+
+def run_all(options: RunOptions) -> int:
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    workdir = options.workdir.resolve()
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("lime.db", "bfus.db"):
+        for suffix in ("", "-wal", "-shm"):
+            (workdir / f"{stale}{suffix}").unlink(missing_ok=True)
+
+    print("Starting RabbitMQ ..." if not os.environ.get("RABBITMQ_URL") else "Using RABBITMQ_URL ...", flush=True)
+    try:
+        broker: BrokerHandle = provide_broker(allow_container=False, install=True)
+    except BrokerSetupError as err:
+        print(f"bfus-lime run: {err}", file=sys.stderr)
+        return 1
+    processes = Processes(logdir)
+    try:
+        return _run(options, workdir, broker, processes, stop)
+    except RuntimeError as err:
+        print(f"\nbfus-lime run: {err}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nStopping ...", flush=True)
+        processes.stop()
+        broker.close()
+        print("Stopped every process `run` started.", flush=True)
+
+
+def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Processes, stop: threading.Event) -> int:
+    ports = {name: _port(p) for name, p in PREFERRED_PORTS.items()}
+    config_path = workdir / "bfus-lime.toml"
+    write_config(config_path, broker.url, ports)
+    cfg = ["--config", str(config_path)]
+    processes.start("lime", [*cfg, "sandbox-lime", "--db", str(workdir / "lime.db"), "--admin-key", LIME_ADMIN])
+    lime_api = f"http://127.0.0.1:{ports['lime']}/lime/api/v1/"
+    _wait_until(lambda: _get(f"{lime_api}limetype/", headers={"X-API-Key": LIME_KEY}), 30, "Lime stand-in", processes)
+    processes.start("receiver", [*cfg, "receiver"])
+    receiver = f"http://127.0.0.1:{ports['receiver']}/"
+    _wait_until(lambda: (r := _get(f"{receiver}readyz")) is not None and r.ok, 60, "receiver", processes)
+    for i in range(options.workers):
+        processes.start(f"worker-{i + 1}", [*cfg, "worker", "--name", f"worker-{i + 1}"])
+    processes.start("bfus", [*cfg, "sandbox-bfus", "--db", str(workdir / "bfus.db"), "--admin-key", BFUS_ADMIN,
+                             "--retry-pause", "0.5", "--seed", "2026"])
+    bfus = f"http://127.0.0.1:{ports['bfus']}/"
+    _wait_until(lambda: _get(f"{bfus}_admin/queue", headers={"X-Admin-Key": BFUS_ADMIN}), 30, "BFUS stand-in", processes)
+    _wait_until(lambda: _consumers(broker) >= options.workers, 60, "workers", processes)
+
+    print(f"""
+Everything is up. Where to look:
+  Lime stand-in  {lime_api}   X-API-Key: {LIME_KEY}
+                 e.g. curl -H 'X-API-Key: {LIME_KEY}' '{lime_api}limeobject/company/?_limit=5'
+  RabbitMQ       {broker.url}
+                 management UI: {_public(broker.management_url)} (guest / guest)
+  Receiver       {receiver}bfus/messages   X-API-Key: {RECEIVER_KEY}
+  BFUS stand-in  {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
+  Logs           {processes.logdir}/
+Sending {options.changes} changes over {options.customers} customers at {options.rate:g}/s. Ctrl-C stops everything.
+""", flush=True)
+    response = requests.post(
+        f"{bfus}_admin/changes",
+        json={"count": options.changes, "customers": options.customers, "rate": options.rate},
+        headers={"X-Admin-Key": BFUS_ADMIN},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return _progress(options, lime_api, bfus, processes, stop)
+
+
+def _public(url: str | None) -> str:
+    if not url:
+        return "(none)"
+    return url.replace("guest:guest@", "")
+
+
+def _consumers(broker: BrokerHandle) -> int:
+    try:
+        queues = broker._management("GET", "queues/%2F").json()
+    except Exception:
+        return 0
+    partition = [q for q in queues if q["name"] == "bfus.changes.p000"]
+    return partition[0].get("consumers", 0) if partition else 0
+
+
+def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processes, stop: threading.Event) -> int:
+    admin = lime_api.split("/lime/api/v1/")[0] + "/_admin/"
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    last_print = 0.0
+    done_reported = False
+    while not stop.is_set():
+        problem = processes.check()
+        if problem:
+            raise RuntimeError(problem)
+        queue = _get(f"{bfus}_admin/queue", headers={"X-Admin-Key": BFUS_ADMIN})
+        counts = _get(f"{admin}counts", headers={"X-Admin-Key": LIME_ADMIN})
+        stats = _get(f"{admin}stats", headers={"X-Admin-Key": LIME_ADMIN})
+        if queue is None or counts is None or stats is None:
+            stop.wait(0.5)
+            continue
+        q, c = queue.json(), counts.json()
+        applied, failed = c.get("bfusprocessedmessage", 0), c.get("bfusfailedmessage", 0)
+        elapsed = time.monotonic() - started
+        rate = (applied + failed) / elapsed if elapsed > 0 else 0.0
+        line = (f"queued {q['delivered']:>5}/{options.changes}  applied {applied:>5}  failed {failed:>3}  "
+                f"waiting in BFUS {q['pending']:>4}  {rate:6.1f} msg/s  Lime calls {stats.json()['total']}")
+        now = time.monotonic()
+        if tty:
+            print("\r" + line + "\x1b[K", end="", flush=True)
+        elif now - last_print >= 5:
+            print(line, flush=True)
+            last_print = now
+        if applied + failed >= options.changes and not done_reported:
+            done_reported = True
+            print(f"\nAll {options.changes} changes are in Lime ({applied} processed, {failed} failed) after {elapsed:.1f}s.",
+                  flush=True)
+            if options.until_done:
+                return 0 if failed == 0 else 1
+            print("Still running so you can look around. Ctrl-C stops everything.", flush=True)
+        stop.wait(0.5)
+    return 0

@@ -1,0 +1,141 @@
+"""The whole integration in one process, over real HTTP and a real broker: the Lime
+and BFUS stand-ins, the receiver and N workers. Tests and benchmarks build on it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from receiver.app import close_app, create_app
+from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
+from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
+from sandbox.serve import ServerThread
+from shared.config import Config, build_config, deep_merge
+from worker.main import WorkerProcess, build_worker
+
+RECEIVER_KEY = "dev-receiver-key"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError naming
+    ``what`` when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    def __init__(
+        self,
+        amqp_url: str,
+        workdir: str | Path,
+        partitions: int = 4,
+        config: dict[str, Any] | None = None,
+        lime_settings: dict[str, Any] | None = None,
+        bfus_retry_pause: float = 0.05,
+        seed: int = 7,
+    ):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lime = LimeStandIn(LimeSandboxSettings(db_path=self.workdir / "lime.db", **(lime_settings or {})))
+        self.lime.start()
+        self.receiver_server: ServerThread | None = None
+        self.receiver_port = _reserve_port()
+        raw = {
+            "broker": {"url": amqp_url, "partitions": partitions, "confirm_timeout": 5.0, "heartbeat": 10},
+            "receiver": {"api_key": RECEIVER_KEY, "port": self.receiver_port, "retry_after": 1},
+            "lime": {"url": self.lime.api_url, "api_key": self.lime.api_key, "rate_limit": 1000.0,
+                     "read_timeout": 5.0},
+            "worker": {"retry_initial": 0.05, "retry_max": 0.5, "shutdown_timeout": 10.0},
+        }
+        self.config: Config = build_config(deep_merge(raw, config or {}), environ={})
+        self.bfus = BfusStandIn(
+            BfusSandboxSettings(
+                db_path=self.workdir / "bfus.db",
+                target_url=f"http://127.0.0.1:{self.receiver_port}/bfus/messages",
+                api_key=RECEIVER_KEY,
+                retry_pause=bfus_retry_pause,
+                seed=seed,
+            )
+        )
+        self.receiver_app: Any = None
+        self.workers: list[WorkerProcess] = []
+
+    # ------------------------------------------------------------------ parts
+
+    def start_receiver(self) -> None:
+        self.receiver_app = create_app(self.config)
+        self.receiver_server = ServerThread(self.receiver_app, "127.0.0.1", self.receiver_port).start()
+        wait_for(lambda: self.receiver_app.extensions["publisher"].ready, 30, "the receiver to reach RabbitMQ")
+
+    def start_worker(self, name: str | None = None) -> WorkerProcess:
+        process = build_worker(self.config, name or f"worker-{len(self.workers) + 1}", lime_wait=30)
+        process.start_thread()
+        wait_for(lambda: process.worker.connected, 30, "the worker to connect")
+        self.workers.append(process)
+        return process
+
+    def start(self, workers: int = 1, post: bool = True) -> "Stack":
+        self.start_receiver()
+        for _ in range(workers):
+            self.start_worker()
+        self.bfus.start()
+        if not post:
+            self.bfus.poster.pause()
+        return self
+
+    def stop(self) -> None:
+        self.bfus.stop()
+        for process in self.workers:
+            process.stop()
+        for process in self.workers:
+            process.join(self.config.worker.shutdown_timeout + 5)
+        if self.receiver_server is not None:
+            self.receiver_server.stop()
+        if self.receiver_app is not None:
+            close_app(self.receiver_app)
+        self.lime.stop()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def receiver_url(self) -> str:
+        return f"http://127.0.0.1:{self.receiver_port}/"
+
+    def post(self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> requests.Response:
+        sent = {"Content-Type": "application/json", "X-API-Key": RECEIVER_KEY, **(headers or {})}
+        data = raw if raw is not None else requests.models.complexjson.dumps(body).encode()
+        return requests.post(f"{self.receiver_url}bfus/messages", data=data, headers=sent, timeout=30)
+
+    def lime_objects(self, limetype: str) -> list[dict[str, Any]]:
+        return self.lime.store.all_objects(limetype)
+
+    def log_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return (
+            self.lime_objects(self.config.lime.processed_limetype),
+            self.lime_objects(self.config.lime.failed_limetype),
+        )
+
+    def logged_count(self) -> int:
+        processed, failed = self.log_records()
+        return len(processed) + len(failed)
+
+    def wait_logged(self, count: int, timeout: float = 60) -> None:
+        wait_for(lambda: self.logged_count() >= count, timeout, f"{count} log records in Lime")
+
+    def wait_delivered(self, timeout: float = 60) -> None:
+        wait_for(lambda: self.bfus.store.queue_status()["pending"] == 0, timeout, "BFUS to deliver its queue")
+
+
+def _reserve_port() -> int:
+    from sandbox.broker import free_port
+
+    return free_port()

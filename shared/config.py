@@ -1,0 +1,409 @@
+"""Configuration: one TOML file merged over the built-in defaults, then environment
+overrides, validated once with marshmallow. A bad value stops start-up with a message
+that names the key (``lime.rate_limit: Must be greater than 0.``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
+ENV_PREFIX = "BFUSLIME_"
+CONFIG_ENV = "BFUSLIME_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every bad key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    url: str
+    prefix: str
+    partitions: int
+    confirm_timeout: float
+    heartbeat: int
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    host: str
+    port: int
+    api_key: str
+    max_body_bytes: int
+    retry_after: int
+    processes: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class LimeConfig:
+    url: str
+    api_key: str
+    connect_timeout: float
+    read_timeout: float
+    rate_limit: float
+    processed_limetype: str
+    failed_limetype: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    prefetch: int
+    retry_initial: float
+    retry_max: float
+    shutdown_timeout: float
+
+
+@dataclass(frozen=True)
+class BfusConfig:
+    url: str
+    token: str
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """Where one BFUS field lands in Lime, and how its values translate."""
+
+    property: str
+    values: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SoftDelete:
+    kind: str  # option | yesno | date | none
+    property: str | None = None
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class ObjectMapping:
+    sync: bool
+    limetype: str
+    key: str
+    watermark: str | None
+    exclude: tuple[str, ...]
+    rename: Mapping[str, str]
+    fields: Mapping[str, FieldRule]
+    soft_delete: SoftDelete
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    exclude_personal_data: bool
+    objects: Mapping[str, ObjectMapping]
+
+
+@dataclass(frozen=True)
+class Config:
+    broker: BrokerConfig
+    receiver: ReceiverConfig
+    lime: LimeConfig
+    worker: WorkerConfig
+    bfus: BfusConfig
+    log: LogConfig
+    mapping: MappingConfig
+    source: str = field(default="defaults", compare=False)
+
+
+# --------------------------------------------------------------------------- schemas
+
+_positive = validate.Range(min=0, min_inclusive=False)
+_port = validate.Range(min=1, max=65535)
+_name = validate.Regexp(r"^[a-z][a-z0-9_]*$", error="Must be a lower-case name ([a-z][a-z0-9_]*).")
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+def _url_with_scheme(*schemes: str) -> validate.Validator:
+    def check(value: str) -> None:
+        if not any(value.startswith(f"{s}://") for s in schemes) or "://" == value[-3:]:
+            raise ValidationError(f"Must be a URL starting with {' or '.join(s + '://' for s in schemes)}.")
+
+    return check
+
+
+class BrokerSchema(_Strict):
+    url = fields.String(required=True, validate=_url_with_scheme("amqp", "amqps"))
+    prefix = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
+    partitions = fields.Integer(required=True, validate=validate.Range(min=1, max=1024))
+    confirm_timeout = fields.Float(required=True, validate=_positive)
+    heartbeat = fields.Integer(required=True, validate=validate.Range(min=0))
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> BrokerConfig:
+        return BrokerConfig(**data)
+
+
+class ReceiverSchema(_Strict):
+    host = fields.String(required=True)
+    port = fields.Integer(required=True, validate=_port)
+    api_key = fields.String(required=True)
+    max_body_bytes = fields.Integer(required=True, validate=validate.Range(min=256))
+    retry_after = fields.Integer(required=True, validate=validate.Range(min=1))
+    processes = fields.Integer(required=True, validate=validate.Range(min=1))
+    threads = fields.Integer(required=True, validate=validate.Range(min=1))
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> ReceiverConfig:
+        return ReceiverConfig(**data)
+
+
+class LimeSchema(_Strict):
+    url = fields.String(required=True, validate=_url_with_scheme("http", "https"))
+    api_key = fields.String(required=True)
+    connect_timeout = fields.Float(required=True, validate=_positive)
+    read_timeout = fields.Float(required=True, validate=_positive)
+    rate_limit = fields.Float(required=True, validate=_positive)
+    processed_limetype = fields.String(required=True, validate=_name)
+    failed_limetype = fields.String(required=True, validate=_name)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> LimeConfig:
+        if not data["url"].endswith("/"):
+            data["url"] += "/"
+        return LimeConfig(**data)
+
+
+class WorkerSchema(_Strict):
+    prefetch = fields.Integer(required=True, validate=validate.Range(min=1, max=10000))
+    retry_initial = fields.Float(required=True, validate=_positive)
+    retry_max = fields.Float(required=True, validate=_positive)
+    shutdown_timeout = fields.Float(required=True, validate=_positive)
+
+    @validates_schema
+    def check_backoff(self, data: dict, **_: Any) -> None:
+        if data.get("retry_max", 1) < data.get("retry_initial", 0):
+            raise ValidationError("Must not be smaller than worker.retry_initial.", "retry_max")
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> WorkerConfig:
+        return WorkerConfig(**data)
+
+
+class BfusSchema(_Strict):
+    url = fields.String(required=True, validate=_url_with_scheme("http", "https"))
+    token = fields.String(required=True)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> BfusConfig:
+        return BfusConfig(**data)
+
+
+class LogSchema(_Strict):
+    level = fields.String(required=True, validate=validate.OneOf(["debug", "info", "warning", "error"]))
+    format = fields.String(required=True, validate=validate.OneOf(["console", "json"]))
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> LogConfig:
+        return LogConfig(**data)
+
+
+class FieldRuleField(fields.Field):
+    """A field rule written either as ``"property"`` or ``{property = "...", values = {...}}``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> FieldRule:
+        if isinstance(value, str):
+            return FieldRule(property=value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"property", "values"}
+            if unknown:
+                raise ValidationError(f"Unknown field rule key(s): {', '.join(sorted(unknown))}.")
+            prop = value.get("property")
+            if not isinstance(prop, str) or not prop:
+                raise ValidationError("A field rule needs a 'property' (the Lime property name).")
+            values = value.get("values")
+            if values is not None and not isinstance(values, dict):
+                raise ValidationError("'values' must be a table of BFUS value = Lime value.")
+            return FieldRule(property=prop, values=values)
+        raise ValidationError("Must be a Lime property name or a table with 'property'.")
+
+
+class SoftDeleteSchema(_Strict):
+    kind = fields.String(required=True, validate=validate.OneOf(["option", "yesno", "date", "none"]))
+    property = fields.String(load_default=None)
+    value = fields.Raw(load_default=None)
+
+    @validates_schema
+    def check(self, data: dict, **_: Any) -> None:
+        if data["kind"] != "none" and not data.get("property"):
+            raise ValidationError(f"Soft delete of kind '{data['kind']}' needs a property.", "property")
+        if data["kind"] == "option" and not isinstance(data.get("value"), str):
+            raise ValidationError("Soft delete of kind 'option' needs the option key as value.", "value")
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> SoftDelete:
+        return SoftDelete(**data)
+
+
+class ObjectMappingSchema(_Strict):
+    sync = fields.Boolean(required=True)
+    limetype = fields.String(required=True, validate=_name)
+    key = fields.String(required=True)
+    watermark = fields.String(load_default=None)
+    exclude = fields.List(fields.String(), load_default=list)
+    rename = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    fields_ = fields.Dict(keys=fields.String(), values=FieldRuleField(), data_key="fields", load_default=dict)
+    soft_delete = fields.Nested(SoftDeleteSchema, required=True)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> ObjectMapping:
+        data["fields"] = data.pop("fields_")
+        data["exclude"] = tuple(data["exclude"])
+        return ObjectMapping(**data)
+
+
+class MappingSchema(_Strict):
+    exclude_personal_data = fields.Boolean(required=True)
+    objects = fields.Dict(
+        keys=fields.String(validate=_name), values=fields.Nested(ObjectMappingSchema), required=True
+    )
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> MappingConfig:
+        return MappingConfig(**data)
+
+
+class ConfigSchema(_Strict):
+    broker = fields.Nested(BrokerSchema, required=True)
+    receiver = fields.Nested(ReceiverSchema, required=True)
+    lime = fields.Nested(LimeSchema, required=True)
+    worker = fields.Nested(WorkerSchema, required=True)
+    bfus = fields.Nested(BfusSchema, required=True)
+    log = fields.Nested(LogSchema, required=True)
+    mapping = fields.Nested(MappingSchema, required=True)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> Config:
+        return Config(**data)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, over: Mapping) -> dict:
+    """A new dict: ``over`` merged into ``base``; tables merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict:
+    """``BFUSLIME_LIME__API_KEY=x`` -> ``{"lime": {"api_key": "x"}}``; JSON lists and
+    tables are parsed. ``RABBITMQ_URL`` sets ``broker.url``."""
+    tree: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not path:
+            continue
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                pass
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    if environ.get("RABBITMQ_URL"):
+        tree.setdefault("broker", {})["url"] = environ["RABBITMQ_URL"]
+    return tree
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[str]:
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, sub in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key == "_schema":
+                name = prefix or "(top level)"
+            out.extend(_flatten(sub, name))
+        return out
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [f"{prefix}: {' '.join(messages)}"]
+    if isinstance(messages, list):
+        return [line for m in messages for line in _flatten(m, prefix)]
+    return [f"{prefix}: {messages}"]
+
+
+def _required_secrets(config: Config, need: tuple[str, ...]) -> list[str]:
+    problems = []
+    for dotted in need:
+        section, key = dotted.split(".")
+        if not getattr(getattr(config, section), key):
+            problems.append(f"{dotted}: Must be set (config file or {ENV_PREFIX}{section.upper()}__{key.upper()}).")
+    return problems
+
+
+def build_config(
+    raw: Mapping | None = None,
+    environ: Mapping[str, str] | None = None,
+    need: tuple[str, ...] = (),
+    source: str = "defaults",
+) -> Config:
+    """Validate defaults + ``raw`` + environment. ``need`` names settings that must be
+    non-empty for the caller (e.g. ``("lime.api_key",)`` for a worker)."""
+    with DEFAULTS_PATH.open("rb") as fh:
+        tree = tomllib.load(fh)
+    tree = deep_merge(tree, raw or {})
+    tree = deep_merge(tree, env_overrides(os.environ if environ is None else environ))
+    try:
+        config: Config = ConfigSchema().load(tree)
+    except ValidationError as err:
+        raise ConfigError(_flatten(err.messages)) from None
+    problems = _required_secrets(config, need)
+    if problems:
+        raise ConfigError(problems)
+    return Config(**{**config.__dict__, "source": source})
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    need: tuple[str, ...] = (),
+) -> Config:
+    """Read the configuration file (``path``, else ``$BFUSLIME_CONFIG``, else none)."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV)
+    raw: dict = {}
+    source = "defaults"
+    if path:
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"config file {path}: not found"]) from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError([f"config file {path}: not valid TOML ({err})"]) from None
+        source = str(path)
+    return build_config(raw, environ, need, source)

@@ -1,0 +1,158 @@
+"""Lime CRM REST client (contract.md §3), built on a requests session: timeouts, a
+descriptive User-Agent, X-API-Key, a request-rate limit shared by the process's
+threads, and errors split into the two kinds the worker acts on:
+
+- :class:`LimeUnavailable`: try again later (connection trouble, timeouts, 5xx, 429,
+  a refused API key). ``retry_after`` carries Lime's Retry-After when it sent one.
+- :class:`LimeRejected`: Lime refused this request (400, 404, ...); sending it again
+  will not help.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any, Iterator
+from urllib.parse import urljoin
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from shared import __version__
+from shared.config import LimeConfig
+from shared.ratelimit import TokenBucket
+
+USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; python-requests/{requests.__version__})"
+
+
+class LimeError(Exception):
+    pass
+
+
+class LimeUnavailable(LimeError):
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class LimeRejected(LimeError):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"Lime answered {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class LimeClient:
+    def __init__(self, config: LimeConfig, pool_size: int = 16):
+        self.base_url = config.url
+        self.timeout = (config.connect_timeout, config.read_timeout)
+        self.bucket = TokenBucket(config.rate_limit)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(
+            {"X-API-Key": config.api_key, "User-Agent": USER_AGENT, "Accept": "application/hal+json"}
+        )
+        self._calls: Counter = Counter()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return sum(self._calls.values())
+
+    def call_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One Lime call; the decoded JSON body (None for 204)."""
+        url = path if path.startswith("http") else urljoin(self.base_url, path)
+        self.bucket.acquire()
+        with self._lock:
+            self._calls[method] += 1
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            raise LimeUnavailable(f"Lime did not answer {method} in time") from None
+        except requests.ConnectionError as err:
+            raise LimeUnavailable(f"Lime unreachable: {type(err).__name__}") from None
+        status = response.status_code
+        if status < 300:
+            if status == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise LimeUnavailable(f"Lime sent a {status} that is not JSON", status=status) from None
+        code, message = self._error_body(response)
+        if status == 429 or status >= 500:
+            raise LimeUnavailable(f"Lime answered {status}: {message}", _retry_after(response), status)
+        if status in (401, 403):
+            # A refused key is a configuration problem: wait rather than fail every message.
+            raise LimeUnavailable(f"Lime refused the API key ({status}): {message}", None, status)
+        raise LimeRejected(status, code, message)
+
+    @staticmethod
+    def _error_body(response: requests.Response) -> tuple[str, str]:
+        try:
+            body = response.json()
+        except ValueError:
+            return "error", response.text[:300]
+        if isinstance(body, dict):
+            return str(body.get("error", "error")), str(body.get("message", body))
+        return "error", str(body)[:300]
+
+    # ------------------------------------------------------------------ API
+
+    def limetypes(self) -> dict[str, dict[str, Any]]:
+        """Limetype name -> {"name", "properties": {name: property}}."""
+        body = self.request("GET", "limetype/", params={"_embed": "limetypes.properties"})
+        out: dict[str, dict[str, Any]] = {}
+        for lt in body.get("_embedded", {}).get("limetypes", []):
+            props = lt.get("_embedded", {}).get("properties", [])
+            out[lt["name"]] = {"name": lt["name"], "properties": {p["name"]: p for p in props}}
+        return out
+
+    def get(self, limetype: str, object_id: int) -> dict[str, Any]:
+        return self.request("GET", f"limeobject/{limetype}/{object_id}/")
+
+    def create(self, limetype: str, values: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"limeobject/{limetype}/", json=values)
+
+    def update(self, limetype: str, object_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", f"limeobject/{limetype}/{object_id}/", json=values)
+
+    def delete(self, limetype: str, object_id: int) -> None:
+        self.request("DELETE", f"limeobject/{limetype}/{object_id}/")
+
+    def list_page(self, limetype: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+        body = self.request("GET", f"limeobject/{limetype}/", params=params)
+        return body.get("_embedded", {}).get("limeobjects", []), body.get("_links", {}).get("next", {}).get("href")
+
+    def iterate(self, limetype: str, params: dict[str, Any] | None = None, page_size: int = 50) -> Iterator[dict[str, Any]]:
+        """Every object matching ``params``, following ``_links.next``."""
+        objects, next_url = self.list_page(limetype, {**(params or {}), "_limit": page_size})
+        yield from objects
+        while next_url:
+            body = self.request("GET", next_url)
+            yield from body.get("_embedded", {}).get("limeobjects", [])
+            next_url = body.get("_links", {}).get("next", {}).get("href")
+
+    def find(self, limetype: str, prop: str, value: Any, limit: int = 2) -> list[dict[str, Any]]:
+        """Objects whose ``prop`` equals ``value`` (one page of at most ``limit``)."""
+        objects, _ = self.list_page(limetype, {prop: value, "_limit": limit})
+        return objects

@@ -1,0 +1,247 @@
+"""The mapping engine: BFUS object data -> Lime property values. Pure code, no I/O.
+
+A mapper is built from the mapping configuration of one BFUS objecttype and the Lime
+metadata of its target limetype (``GET limetype/``). Standard fields are mapped unless
+excluded; a field may be renamed or added with a value map. Values are converted to
+what the Lime property type takes; a value that cannot be placed raises
+:class:`MappingError` naming the field and the value, so nothing half-mapped is
+ever written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from shared.config import FieldRule, MappingConfig, ObjectMapping
+
+# BFUS field -> Lime property of the default Lime schema, per objecttype.
+STANDARD_FIELDS: dict[str, dict[str, str]] = {
+    "customer": {
+        "customerno": "customerno",
+        "name": "name",
+        "customertype": "customertype",
+        "orgno": "registrationno",
+        "socialsecurityno": "socialsecurityno",
+        "firstname": "firstname",
+        "lastname": "lastname",
+        "street": "postaladdress1",
+        "zipcode": "postalzipcode",
+        "city": "postalcity",
+        "country": "country",
+        "phone": "phone",
+        "mobilephone": "mobilephone",
+        "email": "email",
+        "status": "bfusstatus",
+        "category": "category",
+        "paymentmethod": "paymentmethod",
+        "einvoice": "einvoice",
+        "createddate": "bfuscreateddate",
+        "changeddate": "bfuschangeddate",
+    },
+}
+
+# BFUS fields that hold personal data, left out when mapping.exclude_personal_data is on.
+PERSONAL_FIELDS: dict[str, frozenset[str]] = {
+    "customer": frozenset(
+        {"socialsecurityno", "firstname", "lastname", "street", "zipcode", "city", "phone", "mobilephone", "email"}
+    ),
+}
+
+TEXT_TYPES = frozenset({"string", "text", "phone", "link"})
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TRUE = {"true", "yes", "ja", "j", "y", "1"}
+_FALSE = {"false", "no", "nej", "n", "0", ""}
+
+
+class MappingError(ValueError):
+    """A BFUS value the mapping cannot place in Lime."""
+
+    def __init__(self, field: str, value: Any, problem: str):
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"field '{field}' value {value!r}: {problem}")
+
+
+class MappingSetupError(ValueError):
+    """The mapping does not fit Lime's metadata; ``problems`` lists each misfit."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("mapping does not fit Lime:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class ObjectMapper:
+    objecttype: str
+    spec: ObjectMapping
+    fields: Mapping[str, FieldRule]  # effective BFUS field -> rule
+    properties: Mapping[str, dict[str, Any]]  # Lime metadata of the target limetype
+
+    @property
+    def limetype(self) -> str:
+        return self.spec.limetype
+
+    @property
+    def key_property(self) -> str:
+        return self.spec.key
+
+    def map(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Lime values for a BFUS snapshot (only fields present in ``data``)."""
+        values: dict[str, Any] = {}
+        for bfus_field, rule in self.fields.items():
+            if bfus_field not in data:
+                continue
+            raw = data[bfus_field]
+            if rule.values is not None and raw is not None:
+                if str(raw) not in rule.values:
+                    known = ", ".join(sorted(map(str, rule.values)))
+                    raise MappingError(bfus_field, raw, f"no value map entry (mapped values: {known})")
+                raw = rule.values[str(raw)]
+            values[rule.property] = convert(bfus_field, raw, self.properties[rule.property])
+        return values
+
+    def soft_delete_values(self, when: dt.date) -> dict[str, Any]:
+        rule = self.spec.soft_delete
+        if rule.kind == "none" or rule.property is None:
+            return {}
+        if rule.kind == "option":
+            return {rule.property: rule.value}
+        if rule.kind == "yesno":
+            return {rule.property: True if rule.value is None else bool(rule.value)}
+        return {rule.property: when.isoformat()}
+
+
+def effective_fields(objecttype: str, spec: ObjectMapping, exclude_personal: bool) -> dict[str, FieldRule]:
+    fields = {f: FieldRule(p) for f, p in STANDARD_FIELDS.get(objecttype, {}).items()}
+    for bfus_field, prop in spec.rename.items():
+        fields[bfus_field] = FieldRule(prop, fields[bfus_field].values if bfus_field in fields else None)
+    fields.update(spec.fields)
+    for bfus_field in spec.exclude:
+        fields.pop(bfus_field, None)
+    if exclude_personal:
+        for bfus_field in PERSONAL_FIELDS.get(objecttype, ()):
+            fields.pop(bfus_field, None)
+    return fields
+
+
+def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, Any]]) -> dict[str, ObjectMapper]:
+    """Mappers for every synced objecttype, checked against Lime's metadata. Raises
+    MappingSetupError listing every problem found."""
+    problems: list[str] = []
+    mappers: dict[str, ObjectMapper] = {}
+    for objecttype, spec in mapping.objects.items():
+        if not spec.sync:
+            continue
+        where = f"mapping.objects.{objecttype}"
+        lt = limetypes.get(spec.limetype)
+        if lt is None:
+            problems.append(f"{where}.limetype: Lime has no limetype '{spec.limetype}'.")
+            continue
+        props = lt["properties"]
+        fields = effective_fields(objecttype, spec, mapping.exclude_personal_data)
+        needed = {spec.key: f"{where}.key"}
+        if spec.watermark:
+            needed[spec.watermark] = f"{where}.watermark"
+        if spec.soft_delete.property:
+            needed[spec.soft_delete.property] = f"{where}.soft_delete.property"
+        needed.update({rule.property: f"{where}.fields.{f}" for f, rule in fields.items()})
+        for prop, key in needed.items():
+            if prop not in props:
+                problems.append(f"{key}: limetype '{spec.limetype}' has no property '{prop}'.")
+        problems.extend(_check_options(where, spec, fields, props))
+        mappers[objecttype] = ObjectMapper(objecttype, spec, fields, props)
+    if problems:
+        raise MappingSetupError(problems)
+    return mappers
+
+
+def _option_keys(prop: Mapping[str, Any]) -> set[str]:
+    return {o["key"] for o in prop.get("options") or [] if not o.get("inactive")}
+
+
+def _check_options(where: str, spec: ObjectMapping, fields: Mapping[str, FieldRule], props: Mapping) -> list[str]:
+    problems = []
+    for bfus_field, rule in fields.items():
+        prop = props.get(rule.property)
+        if prop is None or prop.get("type") != "option" or rule.values is None:
+            continue
+        missing = sorted({str(v) for v in rule.values.values()} - _option_keys(prop))
+        if missing:
+            problems.append(f"{where}.fields.{bfus_field}.values: option key(s) {', '.join(missing)} not in {spec.limetype}.{rule.property}.")
+    sd = spec.soft_delete
+    if sd.kind in ("option", "yesno", "date") and sd.property in props:
+        ptype = props[sd.property].get("type")
+        if ptype != sd.kind:
+            problems.append(f"{where}.soft_delete.property: '{sd.property}' is a {ptype} property, not {sd.kind}.")
+        elif sd.kind == "option" and sd.value not in _option_keys(props[sd.property]):
+            problems.append(f"{where}.soft_delete.value: '{sd.value}' is not an option of {spec.limetype}.{sd.property}.")
+    return problems
+
+
+def convert(bfus_field: str, value: Any, prop: Mapping[str, Any]) -> Any:
+    """``value`` as the Lime property ``prop`` takes it, or MappingError."""
+    ptype = prop.get("type")
+    if ptype in TEXT_TYPES:
+        text = "" if value is None else value if isinstance(value, str) else _scalar_text(bfus_field, value)
+        length = prop.get("length")
+        if length and len(text) > length:
+            raise MappingError(bfus_field, value, f"longer than {prop['name']} allows ({len(text)} > {length} characters)")
+        return text
+    if value is None:
+        if ptype == "yesno":
+            return False
+        return None
+    if ptype == "yesno":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise MappingError(bfus_field, value, "not a yes/no value")
+    if ptype == "integer":
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise MappingError(bfus_field, value, "not an integer") from None
+    if ptype in ("decimal", "percent"):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise MappingError(bfus_field, value, "not a number") from None
+    if ptype == "option":
+        key = str(value)
+        if key not in _option_keys(prop):
+            raise MappingError(bfus_field, value, f"not an option of {prop['name']} ({', '.join(sorted(_option_keys(prop)))})")
+        return key
+    if ptype == "date":
+        if isinstance(value, str) and _DATE.match(value):
+            try:
+                dt.date.fromisoformat(value)
+                return value
+            except ValueError:
+                pass
+        raise MappingError(bfus_field, value, "not a date (YYYY-MM-DD)")
+    if ptype == "time":
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise MappingError(bfus_field, value, "not an ISO 8601 time") from None
+        return parsed.isoformat()
+    raise MappingError(bfus_field, value, f"Lime property type '{ptype}' cannot be mapped from a BFUS field")
+
+
+def _scalar_text(bfus_field: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise MappingError(bfus_field, value, "not a text value")

@@ -1,0 +1,96 @@
+"""RabbitMQ topology: a direct exchange routing each message to one of P partition
+queues (quorum, single active consumer), a queue for messages the receiver could not
+accept, and the dead-letter exchange and queue. Declaring is idempotent."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from shared.config import BrokerConfig
+
+INVALID_ROUTING_KEY = "invalid"
+
+
+def connection_parameters(broker: BrokerConfig, name: str) -> pika.URLParameters:
+    params = pika.URLParameters(broker.url)
+    params.heartbeat = broker.heartbeat
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    params.blocked_connection_timeout = max(broker.confirm_timeout * 2, 10)
+    params.client_properties = {"connection_name": name, "product": "bfus-lime"}
+    return params
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    partitions: int
+
+    @classmethod
+    def from_config(cls, broker: BrokerConfig) -> "Topology":
+        return cls(prefix=broker.prefix, partitions=broker.partitions)
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}.changes"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def invalid_queue(self) -> str:
+        return f"{self.prefix}.invalid"
+
+    def routing_key(self, partition: int) -> str:
+        return f"p{partition:03d}"
+
+    def partition_queue(self, partition: int) -> str:
+        return f"{self.prefix}.changes.{self.routing_key(partition)}"
+
+    @property
+    def partition_queues(self) -> list[str]:
+        return [self.partition_queue(p) for p in range(self.partitions)]
+
+    def partition_of(self, partition_key: str) -> int:
+        """Stable across processes and versions (CRC-32, not Python's salted hash)."""
+        return zlib.crc32(partition_key.encode("utf-8")) % self.partitions
+
+    def _work_queue_arguments(self) -> dict:
+        return {
+            "x-queue-type": "quorum",
+            "x-single-active-consumer": True,
+            "x-dead-letter-exchange": self.dead_exchange,
+        }
+
+    def declare(self, channel: BlockingChannel) -> None:
+        channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+        channel.exchange_declare(self.dead_exchange, exchange_type="fanout", durable=True)
+        channel.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(self.dead_queue, self.dead_exchange)
+        channel.queue_declare(self.invalid_queue, durable=True, arguments=self._work_queue_arguments())
+        channel.queue_bind(self.invalid_queue, self.exchange, routing_key=INVALID_ROUTING_KEY)
+        for partition in range(self.partitions):
+            queue = self.partition_queue(partition)
+            channel.queue_declare(queue, durable=True, arguments=self._work_queue_arguments())
+            channel.queue_bind(queue, self.exchange, routing_key=self.routing_key(partition))
+
+
+def declare_topology(broker: BrokerConfig) -> Topology:
+    """Connect, declare everything, disconnect. Raises pika errors when the broker is away."""
+    topology = Topology.from_config(broker)
+    connection = pika.BlockingConnection(connection_parameters(broker, "bfus-lime topology"))
+    try:
+        topology.declare(connection.channel())
+    finally:
+        if connection.is_open:
+            connection.close()
+    return topology

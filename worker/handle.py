@@ -1,0 +1,180 @@
+"""Take one delivery to its end: applied and logged as processed, or logged as failed
+and dead-lettered. Transient trouble (Lime or the broker away) is retried here, with
+backoff, while the message is held, so the partition waits in order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, TypeVar
+
+import pika
+import structlog
+
+from shared.config import WorkerConfig
+from shared.envelope import EnvelopeError, parse_envelope
+from shared.lime import LimeUnavailable
+from shared.logs import get_logger
+from shared.publisher import BrokerUnavailable, ConfirmedPublisher
+from shared.topology import Topology
+from worker.apply import Applier, Outcome, PermanentFailure
+from worker.records import LogWriter, MessageFacts
+
+T = TypeVar("T")
+log = get_logger(component="worker")
+
+
+class Settle(Enum):
+    ACK = "ack"  # done: processed or dead-lettered
+    ABANDON = "abandon"  # leave unacked; the broker redelivers it
+
+
+class Abandoned(Exception):
+    pass
+
+
+@dataclass
+class Delivery:
+    queue: str
+    delivery_tag: int
+    redelivered: bool
+    properties: pika.BasicProperties
+    body: bytes
+    generation: int
+    channel: Any = None
+
+
+def backoff(attempt: int, initial: float, ceiling: float) -> float:
+    """Exponential backoff with jitter: about initial * 2^(attempt-1), at most ceiling."""
+    base = min(ceiling, initial * (2 ** min(attempt - 1, 30)))
+    return base * random.uniform(0.5, 1.0)
+
+
+class MessageHandler:
+    def __init__(
+        self,
+        applier: Applier,
+        records: LogWriter,
+        publisher: ConfirmedPublisher,
+        topology: Topology,
+        config: WorkerConfig,
+    ):
+        self.applier = applier
+        self.records = records
+        self.publisher = publisher
+        self.topology = topology
+        self.config = config
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, delivery: Delivery, sleep: Callable[[float], bool]) -> Settle:
+        """``sleep(seconds)`` waits between retries; it returns False when the message
+        must be abandoned (shutdown deadline, lost connection)."""
+        structlog.contextvars.clear_contextvars()
+        try:
+            if delivery.queue == self.topology.invalid_queue:
+                self._fail_invalid(delivery, sleep)
+            else:
+                self._handle_change(delivery, sleep)
+            return Settle.ACK
+        except Abandoned:
+            log.info("message_abandoned", queue=delivery.queue, reason="will be redelivered")
+            return Settle.ABANDON
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
+        raw = delivery.body.decode("utf-8", errors="replace")
+        try:
+            env = parse_envelope(delivery.body)
+        except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
+            facts = MessageFacts.guess(_loads(delivery.body))
+            self._fail(delivery, facts, err.reason, err.message, raw, None, sleep)
+            return
+        structlog.contextvars.bind_contextvars(message_id=env.id, customerno=env.customerno or "")
+        facts = MessageFacts.of(env)
+        if delivery.redelivered:
+            existing = self._retrying(lambda: self.records.existing(env.id), "find_log_record", sleep)
+            if existing is not None:
+                kind, record = existing
+                log.info("message_already_logged", record=kind, record_id=record["_id"])
+                if kind == "failed":
+                    self._retrying(lambda: self._dead_letter(delivery, facts, record["reason"], record["error"], 1), "dead_letter", sleep)
+                return
+        try:
+            outcome: Outcome = self._retrying(lambda: self.applier.apply(env), "apply", sleep)
+        except PermanentFailure as failure:
+            self._fail(delivery, facts, failure.reason, failure.error, raw, failure.company_id, sleep)
+            return
+        self._retrying(lambda: self.records.processed(facts, outcome), "log_processed", sleep)
+        log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation)
+
+    def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
+        headers = delivery.properties.headers or {}
+        facts = MessageFacts.guess(_loads(delivery.body))
+        reason = str(headers.get("x-bfus-reason", "invalid_message"))
+        error = str(headers.get("x-bfus-error", "The receiver did not accept this message."))
+        raw = delivery.body.decode("utf-8", errors="replace")
+        self._fail(delivery, facts, reason, error, raw, None, sleep)
+
+    # ------------------------------------------------------------------ failure
+
+    def _fail(
+        self,
+        delivery: Delivery,
+        facts: MessageFacts,
+        reason: str,
+        error: str,
+        raw: str,
+        company_id: int | None,
+        sleep: Callable[[float], bool],
+    ) -> None:
+        attempts = int((delivery.properties.headers or {}).get("x-bfus-attempts", 0)) + 1
+        self._retrying(lambda: self.records.failed(facts, reason, error, raw, attempts, company_id), "log_failed", sleep)
+        self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts), "dead_letter", sleep)
+        log.warning("message_failed", reason=reason, error=error, attempts=attempts)
+
+    def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int) -> None:
+        headers = {
+            "x-bfus-reason": reason,
+            "x-bfus-error": error[:2000],
+            "x-bfus-attempts": attempts,
+            "x-bfus-source-queue": delivery.queue,
+            "x-bfus-failed-at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "x-bfus-objecttype": facts.objecttype,
+            "x-bfus-customerno": facts.customerno,
+        }
+        if facts.messageid is not None:
+            headers["x-bfus-id"] = facts.messageid
+        props = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=str(facts.messageid) if facts.messageid is not None else None,
+            headers=headers,
+        )
+        self.publisher.publish(self.topology.dead_exchange, delivery.queue, delivery.body, props)
+
+    # ------------------------------------------------------------------ retry
+
+    def _retrying(self, step: Callable[[], T], what: str, sleep: Callable[[float], bool]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return step()
+            except (LimeUnavailable, BrokerUnavailable) as err:
+                attempt += 1
+                retry_after = getattr(err, "retry_after", None)
+                pause = retry_after if retry_after else backoff(attempt, self.config.retry_initial, self.config.retry_max)
+                log.warning("waiting_to_retry", step=what, attempt=attempt, pause=round(pause, 2), error=str(err))
+                if not sleep(pause):
+                    raise Abandoned() from None
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

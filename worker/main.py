@@ -1,0 +1,119 @@
+"""Wiring a worker process together from the configuration."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import Config, ConfigError
+from shared.lime import LimeClient, LimeUnavailable
+from shared.logs import get_logger
+from shared.mapping import MappingSetupError, ObjectMapper, build_mappers
+from shared.publisher import ConfirmedPublisher
+from shared.topology import Topology
+from worker.apply import Applier
+from worker.consumer import Worker
+from worker.handle import MessageHandler
+from worker.records import LogWriter
+
+log = get_logger(component="worker")
+
+LOG_PROPERTIES = {
+    "processed": ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "processedtime",
+                  "outcome", "limetype", "limeobjectid", "company"),
+    "failed": ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",
+               "reason", "error", "payload", "attempts", "status", "company"),
+}
+
+
+def fetch_limetypes(lime: LimeClient, wait: float = 0.0) -> dict[str, Any]:
+    """Lime's limetype metadata; waits up to ``wait`` seconds for Lime to answer."""
+    deadline = time.monotonic() + wait
+    pause = 0.5
+    while True:
+        try:
+            return lime.limetypes()
+        except LimeUnavailable as err:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("lime_not_ready", error=str(err), retry_in=pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 10)
+
+
+def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, ObjectMapper]:
+    """Mappers for the configuration, or MappingSetupError listing every misfit,
+    including the two log limetypes."""
+    problems: list[str] = []
+    for kind, limetype in (("processed", config.lime.processed_limetype), ("failed", config.lime.failed_limetype)):
+        lt = limetypes.get(limetype)
+        if lt is None:
+            problems.append(f"lime.{kind}_limetype: Lime has no limetype '{limetype}'.")
+            continue
+        missing = [p for p in LOG_PROPERTIES[kind] if p not in lt["properties"]]
+        if missing:
+            problems.append(f"lime.{kind}_limetype: '{limetype}' lacks properties {', '.join(missing)}.")
+    try:
+        mappers = build_mappers(config.mapping, limetypes)
+    except MappingSetupError as err:
+        problems.extend(err.problems)
+        mappers = {}
+    if problems:
+        raise MappingSetupError(problems)
+    return mappers
+
+
+@dataclass
+class WorkerProcess:
+    worker: Worker
+    publisher: ConfirmedPublisher
+    lime: LimeClient
+    thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        try:
+            self.worker.run()
+        finally:
+            self.publisher.stop()
+
+    def start_thread(self) -> threading.Thread:
+        self.thread = threading.Thread(target=self.run, name=f"worker:{self.worker.name}", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for a worker started with start_thread; True when it has ended."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+            return not self.thread.is_alive()
+        return True
+
+
+def build_worker(config: Config, name: str = "worker", lime_wait: float = 60.0) -> WorkerProcess:
+    if not config.lime.api_key:
+        raise ConfigError(["lime.api_key: Must be set (config file or BFUSLIME_LIME__API_KEY)."])
+    lime = LimeClient(config.lime, pool_size=config.broker.partitions + 4)
+    mappers = check_against_lime(config, fetch_limetypes(lime, lime_wait))
+    topology = Topology.from_config(config.broker)
+    publisher = ConfirmedPublisher(config.broker, f"{name} dead letters").start()
+    handler = MessageHandler(Applier(lime, mappers), LogWriter(lime, config.lime), publisher, topology, config.worker)
+    return WorkerProcess(Worker(config, handler, name), publisher, lime)
+
+
+def run_worker(config: Config, name: str = "worker") -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    process = build_worker(config, name)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("worker_signal", signal=signal.Signals(signum).name)
+        process.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    process.run()

@@ -1,0 +1,104 @@
+"""The processed- and failed-message log records in Lime (contract.md §2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import LimeConfig
+from shared.envelope import Envelope
+from shared.lime import LimeClient
+from worker.apply import Outcome
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """What is known of a message, even of one whose envelope is invalid."""
+
+    messageid: int | None
+    objecttype: str = ""
+    operation: str = ""
+    key: str = ""
+    customerno: str = ""
+    bfustimestamp: str | None = None
+
+    @classmethod
+    def of(cls, env: Envelope) -> "MessageFacts":
+        return cls(env.id, env.objecttype, env.operation, env.key, env.customerno or "", env.timestamp.isoformat())
+
+    @classmethod
+    def guess(cls, message: Any) -> "MessageFacts":
+        """Best effort from a raw message that failed validation."""
+        if not isinstance(message, dict):
+            return cls(None)
+
+        def text(name: str, limit: int) -> str:
+            value = message.get(name)
+            return value[:limit] if isinstance(value, str) else ""
+
+        mid = message.get("id")
+        return cls(
+            mid if isinstance(mid, int) and not isinstance(mid, bool) and 0 < mid < 2**63 else None,
+            text("objecttype", 32),
+            text("operation", 16),
+            text("key", 64),
+            text("customerno", 64),
+            None,
+        )
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "messageid": self.messageid,
+            "objecttype": self.objecttype,
+            "operation": self.operation,
+            "key": self.key,
+            "customerno": self.customerno,
+            "bfustimestamp": self.bfustimestamp,
+        }
+
+
+class LogWriter:
+    def __init__(self, lime: LimeClient, config: LimeConfig):
+        self.lime = lime
+        self.processed_type = config.processed_limetype
+        self.failed_type = config.failed_limetype
+
+    def processed(self, facts: MessageFacts, outcome: Outcome) -> int:
+        values = {
+            **facts.values(),
+            "processedtime": _now(),
+            "outcome": outcome.outcome,
+            "limetype": outcome.limetype,
+            "limeobjectid": outcome.object_id,
+            "company": outcome.company_id,
+        }
+        return self.lime.create(self.processed_type, values)["_id"]
+
+    def failed(
+        self, facts: MessageFacts, reason: str, error: str, payload: str, attempts: int, company_id: int | None
+    ) -> int:
+        values = {
+            **facts.values(),
+            "failedtime": _now(),
+            "reason": reason[:64],
+            "error": error,
+            "payload": payload,
+            "attempts": attempts,
+            "status": "failed",
+            "company": company_id,
+        }
+        return self.lime.create(self.failed_type, values)["_id"]
+
+    def existing(self, messageid: int) -> tuple[str, dict[str, Any]] | None:
+        """The log record already written for ``messageid``, if any (used on
+        redelivery, so that a message never gets two records)."""
+        for kind, limetype in (("processed", self.processed_type), ("failed", self.failed_type)):
+            found = self.lime.find(limetype, "messageid", messageid, limit=1)
+            if found:
+                return kind, found[0]
+        return None
