@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
 import requests
@@ -128,16 +128,14 @@ class BrokerHandle:
         return _with_vhost(self.url, name)
 
     def delete_vhost(self, url: str) -> None:
-        name = urlsplit(url).path.lstrip("/")
-        from urllib.parse import unquote
-
-        name = unquote(name)
+        name = unquote(urlsplit(url).path.lstrip("/"))
         with contextlib.suppress(Exception):
             self._management("DELETE", f"vhosts/{quote(name, safe='')}")
         if name in self._vhosts:
             self._vhosts.remove(name)
 
     def queue_info(self, vhost_url: str, queue: str) -> dict:
+        """The management API's view of a queue: messages, consumers, ..."""
         vhost = urlsplit(vhost_url).path.lstrip("/") or "%2F"
         return self._management("GET", f"queues/{vhost}/{quote(queue, safe='')}").json()
 
@@ -309,8 +307,9 @@ class PrivateNode:
     def stop(self, timeout: float = 30.0) -> None:
         process = self.process
         if process is not None and process.poll() is None:
+            # A node whose data folder is about to be removed need not shut down politely.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGKILL if self._own_dir else signal.SIGTERM)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -352,7 +351,11 @@ def _start_container() -> BrokerHandle:
 
 
 def provide_broker(
-    allow_container: bool = True, install: bool = False, extra_conf: dict[str, str] | None = None
+    allow_container: bool = True,
+    install: bool = False,
+    extra_conf: dict[str, str] | None = None,
+    amqp_port: int | None = None,
+    management_port: int | None = None,
 ) -> BrokerHandle:
     """The broker to use, per the module docstring. Call ``close()`` when done."""
     url = os.environ.get("RABBITMQ_URL")
@@ -366,7 +369,7 @@ def provide_broker(
         return _start_container()
     if install:
         install_rabbitmq()
-    node = PrivateNode(extra_conf=extra_conf).start()
+    node = PrivateNode(amqp_port=amqp_port, management_port=management_port, extra_conf=extra_conf).start()
     return BrokerHandle(url=node.url, management_url=node.management_url, kind="private", node=node)
 
 

@@ -148,7 +148,9 @@ def run_all(options: RunOptions) -> int:
 
     print("Starting RabbitMQ ..." if not os.environ.get("RABBITMQ_URL") else "Using RABBITMQ_URL ...", flush=True)
     try:
-        broker: BrokerHandle = provide_broker(allow_container=False, install=True)
+        broker: BrokerHandle = provide_broker(
+            allow_container=False, install=True, amqp_port=_port(5673), management_port=_port(15673)
+        )
     except BrokerSetupError as err:
         print(f"bfus-lime run: {err}", file=sys.stderr)
         return 1
@@ -212,12 +214,11 @@ def _public(url: str | None) -> str:
 
 
 def _consumers(broker: BrokerHandle) -> int:
+    """Consumers on the first partition queue: every worker subscribes to it."""
     try:
-        queues = broker._management("GET", "queues/%2F").json()
+        return broker.queue_info(broker.url, "bfus.changes.p000").get("consumers", 0)
     except Exception:
         return 0
-    partition = [q for q in queues if q["name"] == "bfus.changes.p000"]
-    return partition[0].get("consumers", 0) if partition else 0
 
 
 def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processes, stop: threading.Event) -> int:

@@ -342,9 +342,10 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
 def _flatten(messages: Any, prefix: str = "") -> list[str]:
     if isinstance(messages, dict):
         out: list[str] = []
+        dict_entry = set(messages) <= {"key", "value"}  # how marshmallow reports a table's entries
         for key, sub in messages.items():
             name = f"{prefix}.{key}" if prefix else str(key)
-            if key == "_schema":
+            if key == "_schema" or (dict_entry and key == "value" and isinstance(sub, dict)):
                 name = prefix or "(top level)"
             out.extend(_flatten(sub, name))
         return out

@@ -1,0 +1,107 @@
+"""The checker: does Lime hold what BFUS sent? Compares the BFUS stand-in's last
+snapshot of every object with the Lime stand-in's data, and the messages BFUS
+delivered with the log records in Lime."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from shared.mapping import ObjectMapper
+
+
+@dataclass
+class CheckReport:
+    objects: int = 0
+    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    messages: int = 0
+    processed: int = 0
+    failed: int = 0
+    unlogged: list[int] = field(default_factory=list)
+    logged_twice: list[int] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatched or self.missing or self.duplicated or self.unlogged or self.logged_twice
+                    or self.out_of_order)
+
+    def summary(self) -> str:
+        return (
+            f"objects {self.objects} (mismatched {len(self.mismatched)}, missing {len(self.missing)}, "
+            f"duplicated {len(self.duplicated)}); messages {self.messages}: processed {self.processed}, "
+            f"failed {self.failed}, unlogged (lost) {len(self.unlogged)}, logged twice {len(self.logged_twice)}, "
+            f"applied out of order {len(self.out_of_order)}"
+        )
+
+    def details(self, limit: int = 10) -> str:
+        lines = [self.summary()]
+        for name in ("mismatched", "missing", "duplicated", "unlogged", "logged_twice", "out_of_order"):
+            items = getattr(self, name)
+            if items:
+                lines.append(f"  {name}: {items[:limit]}{' ...' if len(items) > limit else ''}")
+        return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    return value["key"] if isinstance(value, dict) and "key" in value else value
+
+
+def expected_values(mapper: ObjectMapper, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What Lime should hold for a BFUS object's last snapshot."""
+    values = mapper.map(snapshot["data"])
+    if snapshot["deleted"]:
+        changed = dt.date.fromisoformat(snapshot["changed"])
+        values.update(mapper.soft_delete_values(changed))
+    values[mapper.key_property] = snapshot["key"]
+    return values
+
+
+def check_objects(report: CheckReport, mapper: ObjectMapper, snapshots: Iterable[dict[str, Any]],
+                  lime_objects: Iterable[dict[str, Any]], sent_keys: set[str] | None = None) -> None:
+    """Every BFUS object (that had a change message, when ``sent_keys`` is given)
+    is in Lime once, with the mapped values of its last snapshot."""
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for obj in lime_objects:
+        by_key[str(obj.get(mapper.key_property))].append(obj)
+    for snapshot in snapshots:
+        key = snapshot["key"]
+        if sent_keys is not None and key not in sent_keys:
+            continue
+        report.objects += 1
+        found = by_key.get(key, [])
+        if not found:
+            report.missing.append(f"{mapper.objecttype} {key}")
+            continue
+        if len(found) > 1:
+            report.duplicated.append(f"{mapper.objecttype} {key} x{len(found)}")
+        expected = expected_values(mapper, snapshot)
+        diffs = [f"{p}: lime={_plain(found[0].get(p))!r} bfus={v!r}" for p, v in expected.items()
+                 if _plain(found[0].get(p)) != v]
+        if diffs:
+            report.mismatched.append(f"{mapper.objecttype} {key}: " + "; ".join(diffs))
+
+
+def check_log(report: CheckReport, delivered_ids: Iterable[int], processed: list[dict[str, Any]],
+              failed: list[dict[str, Any]]) -> None:
+    """Each delivered message has exactly one log record; one object's messages were
+    applied in increasing id order (record creation order)."""
+    ids = list(delivered_ids)
+    report.messages = len(ids)
+    report.processed = len(processed)
+    report.failed = len(failed)
+    counts = Counter(r["messageid"] for r in [*processed, *failed])
+    report.unlogged = [i for i in ids if counts[i] == 0]
+    report.logged_twice = sorted(i for i, n in counts.items() if n > 1)
+    last: dict[tuple[str, str], int] = {}
+    for record in sorted(processed, key=lambda r: r["_id"]):
+        if _plain(record.get("outcome")) != "applied":
+            continue
+        obj = (record["objecttype"], record["key"])
+        if obj in last and record["messageid"] < last[obj]:
+            report.out_of_order.append(f"{obj[0]} {obj[1]}: {record['messageid']} after {last[obj]}")
+        last[obj] = max(record["messageid"], last.get(obj, 0))

@@ -1,0 +1,82 @@
+"""Shared fixtures. One real RabbitMQ per test session (RABBITMQ_URL, testcontainers,
+or a private node from the Debian package), a fresh virtual host per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sandbox.broker import BrokerHandle, provide_broker
+from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
+from sandbox.stack import Stack
+from shared.logs import configure_logging
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure_logging("warning")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[BrokerHandle]:
+    handle = provide_broker(install=True)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq: BrokerHandle) -> Iterator[str]:
+    url = rabbitmq.create_vhost()
+    try:
+        yield url
+    finally:
+        rabbitmq.delete_vhost(url)
+
+
+@pytest.fixture
+def stoppable_broker(rabbitmq: BrokerHandle) -> BrokerHandle:
+    """The session broker, for tests that stop and start it."""
+    if not rabbitmq.can_stop:
+        pytest.skip(f"the {rabbitmq.kind} broker cannot be stopped by tests (only a private node can)")
+    return rabbitmq
+
+
+@pytest.fixture
+def lime(tmp_path: Path) -> Iterator[LimeStandIn]:
+    standin = LimeStandIn(LimeSandboxSettings(db_path=tmp_path / "lime.db", seed=1)).start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+@pytest.fixture
+def make_stack(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(**kwargs: Any) -> Stack:
+        stack = Stack(amqp_url, tmp_path / f"stack{len(stacks)}", **kwargs)
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.stop()
+
+
+@pytest.fixture(scope="session")
+def limetypes() -> dict[str, Any]:
+    """Lime metadata of the stand-in's default schema, as the Lime client returns it."""
+    from sandbox.lime.schema import load_schema
+
+    out = {}
+    for name, lt in load_schema().items():
+        props = lt.to_json("http://lime.test/lime/api/v1/")["_embedded"]["properties"]
+        out[name] = {"name": name, "properties": {p["name"]: p for p in props}}
+    return out

@@ -1,0 +1,257 @@
+"""The Lime CRM stand-in implements contract.md §3, over real HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from sandbox.lime.app import LimeStandIn
+
+ADMIN = {"X-Admin-Key": "dev-lime-admin"}
+
+
+class Api:
+    def __init__(self, lime: LimeStandIn):
+        self.base = lime.api_url
+        self.root = lime.server.url
+        self.headers = {"X-API-Key": lime.api_key}
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(path if path.startswith("http") else self.base + path, headers=self.headers, timeout=10, **kw)
+
+    def post(self, path: str, body: Any) -> requests.Response:
+        return requests.post(self.base + path, json=body, headers=self.headers, timeout=10)
+
+    def put(self, path: str, body: Any) -> requests.Response:
+        return requests.put(self.base + path, json=body, headers=self.headers, timeout=10)
+
+    def delete(self, path: str) -> requests.Response:
+        return requests.delete(self.base + path, headers=self.headers, timeout=10)
+
+    def faults(self, **faults: Any) -> requests.Response:
+        return requests.put(f"{self.root}_admin/faults", json=faults, headers=ADMIN, timeout=10)
+
+    def company(self, **values: Any) -> dict[str, Any]:
+        response = self.post("limeobject/company/", {"name": "Acme AB", **values})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+@pytest.fixture
+def api(lime: LimeStandIn) -> Api:
+    return Api(lime)
+
+
+def test_limetypes_list_properties_with_types_options_and_relations(api: Api) -> None:
+    body = api.get("limetype/").json()
+    names = {lt["name"] for lt in body["_embedded"]["limetypes"]}
+    assert {"company", "person", "agreement", "facility", "bfusprocessedmessage", "bfusfailedmessage"} <= names
+    company = api.get("limetype/company/").json()
+    props = {p["name"]: p for p in company["_embedded"]["properties"]}
+    assert props["name"]["type"] == "string" and props["name"]["required"] is True and props["name"]["length"] == 128
+    assert [o["key"] for o in props["bfusstatus"]["options"]] == ["active", "inactive", "former", "deleted"]
+    assert {"id", "key", "text", "inactive"} <= set(props["bfusstatus"]["options"][0])
+    person = {p["name"]: p for p in api.get("limetype/person/").json()["_embedded"]["properties"]}
+    assert person["company"]["type"] == "belongsto"
+    assert person["company"]["_links"]["related_type"]["name"] == "company"
+
+
+def test_unknown_limetype_is_404(api: Api) -> None:
+    response = api.get("limetype/spaceship/")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+    assert api.get("limeobject/spaceship/").status_code == 404
+
+
+def test_create_returns_201_with_hal_object(api: Api) -> None:
+    response = api.post("limeobject/company/", {"name": "Öberg El AB", "customerno": "100234"})
+    assert response.status_code == 201
+    assert response.headers["Content-Type"].startswith("application/hal+json")
+    obj = response.json()
+    assert obj["name"] == "Öberg El AB" and obj["customerno"] == "100234"
+    assert isinstance(obj["_id"], int) and obj["_descriptive"] == "Öberg El AB"
+    assert obj["_links"]["self"]["href"].endswith(f"limeobject/company/{obj['_id']}/")
+    assert obj["_links"]["limetype"]["name"] == "company"
+    for stamp in (obj["_timestamp"], obj["_createdtime"]):
+        assert dt.datetime.fromisoformat(stamp).tzinfo is not None
+
+
+def test_read_and_missing_object(api: Api) -> None:
+    created = api.company(customerno="1")
+    assert api.get(f"limeobject/company/{created['_id']}/").json()["customerno"] == "1"
+    missing = api.get("limeobject/company/999999/")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"error", "message"}
+
+
+def test_put_is_partial(api: Api) -> None:
+    created = api.company(customerno="7", phone="+468123456", email="a@example.se")
+    response = api.put(f"limeobject/company/{created['_id']}/", {"phone": "+4640999999"})
+    assert response.status_code == 200
+    updated = api.get(f"limeobject/company/{created['_id']}/").json()
+    assert updated["phone"] == "+4640999999"
+    assert updated["email"] == "a@example.se" and updated["customerno"] == "7"
+    assert updated["_timestamp"] >= created["_timestamp"]
+
+
+def test_delete_is_204_then_404(api: Api) -> None:
+    created = api.company()
+    assert api.delete(f"limeobject/company/{created['_id']}/").status_code == 204
+    assert api.get(f"limeobject/company/{created['_id']}/").status_code == 404
+    assert api.delete(f"limeobject/company/{created['_id']}/").status_code == 404
+
+
+def test_option_is_read_as_id_key_text_and_written_as_key(api: Api) -> None:
+    obj = api.company(bfusstatus="former")
+    assert obj["bfusstatus"]["key"] == "former"
+    assert obj["bfusstatus"]["text"] == "Former customer"
+    assert isinstance(obj["bfusstatus"]["id"], int)
+    bad = api.post("limeobject/company/", {"name": "x", "bfusstatus": "gone"})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "invalid_option" and "gone" in bad.json()["message"]
+
+
+def test_yesno_is_boolean(api: Api) -> None:
+    assert api.company(einvoice=True)["einvoice"] is True
+    assert api.company()["einvoice"] is False
+    assert api.post("limeobject/company/", {"name": "x", "einvoice": "yes"}).status_code == 400
+
+
+def test_belongsto_is_related_id(api: Api) -> None:
+    company = api.company()
+    person = api.post("limeobject/person/", {"name": "Åsa Öberg", "company": company["_id"]})
+    assert person.status_code == 201
+    assert person.json()["company"] == company["_id"]
+    assert "relation_company" in person.json()["_links"]
+    dangling = api.post("limeobject/person/", {"name": "x", "company": 424242})
+    assert dangling.status_code == 400 and dangling.json()["error"] == "invalid_relation"
+
+
+def test_times_and_dates(api: Api) -> None:
+    record = api.post("limeobject/bfusprocessedmessage/", {"messageid": 1, "bfustimestamp": "2026-11-24T09:15:02.123+01:00"})
+    assert record.status_code == 201
+    stamp = dt.datetime.fromisoformat(record.json()["bfustimestamp"])
+    assert stamp == dt.datetime(2026, 11, 24, 8, 15, 2, 123000, tzinfo=dt.timezone.utc)
+    assert api.company(bfuscreateddate="2020-02-29")["bfuscreateddate"] == "2020-02-29"
+    assert api.post("limeobject/company/", {"name": "x", "bfuscreateddate": "29/02/2020"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"name": "x", "shoesize": 44}, "unknown_property"),
+        ({"name": None}, "invalid_value"),
+        ({"name": "x", "phone": None}, "invalid_value"),
+        ({"customerno": "1"}, "required"),
+        ({"name": "x" * 129}, "invalid_value"),
+        ({"name": "x", "bfuslastmessageid": "12"}, "invalid_value"),
+    ],
+    ids=["unknown property", "null name", "null phone", "missing required", "too long", "text for integer"],
+)
+def test_bad_values_are_400_with_error_and_message(api: Api, body: dict, code: str) -> None:
+    response = api.post("limeobject/company/", body)
+    assert response.status_code == 400
+    assert response.json()["error"] == code
+    assert response.json()["message"]
+    assert api.get("limeobject/company/").json()["_embedded"]["limeobjects"] == []
+
+
+def test_bad_value_in_put_changes_nothing(api: Api) -> None:
+    obj = api.company(phone="+468111111")
+    response = api.put(f"limeobject/company/{obj['_id']}/", {"phone": "+468222222", "name": None})
+    assert response.status_code == 400
+    assert api.get(f"limeobject/company/{obj['_id']}/").json()["phone"] == "+468111111"
+
+
+def test_missing_or_wrong_api_key_is_401(api: Api) -> None:
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        response = requests.get(api.base + "limeobject/company/", headers=headers, timeout=10)
+        assert response.status_code == 401
+        assert response.json()["error"] == "unauthorized"
+
+
+def test_paging_with_limit_offset_and_next_links(api: Api) -> None:
+    for i in range(23):
+        api.company(customerno=f"{i:03d}")
+    first = api.get("limeobject/company/").json()
+    assert len(first["_embedded"]["limeobjects"]) == 10  # default page size
+    seen, url, pages = [], "limeobject/company/?_limit=7", 0
+    while url:
+        page = api.get(url).json()
+        seen += [o["customerno"] for o in page["_embedded"]["limeobjects"]]
+        url = page["_links"].get("next", {}).get("href")
+        pages += 1
+    assert seen == [f"{i:03d}" for i in range(23)]
+    assert pages == 4
+    last = api.get("limeobject/company/?_limit=7&_offset=21").json()
+    assert "next" not in last["_links"] and "prev" in last["_links"]
+
+
+def test_equality_and_range_filters_and_sort(api: Api) -> None:
+    for i, status in enumerate(["active", "former", "active", "inactive", "active"]):
+        api.company(customerno=f"C{i}", bfusstatus=status, bfuslastmessageid=i * 10, einvoice=i % 2 == 0)
+
+    def numbers(query: str) -> list[str]:
+        response = api.get(f"limeobject/company/?{query}")
+        assert response.status_code == 200, response.text
+        return [o["customerno"] for o in response.json()["_embedded"]["limeobjects"]]
+
+    assert numbers("bfusstatus=active") == ["C0", "C2", "C4"]
+    assert numbers("customerno=C3") == ["C3"]
+    assert numbers("einvoice=true") == ["C0", "C2", "C4"]
+    assert numbers("min-bfuslastmessageid=10&max-bfuslastmessageid=30") == ["C1", "C2", "C3"]
+    assert numbers("bfusstatus=active&min-bfuslastmessageid=15") == ["C2", "C4"]
+    assert numbers("_sort=-bfuslastmessageid") == ["C4", "C3", "C2", "C1", "C0"]
+    assert numbers("_sort=bfusstatus,-customerno")[:3] == ["C4", "C2", "C0"]
+    assert api.get("limeobject/company/?shoesize=44").status_code == 400
+    assert api.get("limeobject/company/?_sort=shoesize").status_code == 400
+
+
+def test_fault_down_answers_503_until_lifted(api: Api) -> None:
+    assert api.faults(down=True).status_code == 200
+    assert api.get("limeobject/company/").status_code == 503
+    api.faults(down=False)
+    assert api.get("limeobject/company/").status_code == 200
+
+
+def test_fault_error_rate_fails_that_share(api: Api) -> None:
+    api.faults(error_rate=0.3)
+    statuses = [api.get("limetype/company/").status_code for _ in range(200)]
+    assert set(statuses) == {200, 500}
+    assert 30 <= statuses.count(500) <= 90  # seeded: about 60 of 200
+
+
+def test_fault_latency_delays_requests(api: Api) -> None:
+    api.faults(latency_ms=150)
+    started = time.monotonic()
+    assert api.get("limetype/company/").status_code == 200
+    assert time.monotonic() - started >= 0.15
+
+
+def test_rate_limit_answers_429_with_retry_after(api: Api) -> None:
+    api.faults(rate_limit=5, rate_window=60)
+    statuses = [api.get("limetype/company/") for _ in range(7)]
+    assert [r.status_code for r in statuses] == [200] * 5 + [429] * 2
+    assert 1 <= int(statuses[-1].headers["Retry-After"]) <= 60
+
+
+def test_admin_needs_its_own_key_and_rejects_unknown_faults(api: Api) -> None:
+    assert requests.put(f"{api.root}_admin/faults", json={"down": True}, headers=api.headers, timeout=10).status_code == 401
+    response = api.faults(explode=True)
+    assert response.status_code == 400 and "explode" in response.json()["message"]
+    assert api.faults(error_rate=2).status_code == 400
+
+
+def test_requests_are_counted_by_method_and_limetype(api: Api) -> None:
+    requests.post(f"{api.root}_admin/stats/reset", headers=ADMIN, timeout=10)
+    api.company()
+    api.company()
+    api.get("limeobject/company/")
+    api.get("limeobject/person/")
+    stats = requests.get(f"{api.root}_admin/stats", headers=ADMIN, timeout=10).json()
+    assert stats["requests"] == {"POST company": 2, "GET company": 1, "GET person": 1}
+    assert stats["total"] == 4
