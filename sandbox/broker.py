@@ -245,6 +245,7 @@ class PrivateNode:
             "log.console": "true",
             "log.console.level": "warning",
             "log.file": "false",
+            "collect_statistics_interval": "1000",  # management counts within a second
         }
         if self.management:
             conf["management.tcp.port"] = str(self.management_port)

@@ -37,7 +37,7 @@ def redact_personal(_logger: Any, _method: str, event: dict) -> dict:
     return event
 
 
-def configure_logging(level: str = "info", fmt: str = "console") -> None:
+def configure_logging(level: str = "info", fmt: str = "console", stream: Any = None) -> None:
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -55,7 +55,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
     # pika logs every reconnect attempt at ERROR; our own events say what matters.

@@ -16,10 +16,14 @@ from shared.mapping import MappingError, ObjectMapper
 
 
 class PermanentFailure(Exception):
-    def __init__(self, reason: str, error: str, company_id: int | None = None):
+    """``error`` is the readable text for the failed-message record (it may quote BFUS
+    values); ``detail`` is what may go into a log line: never a value."""
+
+    def __init__(self, reason: str, error: str, detail: str = "", company_id: int | None = None):
         super().__init__(f"{reason}: {error}")
         self.reason = reason
         self.error = error
+        self.detail = detail
         self.company_id = company_id
 
 
@@ -81,7 +85,7 @@ class Applier:
         try:
             values = mapper.map(env.data)
         except MappingError as err:
-            raise PermanentFailure("mapping_error", str(err)) from None
+            raise PermanentFailure("mapping_error", str(err), f"field '{err.field}': {err.problem}") from None
         if env.operation == "deleted":
             values.update(mapper.soft_delete_values(env.timestamp.date()))
         values[mapper.key_property] = env.key
@@ -97,7 +101,9 @@ class Applier:
         if len(found) > 1:
             ids = ", ".join(str(o["_id"]) for o in found)
             raise PermanentFailure(
-                "ambiguous_key", f"Lime has several {mapper.limetype} objects with {mapper.key_property}={key} ({ids})"
+                "ambiguous_key",
+                f"Lime has several {mapper.limetype} objects with {mapper.key_property}={key} ({ids})",
+                f"{len(found)} {mapper.limetype} objects share the key",
             )
         if not found:
             return None
@@ -116,6 +122,8 @@ class Applier:
                     self.ids.drop(mapper.limetype, key)  # removed in Lime since we cached it
             created = self.lime.create(mapper.limetype, values)
         except LimeRejected as err:
-            raise PermanentFailure("lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}") from None
+            raise PermanentFailure(
+                "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}", f"Lime {err.status} {err.code}"
+            ) from None
         self.ids.put(mapper.limetype, key, created["_id"])
         return created["_id"]

@@ -92,7 +92,7 @@ class MessageHandler:
             env = parse_envelope(delivery.body)
         except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
             facts = MessageFacts.guess(_loads(delivery.body))
-            self._fail(delivery, facts, err.reason, err.message, raw, None, sleep)
+            self._fail(delivery, facts, err.reason, err.message, raw, None, sleep, detail=err.message)
             return
         structlog.contextvars.bind_contextvars(message_id=env.id, customerno=env.customerno or "")
         facts = MessageFacts.of(env)
@@ -107,7 +107,7 @@ class MessageHandler:
         try:
             outcome: Outcome = self._retrying(lambda: self.applier.apply(env), "apply", sleep)
         except PermanentFailure as failure:
-            self._fail(delivery, facts, failure.reason, failure.error, raw, failure.company_id, sleep)
+            self._fail(delivery, facts, failure.reason, failure.error, raw, failure.company_id, sleep, failure.detail)
             return
         self._retrying(lambda: self.records.processed(facts, outcome), "log_processed", sleep)
         log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation)
@@ -118,7 +118,7 @@ class MessageHandler:
         reason = str(headers.get("x-bfus-reason", "invalid_message"))
         error = str(headers.get("x-bfus-error", "The receiver did not accept this message."))
         raw = delivery.body.decode("utf-8", errors="replace")
-        self._fail(delivery, facts, reason, error, raw, None, sleep)
+        self._fail(delivery, facts, reason, error, raw, None, sleep, detail=error)
 
     # ------------------------------------------------------------------ failure
 
@@ -131,11 +131,14 @@ class MessageHandler:
         raw: str,
         company_id: int | None,
         sleep: Callable[[float], bool],
+        detail: str = "",
     ) -> None:
+        """Failed-message record in Lime, then the dead letter. ``detail`` goes to
+        the log line; ``error`` (which may quote personal data) only to Lime."""
         attempts = int((delivery.properties.headers or {}).get("x-bfus-attempts", 0)) + 1
         self._retrying(lambda: self.records.failed(facts, reason, error, raw, attempts, company_id), "log_failed", sleep)
         self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts), "dead_letter", sleep)
-        log.warning("message_failed", reason=reason, error=error, attempts=attempts)
+        log.warning("message_failed", reason=reason, detail=detail, attempts=attempts)
 
     def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int) -> None:
         headers = {
