@@ -8,7 +8,6 @@ process it started."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -86,8 +85,9 @@ class Processes:
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "ab")
-        exe = shutil.which("bfus-lime") or sys.argv[0]
-        child = subprocess.Popen([exe, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.children.append((name, child))
         return child
 

@@ -64,6 +64,8 @@ def broker(install: bool) -> None:
         click.echo(f"RABBITMQ_URL={handle.url}")
         if handle.management_url:
             click.echo(f"management: {handle.management_url}")
+        if handle.node is not None:
+            click.echo(f"data folder: {handle.node.base} (removed on exit)")
         sys.stdout.flush()
         if handle.kind == "private":
             _wait_for_signal()

@@ -1,0 +1,93 @@
+"""The bfus-lime command: configuration errors, check-config, broker, and `run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pika
+from click.testing import CliRunner
+
+from sandbox.broker import BrokerHandle
+from sandbox.lime.app import LimeStandIn
+from shared.cli import main
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bfus-lime.toml"
+    path.write_text(text)
+    return path
+
+
+def test_bad_value_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[lime]\napi_key = "k"\nrate_limit = "fast"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "worker"])
+    assert result.exit_code == 2
+    assert "lime.rate_limit: Not a valid number." in result.output
+
+
+def test_missing_secret_stops_start_up(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--config", str(write(tmp_path, "")), "receiver"], env={})
+    assert result.exit_code == 2
+    assert "receiver.api_key: Must be set" in result.output
+
+
+def test_check_config_against_lime(tmp_path: Path, lime: LimeStandIn) -> None:
+    good = write(tmp_path, f'[lime]\nurl = "{lime.api_url}"\napi_key = "{lime.api_key}"\n')
+    result = CliRunner().invoke(main, ["--config", str(good), "check-config"])
+    assert result.exit_code == 0, result.output
+    assert "customer -> company by customerno" in result.output and "mapping fits Lime" in result.output
+    bad = write(tmp_path, f'[lime]\nurl = "{lime.api_url}"\napi_key = "{lime.api_key}"\n'
+                          '[mapping.objects.customer]\nkey = "customercode"\n')
+    result = CliRunner().invoke(main, ["--config", str(bad), "check-config"])
+    assert result.exit_code == 2
+    assert "mapping.objects.customer.key: limetype 'company' has no property 'customercode'" in result.output
+
+
+def test_check_config_says_when_lime_is_unreachable(tmp_path: Path) -> None:
+    path = write(tmp_path, '[lime]\nurl = "http://127.0.0.1:9/lime/api/v1/"\napi_key = "k"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 1 and "Lime unreachable" in result.output
+
+
+def test_broker_command_starts_a_private_node_and_removes_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+    child = subprocess.Popen([sys.executable, "-m", "shared.cli", "broker"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = ""
+        while not line.startswith("RABBITMQ_URL="):
+            line = child.stdout.readline()
+            assert line, "bfus-lime broker ended without printing its URL"
+        url = line.strip().split("=", 1)[1]
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+        while not line.startswith("data folder: "):
+            line = child.stdout.readline()
+            assert line, "bfus-lime broker did not say where its data is"
+        folder = Path(line.split(": ", 1)[1].split(" (")[0])
+        assert folder.is_dir()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(60) == 0
+    assert not folder.exists()
+
+
+def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:
+    env = {**os.environ, "RABBITMQ_URL": amqp_url, "RABBITMQ_MANAGEMENT_URL": rabbitmq.management_url or ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "run", "--changes", "60", "--customers", "15", "--rate", "200",
+         "--until-done", "--workdir", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Everything is up. Where to look:" in result.stdout
+    assert "X-API-Key: dev-lime-key" in result.stdout
+    assert "All 60 changes are in Lime (60 processed, 0 failed)" in result.stdout
+    assert "Stopped every process `run` started." in result.stdout
+    logs = sorted(p.name for p in (tmp_path / "run" / "logs").iterdir())
+    assert logs == ["bfus.log", "lime.log", "receiver.log", "worker-1.log", "worker-2.log"]
+    stopped = [p for p in logs if "worker_stopped" in (tmp_path / "run" / "logs" / p).read_text()]
+    assert stopped == ["worker-1.log", "worker-2.log"]
