@@ -147,3 +147,26 @@ def test_customer_api_pages_and_filters(bfus: BfusStandIn) -> None:
     active = requests.get(f"{bfus.url}api/v1/customers?status=active", headers=headers, timeout=5).json()
     assert active["total"] == 25
     assert requests.get(f"{bfus.url}api/v1/customers?status=former", headers=headers, timeout=5).json()["total"] == 0
+
+
+def test_seeded_customers_have_facilities_contracts_and_meters(bfus: BfusStandIn) -> None:
+    bfus.changes.seed_customers(50)
+    store = bfus.store
+    customers = {s["key"] for s in store.snapshots("customer")}
+    facilities = {s["key"]: s["data"] for s in store.snapshots("facility")}
+    contracts = [s["data"] for s in store.snapshots("contract")]
+    meters = [s["data"] for s in store.snapshots("meter")]
+    assert len(facilities) >= 50 and len(contracts) == len(facilities) and meters
+    assert {f["customerno"] for f in facilities.values()} == customers
+    for facilityno, facility in facilities.items():
+        assert re.fullmatch(r"735999\d{12}", facilityno)
+        assert re.fullmatch(r"[A-ZÅÄÖ ]+ [A-ZÅÄÖ]+ \d+:\d+", facility["propertydesignation"])
+    for contract in contracts:
+        assert contract["facilityno"] in facilities
+        assert facilities[contract["facilityno"]]["customerno"] == contract["customerno"]
+        assert contract["product"] in ("electricity", "districtheating", "water", "broadband", "gas")
+    for meter in meters:
+        assert facilities[meter["facilityno"]]["customerno"] == meter["customerno"]
+    headers = {"Authorization": "Bearer dev-bfus-token"}
+    page = requests.get(f"{bfus.url}api/v1/contracts?limit=5", headers=headers, timeout=5).json()
+    assert page["total"] == len(contracts) and len(page["items"]) == 5 and page["next"]

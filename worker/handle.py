@@ -83,8 +83,21 @@ class MessageHandler:
         except Abandoned:
             log.info("message_abandoned", queue=delivery.queue, reason="will be redelivered")
             return Settle.ABANDON
+        except Exception as err:  # a bug: fail the message rather than block its partition
+            log.exception("message_internal_error", queue=delivery.queue)
+            return self._fail_internal(delivery, err, sleep)
         finally:
             structlog.contextvars.clear_contextvars()
+
+    def _fail_internal(self, delivery: Delivery, err: Exception, sleep: Callable[[float], bool]) -> Settle:
+        facts = MessageFacts.guess(_loads(delivery.body))
+        raw = delivery.body.decode("utf-8", errors="replace")
+        error = f"Internal error while handling the message: {type(err).__name__}: {err}"
+        try:
+            self._fail(delivery, facts, "internal_error", error, raw, None, sleep, detail=type(err).__name__)
+            return Settle.ACK
+        except Abandoned:
+            return Settle.ABANDON
 
     def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         raw = delivery.body.decode("utf-8", errors="replace")

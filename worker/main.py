@@ -29,19 +29,22 @@ LOG_PROPERTIES = {
 }
 
 
-def fetch_limetypes(lime: LimeClient, wait: float = 0.0) -> dict[str, Any]:
-    """Lime's limetype metadata; waits up to ``wait`` seconds for Lime to answer."""
-    deadline = time.monotonic() + wait
+def fetch_limetypes(lime: LimeClient, wait: float | None = 0.0, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Lime's limetype metadata; waits up to ``wait`` seconds (None: until ``stop``)
+    for Lime to answer."""
+    deadline = None if wait is None else time.monotonic() + wait
     pause = 0.5
+    stop = stop or threading.Event()
     while True:
         try:
             return lime.limetypes()
         except LimeUnavailable as err:
-            if time.monotonic() + pause > deadline:
+            if (deadline is not None and time.monotonic() + pause > deadline) or stop.is_set():
                 raise
             log.warning("lime_not_ready", error=str(err), retry_in=pause)
-            time.sleep(pause)
-            pause = min(pause * 2, 10)
+            if stop.wait(pause):
+                raise
+            pause = min(pause * 2, 30)
 
 
 def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, ObjectMapper]:
@@ -95,11 +98,13 @@ class WorkerProcess:
         return True
 
 
-def build_worker(config: Config, name: str = "worker", lime_wait: float = 60.0) -> WorkerProcess:
+def build_worker(
+    config: Config, name: str = "worker", lime_wait: float | None = 60.0, stop: threading.Event | None = None
+) -> WorkerProcess:
     if not config.lime.api_key:
         raise ConfigError(["lime.api_key: Must be set (config file or BFUSLIME_LIME__API_KEY)."])
     lime = LimeClient(config.lime, pool_size=config.broker.partitions + 4)
-    mappers = check_against_lime(config, fetch_limetypes(lime, lime_wait))
+    mappers = check_against_lime(config, fetch_limetypes(lime, lime_wait, stop))
     topology = Topology.from_config(config.broker)
     publisher = ConfirmedPublisher(config.broker, f"{name} dead letters").start()
     handler = MessageHandler(Applier(lime, mappers), LogWriter(lime, config.lime), publisher, topology, config.worker)
@@ -107,13 +112,26 @@ def build_worker(config: Config, name: str = "worker", lime_wait: float = 60.0) 
 
 
 def run_worker(config: Config, name: str = "worker") -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
-    process = build_worker(config, name)
+    """Run until SIGTERM or SIGINT, then stop gracefully. Waits for Lime at start-up
+    for as long as it takes (a signal ends the wait)."""
+    stopping = threading.Event()
+    built: list[WorkerProcess] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("worker_signal", signal=signal.Signals(signum).name)
-        process.stop()
+        stopping.set()
+        for process in built:
+            process.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        process = build_worker(config, name, lime_wait=None, stop=stopping)
+    except LimeUnavailable:
+        if stopping.is_set():
+            return
+        raise
+    built.append(process)
+    if stopping.is_set():
+        process.stop()
     process.run()

@@ -9,9 +9,12 @@ import time
 from dataclasses import dataclass, field
 
 from sandbox.bfus.store import BfusStore, now
-from sandbox.bfus.swedish import SwedishData
+from sandbox.bfus.swedish import SwedishData, SwedishFacilities
 
 FIRST_CUSTOMERNO = 100001
+FIRST_FACILITYNO = 735999100000000001  # Swedish facility ids are 18 digits starting 735999
+FIRST_CONTRACTNO = 5000001
+FIRST_METERNO = 70000001
 
 
 @dataclass
@@ -45,18 +48,42 @@ class ChangeMaker:
         self.store = store
         self.rng = random.Random(seed)
         self.data = SwedishData(self.rng)
+        self.facilities = SwedishFacilities(self.rng)
         self._lock = threading.Lock()
 
     def new_customerno(self) -> str:
         return str(self.store.next_number("customerno", FIRST_CUSTOMERNO))
 
+    def customer_objects(self, customer: dict) -> list[tuple[str, str, dict]]:
+        """A new customer's facilities (1-2), a contract per facility and a meter per
+        metered facility, as (objecttype, key, data)."""
+        today = now().date()
+        customerno = customer["customerno"]
+        objects = []
+        for _ in range(self.rng.choice((1, 1, 1, 2))):
+            facilityno = str(self.store.next_number("facilityno", FIRST_FACILITYNO))
+            address = {k: customer[k] for k in ("street", "zipcode", "city")} if not objects else self.data.address()
+            objects.append(("facility", facilityno, self.facilities.facility(facilityno, customerno, address, today)))
+            contractno = str(self.store.next_number("contractno", FIRST_CONTRACTNO))
+            contract = self.facilities.contract(contractno, customerno, facilityno, today)
+            objects.append(("contract", contractno, contract))
+            if contract["product"] != "broadband":
+                meterno = str(self.store.next_number("meterno", FIRST_METERNO))
+                objects.append(("meter", meterno,
+                                self.facilities.meter(meterno, facilityno, customerno, contract["product"], today)))
+        return objects
+
     def seed_customers(self, count: int) -> list[str]:
-        """Customers BFUS had before the integration started (no change messages)."""
+        """Customers, with their facilities, contracts and meters, that BFUS had
+        before the integration started (no change messages)."""
         keys = []
         today = now().date()
         for _ in range(count):
             key = self.new_customerno()
-            self.store.put_silently("customer", key, key, self.data.customer(key, today))
+            customer = self.data.customer(key, today)
+            self.store.put_silently("customer", key, key, customer)
+            for objecttype, okey, data in self.customer_objects(customer):
+                self.store.put_silently(objecttype, okey, key, data)
             keys.append(key)
         return keys
 

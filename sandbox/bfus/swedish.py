@@ -162,3 +162,56 @@ class SwedishData:
             new["name"] = f"{rng.choice(LAST_NAMES)}s {rng.choice(COMPANY_WORDS)} AB"
         new["changeddate"] = today.isoformat()
         return new
+
+
+PRODUCTS = ["electricity", "electricity", "districtheating", "water", "broadband", "gas"]
+METER_TYPES = {"electricity": "electricity", "districtheating": "heat", "water": "water", "gas": "gas"}
+FACILITY_CATEGORIES = ["villa", "apartment", "holiday_home", "commercial", "farm"]
+
+
+def _property_designation(rng: random.Random, city: str) -> str:
+    return f"{city.upper()} {rng.choice(['BJÖRKEN', 'EKEN', 'LÖNNEN', 'SVALAN', 'KRONAN', 'HAGEN'])} {rng.randrange(1, 40)}:{rng.randrange(1, 300)}"
+
+
+class SwedishFacilities:
+    """Facilities (anläggningar), contracts (avtal) and meters (mätare) of a customer."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def facility(self, facilityno: str, customerno: str, address: dict[str, str], today: dt.date) -> dict[str, Any]:
+        city = address["city"]
+        district = next((c[3] for c in CITIES if c[0] == city), "Centrum")
+        return {
+            "facilityno": facilityno,
+            "customerno": customerno,
+            "street": address["street"],
+            "zipcode": address["zipcode"],
+            "city": city,
+            "propertydesignation": _property_designation(self.rng, city),
+            "district": district,
+            "category": self.rng.choice(FACILITY_CATEGORIES),
+            "enddate": None,
+        }
+
+    def contract(self, contractno: str, customerno: str, facilityno: str, today: dt.date) -> dict[str, Any]:
+        start = today - dt.timedelta(days=self.rng.randrange(0, 2000))
+        return {
+            "contractno": contractno,
+            "customerno": customerno,
+            "facilityno": facilityno,
+            "product": self.rng.choice(PRODUCTS),
+            "status": "active",
+            "startdate": start.isoformat(),
+            "enddate": None,
+        }
+
+    def meter(self, meterno: str, facilityno: str, customerno: str, product: str, today: dt.date) -> dict[str, Any]:
+        return {
+            "meterno": meterno,
+            "facilityno": facilityno,
+            "customerno": customerno,
+            "metertype": METER_TYPES.get(product, "electricity"),
+            "installeddate": (today - dt.timedelta(days=self.rng.randrange(0, 3000))).isoformat(),
+            "removeddate": None,
+        }
