@@ -62,9 +62,13 @@ def expected_values(mapper: ObjectMapper, snapshot: dict[str, Any]) -> dict[str,
 
 
 def check_objects(report: CheckReport, mapper: ObjectMapper, snapshots: Iterable[dict[str, Any]],
-                  lime_objects: Iterable[dict[str, Any]], sent_keys: set[str] | None = None) -> None:
+                  lime_objects: Iterable[dict[str, Any]], sent_keys: set[str] | None = None,
+                  mappers: dict[str, ObjectMapper] | None = None,
+                  lime_by_id: dict[int, dict[str, Any]] | None = None) -> None:
     """Every BFUS object (that had a change message, when ``sent_keys`` is given)
-    is in Lime once, with the mapped values of its last snapshot."""
+    is in Lime once, with the mapped values of its last snapshot, and each relation
+    (given ``mappers`` and ``lime_by_id``, every Lime object by id) points at the
+    Lime object of the related BFUS key."""
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for obj in lime_objects:
         by_key[str(obj.get(mapper.key_property))].append(obj)
@@ -82,8 +86,22 @@ def check_objects(report: CheckReport, mapper: ObjectMapper, snapshots: Iterable
         expected = expected_values(mapper, snapshot)
         diffs = [f"{p}: lime={_plain(found[0].get(p))!r} bfus={v!r}" for p, v in expected.items()
                  if _plain(found[0].get(p)) != v]
+        if mappers is not None and lime_by_id is not None:
+            diffs += _relation_diffs(mapper, snapshot, found[0], mappers, lime_by_id)
         if diffs:
             report.mismatched.append(f"{mapper.objecttype} {key}: " + "; ".join(diffs))
+
+
+def _relation_diffs(mapper: ObjectMapper, snapshot: dict[str, Any], obj: dict[str, Any],
+                    mappers: dict[str, ObjectMapper], lime_by_id: dict[int, dict[str, Any]]) -> list[str]:
+    diffs = []
+    for prop, key in mapper.relation_keys(snapshot["data"]).items():
+        target = mappers[mapper.relations[prop].objecttype]
+        related = lime_by_id.get(obj.get(prop)) if obj.get(prop) is not None else None
+        actual = None if related is None else str(related.get(target.key_property))
+        if actual != key:
+            diffs.append(f"{prop}: points at {target.objecttype} {actual}, bfus says {key}")
+    return diffs
 
 
 def check_log(report: CheckReport, delivered_ids: Iterable[int], processed: list[dict[str, Any]],

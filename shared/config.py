@@ -82,10 +82,22 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class FieldRule:
-    """Where one BFUS field lands in Lime, and how its values translate."""
+    """Where one BFUS field lands in Lime, and how its values translate. ``truncate``
+    cuts text to the property's length instead of failing the message."""
 
     property: str
     values: Mapping[str, Any] | None = None
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class RelationRule:
+    """A Lime belongsto ``property`` set to the Lime object of BFUS ``objecttype``
+    whose key is the value of ``field`` in this object's data."""
+
+    property: str
+    objecttype: str
+    field: str
 
 
 @dataclass(frozen=True)
@@ -105,11 +117,13 @@ class ObjectMapping:
     rename: Mapping[str, str]
     fields: Mapping[str, FieldRule]
     soft_delete: SoftDelete
+    relations: Mapping[str, RelationRule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MappingConfig:
     exclude_personal_data: bool
+    anonymous_name: str
     objects: Mapping[str, ObjectMapping]
 
 
@@ -222,13 +236,14 @@ class LogSchema(_Strict):
 
 
 class FieldRuleField(fields.Field):
-    """A field rule written either as ``"property"`` or ``{property = "...", values = {...}}``."""
+    """A field rule written either as ``"property"`` or
+    ``{property = "...", values = {...}, truncate = true}``."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> FieldRule:
         if isinstance(value, str):
             return FieldRule(property=value)
         if isinstance(value, dict):
-            unknown = set(value) - {"property", "values"}
+            unknown = set(value) - {"property", "values", "truncate"}
             if unknown:
                 raise ValidationError(f"Unknown field rule key(s): {', '.join(sorted(unknown))}.")
             prop = value.get("property")
@@ -237,8 +252,16 @@ class FieldRuleField(fields.Field):
             values = value.get("values")
             if values is not None and not isinstance(values, dict):
                 raise ValidationError("'values' must be a table of BFUS value = Lime value.")
-            return FieldRule(property=prop, values=values)
+            truncate = value.get("truncate", False)
+            if not isinstance(truncate, bool):
+                raise ValidationError("'truncate' must be true or false.")
+            return FieldRule(property=prop, values=values, truncate=truncate)
         raise ValidationError("Must be a Lime property name or a table with 'property'.")
+
+
+class RelationSchema(_Strict):
+    objecttype = fields.String(required=True, validate=_name)
+    field = fields.String(required=True)
 
 
 class SoftDeleteSchema(_Strict):
@@ -267,16 +290,19 @@ class ObjectMappingSchema(_Strict):
     rename = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     fields_ = fields.Dict(keys=fields.String(), values=FieldRuleField(), data_key="fields", load_default=dict)
     soft_delete = fields.Nested(SoftDeleteSchema, required=True)
+    relations = fields.Dict(keys=fields.String(), values=fields.Nested(RelationSchema), load_default=dict)
 
     @post_load
     def make(self, data: dict, **_: Any) -> ObjectMapping:
         data["fields"] = data.pop("fields_")
         data["exclude"] = tuple(data["exclude"])
+        data["relations"] = {prop: RelationRule(prop, **rule) for prop, rule in data["relations"].items()}
         return ObjectMapping(**data)
 
 
 class MappingSchema(_Strict):
     exclude_personal_data = fields.Boolean(required=True)
+    anonymous_name = fields.String(required=True, validate=validate.Length(min=1))
     objects = fields.Dict(
         keys=fields.String(validate=_name), values=fields.Nested(ObjectMappingSchema), required=True
     )

@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from shared.config import FieldRule, MappingConfig, ObjectMapping
+from shared.config import FieldRule, MappingConfig, ObjectMapping, RelationRule
 
-# BFUS field -> Lime property of the default Lime schema, per objecttype.
+# BFUS field -> Lime property of the default Lime schema, per objecttype. These are
+# mapped unless a configuration excludes or renames them.
 STANDARD_FIELDS: dict[str, dict[str, str]] = {
     "customer": {
         "customerno": "customerno",
@@ -40,14 +41,47 @@ STANDARD_FIELDS: dict[str, dict[str, str]] = {
         "createddate": "bfuscreateddate",
         "changeddate": "bfuschangeddate",
     },
+    "contract": {
+        "contractno": "contractno",
+        "product": "product",
+        "status": "status",
+        "startdate": "startdate",
+        "enddate": "enddate",
+    },
+    "facility": {
+        "facilityno": "facilityno",
+        "street": "street",
+        "zipcode": "zipcode",
+        "city": "city",
+        "propertydesignation": "propertydesignation",
+        "district": "district",
+        "category": "category",
+        "enddate": "enddate",
+    },
+    "meter": {
+        "meterno": "meterno",
+        "metertype": "metertype",
+        "installeddate": "installeddate",
+        "removeddate": "removeddate",
+    },
 }
 
-# BFUS fields that hold personal data, left out when mapping.exclude_personal_data is on.
+# BFUS fields that hold personal data: left out of Lime when
+# mapping.exclude_personal_data is on (whatever property they are mapped to).
 PERSONAL_FIELDS: dict[str, frozenset[str]] = {
     "customer": frozenset(
         {"socialsecurityno", "firstname", "lastname", "street", "zipcode", "city", "phone", "mobilephone", "email"}
     ),
+    "facility": frozenset({"street", "zipcode", "city", "propertydesignation"}),
 }
+# Fields that are personal only for private customers; with the switch on they get
+# mapping.anonymous_name instead (Lime requires a company name).
+PRIVATE_NAME_FIELDS: dict[str, str] = {"customer": "name"}
+
+
+def is_private(objecttype: str, data: Mapping[str, Any]) -> bool:
+    return objecttype == "customer" and data.get("customertype") != "company"
+
 
 TEXT_TYPES = frozenset({"string", "text", "phone", "link"})
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -56,7 +90,7 @@ _FALSE = {"false", "no", "nej", "n", "0", ""}
 
 
 class MappingError(ValueError):
-    """A BFUS value the mapping cannot place in Lime."""
+    """A BFUS value the mapping cannot place in Lime. ``problem`` never quotes the value."""
 
     def __init__(self, field: str, value: Any, problem: str):
         self.field = field
@@ -66,7 +100,7 @@ class MappingError(ValueError):
 
 
 class MappingSetupError(ValueError):
-    """The mapping does not fit Lime's metadata; ``problems`` lists each misfit."""
+    """The mapping does not fit Lime; ``problems`` lists each misfit."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -79,6 +113,8 @@ class ObjectMapper:
     spec: ObjectMapping
     fields: Mapping[str, FieldRule]  # effective BFUS field -> rule
     properties: Mapping[str, dict[str, Any]]  # Lime metadata of the target limetype
+    exclude_personal: bool = False
+    anonymous_name: str = "Customer {customerno}"
 
     @property
     def limetype(self) -> str:
@@ -88,20 +124,37 @@ class ObjectMapper:
     def key_property(self) -> str:
         return self.spec.key
 
+    @property
+    def relations(self) -> Mapping[str, RelationRule]:
+        return self.spec.relations
+
     def map(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Lime values for a BFUS snapshot (only fields present in ``data``)."""
+        """Lime values for a BFUS snapshot (fields present in ``data`` only), or
+        MappingError: all fields are mapped before anything is written."""
         values: dict[str, Any] = {}
+        anonymous_field = PRIVATE_NAME_FIELDS.get(self.objecttype) if self.exclude_personal else None
         for bfus_field, rule in self.fields.items():
             if bfus_field not in data:
                 continue
             raw = data[bfus_field]
-            if rule.values is not None and raw is not None:
+            if bfus_field == anonymous_field and is_private(self.objecttype, data):
+                raw = self.anonymous_name.format_map(_Blank(data))
+            elif rule.values is not None and raw is not None:
                 if str(raw) not in rule.values:
                     known = ", ".join(sorted(map(str, rule.values)))
                     raise MappingError(bfus_field, raw, f"no value map entry (mapped values: {known})")
                 raw = rule.values[str(raw)]
-            values[rule.property] = convert(bfus_field, raw, self.properties[rule.property])
+            values[rule.property] = convert(bfus_field, raw, self.properties[rule.property], rule.truncate)
         return values
+
+    def relation_keys(self, data: Mapping[str, Any]) -> dict[str, str | None]:
+        """Lime belongsto property -> BFUS key of the related object (None: no relation)."""
+        out: dict[str, str | None] = {}
+        for prop, rule in self.relations.items():
+            if rule.field in data:  # a relation absent from the snapshot is left as it is
+                value = data[rule.field]
+                out[prop] = None if value in (None, "") else str(value)
+        return out
 
     def soft_delete_values(self, when: dt.date) -> dict[str, Any]:
         rule = self.spec.soft_delete
@@ -114,7 +167,15 @@ class ObjectMapper:
         return {rule.property: when.isoformat()}
 
 
+class _Blank(dict):
+    """format_map source: BFUS data, with missing fields as empty text."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def effective_fields(objecttype: str, spec: ObjectMapping, exclude_personal: bool) -> dict[str, FieldRule]:
+    """Standard fields, renamed, plus added fields, minus excluded (and personal) ones."""
     fields = {f: FieldRule(p) for f, p in STANDARD_FIELDS.get(objecttype, {}).items()}
     for bfus_field, prop in spec.rename.items():
         fields[bfus_field] = FieldRule(prop, fields[bfus_field].values if bfus_field in fields else None)
@@ -125,6 +186,21 @@ def effective_fields(objecttype: str, spec: ObjectMapping, exclude_personal: boo
         for bfus_field in PERSONAL_FIELDS.get(objecttype, ()):
             fields.pop(bfus_field, None)
     return fields
+
+
+def is_personal(objecttype: str, field: str, data: Mapping[str, Any]) -> bool:
+    if field in PERSONAL_FIELDS.get(objecttype, ()):
+        return True
+    return PRIVATE_NAME_FIELDS.get(objecttype) == field and is_private(objecttype, data)
+
+
+def scrub_personal(objecttype: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with every personal field's value replaced (for Lime log payloads
+    when personal data is left out)."""
+    return {
+        name: "[personal data left out]" if value not in (None, "") and is_personal(objecttype, name, data) else value
+        for name, value in data.items()
+    }
 
 
 def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, Any]]) -> dict[str, ObjectMapper]:
@@ -142,20 +218,69 @@ def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, A
             continue
         props = lt["properties"]
         fields = effective_fields(objecttype, spec, mapping.exclude_personal_data)
-        needed = {spec.key: f"{where}.key"}
-        if spec.watermark:
-            needed[spec.watermark] = f"{where}.watermark"
-        if spec.soft_delete.property:
-            needed[spec.soft_delete.property] = f"{where}.soft_delete.property"
-        needed.update({rule.property: f"{where}.fields.{f}" for f, rule in fields.items()})
-        for prop, key in needed.items():
-            if prop not in props:
-                problems.append(f"{key}: limetype '{spec.limetype}' has no property '{prop}'.")
+        problems.extend(_check_properties(where, spec, fields, props))
         problems.extend(_check_options(where, spec, fields, props))
-        mappers[objecttype] = ObjectMapper(objecttype, spec, fields, props)
+        mappers[objecttype] = ObjectMapper(
+            objecttype, spec, fields, props, mapping.exclude_personal_data, mapping.anonymous_name
+        )
+    problems.extend(_check_relations(mapping, mappers, limetypes))
     if problems:
         raise MappingSetupError(problems)
     return mappers
+
+
+def _check_properties(where: str, spec: ObjectMapping, fields: Mapping[str, FieldRule], props: Mapping) -> list[str]:
+    problems = []
+    needed = {spec.key: f"{where}.key"}
+    if spec.watermark:
+        needed[spec.watermark] = f"{where}.watermark"
+    if spec.soft_delete.property:
+        needed[spec.soft_delete.property] = f"{where}.soft_delete.property"
+    needed.update({rule.property: f"{where}.fields.{f}" for f, rule in fields.items()})
+    for prop, key in needed.items():
+        if prop not in props:
+            problems.append(f"{key}: limetype '{spec.limetype}' has no property '{prop}'.")
+    for bfus_field, rule in fields.items():
+        ptype = props.get(rule.property, {}).get("type")
+        if ptype in UNMAPPABLE_TYPES:
+            problems.append(
+                f"{where}.fields.{bfus_field}: '{rule.property}' has type {ptype}; "
+                "map relations under 'relations'."
+            )
+    if spec.key in props and props[spec.key].get("type") not in TEXT_TYPES | {"integer"}:
+        problems.append(f"{where}.key: '{spec.key}' has type {props[spec.key].get('type')}, not text or integer.")
+    if spec.watermark in props and props[spec.watermark].get("type") != "integer":
+        problems.append(f"{where}.watermark: '{spec.watermark}' must be an integer property.")
+    return problems
+
+
+def _related_limetype(prop: Mapping[str, Any]) -> str | None:
+    relation = prop.get("relation") or {}
+    return relation.get("limetype") or (prop.get("_links") or {}).get("related_type", {}).get("name")
+
+
+def _check_relations(mapping: MappingConfig, mappers: Mapping[str, ObjectMapper],
+                     limetypes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    problems = []
+    for objecttype, mapper in mappers.items():
+        props = limetypes[mapper.limetype]["properties"]
+        for prop, rule in mapper.relations.items():
+            where = f"mapping.objects.{objecttype}.relations.{prop}"
+            target = mappers.get(rule.objecttype)
+            if target is None:
+                problems.append(f"{where}: objecttype '{rule.objecttype}' is not synced, so it has no Lime object.")
+                continue
+            meta = props.get(prop)
+            if meta is None:
+                problems.append(f"{where}: limetype '{mapper.limetype}' has no property '{prop}'.")
+            elif meta.get("type") != "belongsto":
+                problems.append(f"{where}: '{prop}' has type {meta.get('type')}, not belongsto.")
+            elif _related_limetype(meta) != target.limetype:
+                problems.append(
+                    f"{where}: '{mapper.limetype}.{prop}' points to '{_related_limetype(meta)}', "
+                    f"but {rule.objecttype} objects are '{target.limetype}'."
+                )
+    return problems
 
 
 def _option_keys(prop: Mapping[str, Any]) -> set[str]:
@@ -175,19 +300,31 @@ def _check_options(where: str, spec: ObjectMapping, fields: Mapping[str, FieldRu
     if sd.kind in ("option", "yesno", "date") and sd.property in props:
         ptype = props[sd.property].get("type")
         if ptype != sd.kind:
-            problems.append(f"{where}.soft_delete.property: '{sd.property}' is a {ptype} property, not {sd.kind}.")
+            problems.append(f"{where}.soft_delete.property: '{sd.property}' has type {ptype}, not {sd.kind}.")
         elif sd.kind == "option" and sd.value not in _option_keys(props[sd.property]):
             problems.append(f"{where}.soft_delete.value: '{sd.value}' is not an option of {spec.limetype}.{sd.property}.")
     return problems
 
 
-def convert(bfus_field: str, value: Any, prop: Mapping[str, Any]) -> Any:
+UNMAPPABLE_TYPES = frozenset({"belongsto", "hasmany", "file", "user"})
+
+
+def convert(bfus_field: str, value: Any, prop: Mapping[str, Any], truncate: bool = False) -> Any:
     """``value`` as the Lime property ``prop`` takes it, or MappingError."""
+    converted = _convert(bfus_field, value, prop, truncate)
+    if prop.get("required") and converted in ("", None):
+        raise MappingError(bfus_field, value, f"empty, but Lime requires {prop['name']}")
+    return converted
+
+
+def _convert(bfus_field: str, value: Any, prop: Mapping[str, Any], truncate: bool) -> Any:
     ptype = prop.get("type")
     if ptype in TEXT_TYPES:
         text = "" if value is None else value if isinstance(value, str) else _scalar_text(bfus_field, value)
         length = prop.get("length")
         if length and len(text) > length:
+            if truncate:
+                return text[:length]
             raise MappingError(bfus_field, value, f"longer than {prop['name']} allows ({len(text)} > {length} characters)")
         return text
     if value is None:
@@ -207,18 +344,24 @@ def convert(bfus_field: str, value: Any, prop: Mapping[str, Any]) -> Any:
         try:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
             raise MappingError(bfus_field, value, "not an integer") from None
+        if not -(2**63) <= number < 2**63:
+            raise MappingError(bfus_field, value, "an integer too large for Lime")
+        return number
     if ptype in ("decimal", "percent"):
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise MappingError(bfus_field, value, "not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise MappingError(bfus_field, value, "not a finite number")
+        return number
     if ptype == "option":
-        key = str(value)
+        key = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
         if key not in _option_keys(prop):
             raise MappingError(bfus_field, value, f"not an option of {prop['name']} ({', '.join(sorted(_option_keys(prop)))})")
         return key
@@ -232,9 +375,11 @@ def convert(bfus_field: str, value: Any, prop: Mapping[str, Any]) -> Any:
         raise MappingError(bfus_field, value, "not a date (YYYY-MM-DD)")
     if ptype == "time":
         try:
-            parsed = dt.datetime.fromisoformat(str(value))
+            parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
         except ValueError:
-            raise MappingError(bfus_field, value, "not an ISO 8601 time") from None
+            parsed = None
+        if parsed is None:
+            raise MappingError(bfus_field, value, "not an ISO 8601 time")
         return parsed.isoformat()
     raise MappingError(bfus_field, value, f"Lime property type '{ptype}' cannot be mapped from a BFUS field")
 

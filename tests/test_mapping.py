@@ -143,3 +143,94 @@ def test_setup_lists_every_misfit(limetypes: dict[str, Any]) -> None:
     assert "mapping.objects.customer.soft_delete.value: 'gone' is not an option" in text
     assert "mapping.objects.contract.limetype: Lime has no limetype 'deal'" in text
     assert len(caught.value.problems) == 5
+
+
+def mappers_for(limetypes: dict[str, Any], mapping: dict | None = None):
+    return build_mappers(build_config({"mapping": mapping or {}}, {}).mapping, limetypes)
+
+
+def test_private_name_is_replaced_and_company_name_kept_when_personal_data_is_left_out(limetypes: dict[str, Any]) -> None:
+    m = mapper(limetypes, {"exclude_personal_data": True, "anonymous_name": "Kund {customerno}"})
+    assert m.map(CUSTOMER)["name"] == "Kund 100234"
+    company = {**CUSTOMER, "customertype": "company", "name": "Öbergs El AB", "orgno": "556677-8899"}
+    values = m.map(company)
+    assert values["name"] == "Öbergs El AB" and values["registrationno"] == "556677-8899"
+
+
+def test_facility_address_is_personal(limetypes: dict[str, Any]) -> None:
+    facility = {"facilityno": "735999100000000001", "customerno": "100234", "street": "Storgatan 1",
+                "zipcode": "21134", "city": "Malmö", "propertydesignation": "MALMÖ EKEN 3:14", "district": "Limhamn",
+                "category": "villa", "enddate": None}
+    assert mappers_for(limetypes)["facility"].map(facility)["street"] == "Storgatan 1"
+    values = mappers_for(limetypes, {"exclude_personal_data": True})["facility"].map(facility)
+    assert values == {"facilityno": "735999100000000001", "district": "Limhamn", "category": "villa", "enddate": None}
+
+
+def test_scrub_personal_blanks_only_personal_values() -> None:
+    from shared.mapping import scrub_personal
+
+    scrubbed = scrub_personal("customer", CUSTOMER)
+    assert scrubbed["socialsecurityno"] == scrubbed["name"] == scrubbed["email"] == "[personal data left out]"
+    assert scrubbed["customerno"] == "100234" and scrubbed["status"] == "active" and scrubbed["mobilephone"] is None
+    company = scrub_personal("customer", {**CUSTOMER, "customertype": "company", "name": "Öbergs El AB"})
+    assert company["name"] == "Öbergs El AB"
+
+
+def test_default_relations_of_every_object_type(limetypes: dict[str, Any]) -> None:
+    mappers = mappers_for(limetypes)
+    assert {t: m.limetype for t, m in mappers.items()} == {
+        "customer": "company", "contract": "agreement", "facility": "facility", "meter": "meter"}
+    contract = {"contractno": "5000001", "customerno": "100234", "facilityno": "735999100000000001"}
+    assert mappers["contract"].relation_keys(contract) == {"company": "100234", "facility": "735999100000000001"}
+    assert mappers["contract"].relation_keys({**contract, "facilityno": None})["facility"] is None
+    assert mappers["meter"].relation_keys({"meterno": "7", "facilityno": "735999100000000001"}) == {
+        "facility": "735999100000000001"}
+    assert mappers["facility"].relation_keys({}) == {}  # absent from the snapshot: left as it is
+
+
+def test_truncate_rule_cuts_instead_of_failing(limetypes: dict[str, Any]) -> None:
+    m = mapper(limetypes, {"objects": {"customer": {"fields": {"category": {"property": "category", "truncate": True}}}}})
+    assert m.map({"category": "x" * 100})["category"] == "x" * 64
+
+
+@pytest.mark.parametrize(
+    "value, ptype, expected",
+    [
+        ("42", "integer", 42), (42.0, "integer", 42), ("3,5", "decimal", None), ("3.5", "decimal", 3.5),
+        (True, "string", "true"), (7, "string", "7"), ("2026-11-24T09:15:02+01:00", "time", "2026-11-24T09:15:02+01:00"),
+        ("nej", "yesno", False), (0, "yesno", False), (None, "yesno", False), (None, "integer", None),
+    ],
+)
+def test_conversion_by_lime_type(value: Any, ptype: str, expected: Any) -> None:
+    from shared.mapping import convert
+
+    prop = {"name": "p", "type": ptype, "length": 10}
+    if expected is None and value is not None:
+        with pytest.raises(MappingError):
+            convert("f", value, prop)
+    else:
+        assert convert("f", value, prop) == expected
+
+
+def test_relation_misfits_are_listed(limetypes: dict[str, Any]) -> None:
+    spec = {"objects": {
+        "customer": {"sync": False},
+        "meter": {"relations": {"bfuslastmessageid": {"objecttype": "facility", "field": "facilityno"},
+                                "nowhere": {"objecttype": "facility", "field": "facilityno"}},
+                  "fields": {"facilityno": "facility"}, "watermark": "meterno"},
+    }}
+    with pytest.raises(MappingSetupError) as caught:
+        mappers_for(limetypes, spec)
+    text = "\n".join(caught.value.problems)
+    assert "mapping.objects.contract.relations.company: objecttype 'customer' is not synced" in text
+    assert "mapping.objects.facility.relations.company: objecttype 'customer' is not synced" in text
+    assert "mapping.objects.meter.relations.bfuslastmessageid: 'bfuslastmessageid' has type integer, not belongsto." in text
+    assert "mapping.objects.meter.relations.nowhere: limetype 'meter' has no property 'nowhere'." in text
+    assert "mapping.objects.meter.fields.facilityno: 'facility' has type belongsto; map relations under 'relations'." in text
+    assert "mapping.objects.meter.watermark: 'meterno' must be an integer property." in text
+
+
+def test_empty_value_for_a_property_lime_requires_fails(limetypes: dict[str, Any]) -> None:
+    with pytest.raises(MappingError) as caught:
+        mapper(limetypes).map({**CUSTOMER, "name": None})
+    assert caught.value.field == "name" and "Lime requires name" in caught.value.problem

@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.envelope import Envelope
 from shared.lime import LimeClient, LimeRejected
-from shared.mapping import MappingError, ObjectMapper
+from shared.mapping import MappingError, ObjectMapper, is_personal
 
 
 class PermanentFailure(Exception):
@@ -63,35 +63,70 @@ class IdCache:
 
 
 class Applier:
-    def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], cache: IdCache | None = None):
+    def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], cache: IdCache | None = None,
+                 exclude_personal: bool = False):
         self.lime = lime
         self.mappers = mappers
         self.ids = cache or IdCache()
+        self.exclude_personal = exclude_personal
 
     def apply(self, env: Envelope) -> Outcome:
         mapper = self.mappers.get(env.objecttype)
         if mapper is None:
             return Outcome("skipped_not_configured")
         values = self._values(mapper, env)
+        company_id = self._company_id(mapper, env, values)
         object_id = self.find_id(mapper, env.key)
         if object_id is None and env.operation == "deleted" and not env.data:
             # Deleted before it ever reached Lime, and no snapshot to keep: nothing to mark.
-            return Outcome("applied", mapper.limetype)
+            return Outcome("applied", mapper.limetype, None, company_id)
         object_id = self._write(mapper, env.key, object_id, values)
-        company_id = object_id if mapper.limetype == "company" else None
+        if mapper.limetype == "company":
+            company_id = object_id
         return Outcome("applied", mapper.limetype, object_id, company_id)
 
     def _values(self, mapper: ObjectMapper, env: Envelope) -> dict[str, Any]:
         try:
             values = mapper.map(env.data)
         except MappingError as err:
-            raise PermanentFailure("mapping_error", str(err), f"field '{err.field}': {err.problem}") from None
+            detail = f"field '{err.field}': {err.problem}"
+            personal = self.exclude_personal and is_personal(env.objecttype, err.field, env.data)
+            raise PermanentFailure("mapping_error", detail if personal else str(err), detail) from None
+        values.update(self._relations(mapper, env))
         if env.operation == "deleted":
             values.update(mapper.soft_delete_values(env.timestamp.date()))
         values[mapper.key_property] = env.key
         if mapper.spec.watermark:
             values[mapper.spec.watermark] = env.id
         return values
+
+    def _relations(self, mapper: ObjectMapper, env: Envelope) -> dict[str, int | None]:
+        """belongsto ids of the related objects, found by their BFUS keys."""
+        ids: dict[str, int | None] = {}
+        for prop, key in mapper.relation_keys(env.data).items():
+            if key is None:
+                ids[prop] = None
+                continue
+            target = self.mappers[mapper.relations[prop].objecttype]
+            ids[prop] = self.find_id(target, key)
+            if ids[prop] is None:
+                raise PermanentFailure(
+                    "missing_related",
+                    f"{env.objecttype} {env.key} refers to {target.objecttype} {key}, which Lime does not have yet "
+                    f"(no {target.limetype} with {target.key_property}={key}); requeue it once that exists.",
+                    f"{prop} -> {target.objecttype} not in Lime",
+                )
+        return ids
+
+    def _company_id(self, mapper: ObjectMapper, env: Envelope, values: dict[str, Any]) -> int | None:
+        """The Lime company of the message's customer, when known without a call."""
+        for prop, rule in mapper.relations.items():
+            if rule.objecttype == "customer" and values.get(prop):
+                return values[prop]
+        customers = self.mappers.get("customer")
+        if customers is not None and env.customerno:
+            return self.ids.get(customers.limetype, env.customerno)
+        return None
 
     def find_id(self, mapper: ObjectMapper, key: str) -> int | None:
         cached = self.ids.get(mapper.limetype, key)

@@ -107,7 +107,14 @@ def build_worker(
     mappers = check_against_lime(config, fetch_limetypes(lime, lime_wait, stop))
     topology = Topology.from_config(config.broker)
     publisher = ConfirmedPublisher(config.broker, f"{name} dead letters").start()
-    handler = MessageHandler(Applier(lime, mappers), LogWriter(lime, config.lime), publisher, topology, config.worker)
+    personal = config.mapping.exclude_personal_data
+    handler = MessageHandler(
+        Applier(lime, mappers, exclude_personal=personal),
+        LogWriter(lime, config.lime, exclude_personal=personal),
+        publisher,
+        topology,
+        config.worker,
+    )
     return WorkerProcess(Worker(config, handler, name), publisher, lime)
 
 

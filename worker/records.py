@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from shared.config import LimeConfig
 from shared.envelope import Envelope
 from shared.lime import LimeClient
+from shared.mapping import scrub_personal
 from worker.apply import Outcome
 
 
@@ -63,10 +65,24 @@ class MessageFacts:
 
 
 class LogWriter:
-    def __init__(self, lime: LimeClient, config: LimeConfig):
+    def __init__(self, lime: LimeClient, config: LimeConfig, exclude_personal: bool = False):
         self.lime = lime
         self.processed_type = config.processed_limetype
         self.failed_type = config.failed_limetype
+        self.exclude_personal = exclude_personal
+
+    def payload(self, raw: str) -> str:
+        """The raw message for the failed record; with personal data left out of Lime,
+        its personal fields are blanked (the dead letter keeps the message whole)."""
+        if not self.exclude_personal:
+            return raw
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return "[not JSON; left out because it may hold personal data]"
+        if isinstance(message, dict) and isinstance(message.get("data"), dict):
+            message["data"] = scrub_personal(str(message.get("objecttype")), message["data"])
+        return json.dumps(message, ensure_ascii=False)
 
     def processed(self, facts: MessageFacts, outcome: Outcome) -> int:
         values = {
@@ -87,7 +103,7 @@ class LogWriter:
             "failedtime": _now(),
             "reason": reason[:64],
             "error": error,
-            "payload": payload,
+            "payload": self.payload(payload),
             "attempts": attempts,
             "status": "failed",
             "company": company_id,

@@ -3,6 +3,7 @@ updates and deletes, each written to the register with its change message."""
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 import time
@@ -88,21 +89,27 @@ class ChangeMaker:
         return keys
 
     def make(self, count: int, customers: int | None = None, mix: ChangeMix | None = None,
-             rate: float | None = None, stop: threading.Event | None = None) -> ChangeReport:
-        """Queue ``count`` customer changes spread over a pool of ``customers`` customer
-        numbers (existing ones first, then new ones; default: one new customer per
-        ten changes). ``rate`` limits changes per second."""
+             rate: float | None = None, stop: threading.Event | None = None,
+             objecttypes: tuple[str, ...] = ("customer",)) -> ChangeReport:
+        """Queue ``count`` change messages about a pool of ``customers`` customer
+        numbers (existing ones first, then new ones; default: one per ten changes).
+        With more ``objecttypes`` than customer, a new customer brings its
+        facilities, contracts and meters, updates touch them too, and a deleted
+        customer's objects are deleted first. ``rate`` limits changes per second."""
         mix = mix or ChangeMix()
         report = ChangeReport()
+        pending: collections.deque[Change] = collections.deque()
         with self._lock:
             pool = self._pool(customers or max(1, count // 10))
-            for i in range(count):
+            for _ in range(count):
                 if stop is not None and stop.is_set():
                     break
                 if rate:
                     time.sleep(max(0.0, 1.0 / rate))
-                operation, queue_id = self._one_change(pool, mix)
-                report.add(operation, queue_id)
+                change = pending.popleft() if pending else self._next_change(pool, mix, objecttypes, pending)
+                queue_id = self.store.change(change.objecttype, change.operation, change.key, change.customerno,
+                                             change.data)
+                report.add(change.operation, queue_id)
         return report
 
     def _pool(self, size: int) -> list[str]:
@@ -111,20 +118,51 @@ class ChangeMaker:
             pool.append(self.new_customerno())
         return pool
 
-    def _one_change(self, pool: list[str], mix: ChangeMix) -> tuple[str, int]:
+    def _next_change(self, pool: list[str], mix: ChangeMix, objecttypes: tuple[str, ...],
+                     pending: collections.deque[Change]) -> Change:
         today = now().date()
         while True:
             key = self.rng.choice(pool)
             current = self.store.get("customer", key)
             if current is None:
                 data = self.data.customer(key, today)
-                return "created", self.store.change("customer", "created", key, key, data)
+                pending.extend(self._children_created(data, objecttypes))
+                return Change("customer", "created", key, key, data)
             if current["deleted"]:
                 pool.remove(key)
                 if not pool:
                     pool.append(self.new_customerno())
                 continue
+            children = [c for c in self.store.children(key) if c["objecttype"] in objecttypes]
             if self.rng.random() < mix.delete / (mix.delete + mix.update):
-                return "deleted", self.store.change("customer", "deleted", key, key, current["data"])
+                order = {"meter": 0, "contract": 1, "facility": 2}
+                children.sort(key=lambda c: order.get(c["objecttype"], 3))
+                deletes = [Change(c["objecttype"], "deleted", c["key"], key, c["data"]) for c in children]
+                deletes.append(Change("customer", "deleted", key, key, current["data"]))
+                pending.extend(deletes[1:])
+                return deletes[0]
+            if children and self.rng.random() < 0.5:
+                if "facility" in objecttypes and self.rng.random() < 0.15:
+                    new = self._children_created(current["data"], objecttypes)
+                    pending.extend(new[1:])
+                    return new[0]
+                child = self.rng.choice(children)
+                data = self.facilities.change(child["objecttype"], child["data"], today)
+                return Change(child["objecttype"], "updated", child["key"], key, data)
             data = self.data.change_customer(current["data"], today)
-            return "updated", self.store.change("customer", "updated", key, key, data)
+            return Change("customer", "updated", key, key, data)
+
+    def _children_created(self, customer: dict, objecttypes: tuple[str, ...]) -> list[Change]:
+        if objecttypes == ("customer",):
+            return []
+        return [Change(t, "created", k, customer["customerno"], d)
+                for t, k, d in self.customer_objects(customer) if t in objecttypes]
+
+
+@dataclass(frozen=True)
+class Change:
+    objecttype: str
+    operation: str
+    key: str
+    customerno: str
+    data: dict

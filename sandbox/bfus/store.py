@@ -151,6 +151,15 @@ class BfusStore:
         ).fetchall()
         return [json.loads(r["data"]) for r in rows], total
 
+    def children(self, customerno: str) -> list[dict[str, Any]]:
+        """The customer's other objects (facilities, contracts, meters) not deleted."""
+        rows = self.db.conn().execute(
+            "SELECT * FROM objects WHERE customerno = ? AND objecttype != 'customer' AND deleted = 0 "
+            "ORDER BY objecttype, key",
+            (customerno,),
+        )
+        return [self._row(r) for r in rows]
+
     def keys(self, objecttype: str, include_deleted: bool = False) -> list[str]:
         sql = "SELECT key FROM objects WHERE objecttype = ?" + ("" if include_deleted else " AND deleted = 0")
         return [r["key"] for r in self.db.conn().execute(sql + " ORDER BY key", (objecttype,))]

@@ -215,3 +215,23 @@ class SwedishFacilities:
             "installeddate": (today - dt.timedelta(days=self.rng.randrange(0, 3000))).isoformat(),
             "removeddate": None,
         }
+
+    def change(self, objecttype: str, data: dict[str, Any], today: dt.date) -> dict[str, Any]:
+        """A plausible update of a facility, contract or meter."""
+        rng = self.rng
+        new = dict(data)
+        if objecttype == "facility":
+            if rng.random() < 0.2:
+                new["enddate"] = (today + dt.timedelta(days=rng.randrange(1, 90))).isoformat()
+            else:
+                new["category"] = rng.choice([c for c in FACILITY_CATEGORIES if c != data.get("category")])
+        elif objecttype == "contract":
+            if data.get("status") == "active" and rng.random() < 0.5:
+                new["status"] = "ended"
+                new["enddate"] = today.isoformat()
+            else:
+                new["status"] = rng.choice(["active", "pending"])
+                new["enddate"] = None
+        elif objecttype == "meter":
+            new["removeddate"] = None if data.get("removeddate") else today.isoformat()
+        return new
