@@ -133,15 +133,30 @@ def _customer(mid: int, key: str, **data: object) -> dict:
 def test_unplaceable_value_fails_that_message_only(stack: Stack) -> None:
     assert stack.post(_customer(1, "700001", status="bankrupt")).status_code == 202
     assert stack.post(_customer(2, "700001", status="active")).status_code == 202
-    assert stack.post(_customer(3, "700002", name="")).status_code == 202  # Lime refuses an empty name
+    assert stack.post(_customer(3, "700002", name="")).status_code == 202  # Lime requires a name
     stack.wait_logged(3, 30)
     processed, failed = stack.log_records()
     reasons = {r["messageid"]: (r["reason"], r["error"]) for r in failed}
     assert reasons[1][0] == "mapping_error" and "status" in reasons[1][1] and "bankrupt" in reasons[1][1]
-    assert reasons[3][0] == "lime_rejected" and "name" in reasons[3][1]
+    assert reasons[3][0] == "mapping_error" and "Lime requires name" in reasons[3][1]
     assert [r["messageid"] for r in processed] == [2]
     companies = stack.lime_objects("company")
     assert [(c["customerno"], c["bfusstatus"]["key"]) for c in companies] == [("700001", "active")]
+
+
+def test_lime_refusal_fails_the_message_with_limes_reason(stack: Stack) -> None:
+    assert stack.post(_customer(1, "700003")).status_code == 202
+    stack.wait_logged(1, 30)
+    company = stack.lime_objects("company")[0]
+    stack.lime.store.delete("company", company["_id"])  # removed by hand in Lime; the worker still knows its id
+    contract = {"id": 2, "timestamp": "2026-11-24T09:15:02+01:00", "objecttype": "contract", "operation": "created",
+                "key": "5000001", "customerno": "700003",
+                "data": {"contractno": "5000001", "customerno": "700003", "product": "gas", "status": "active"}}
+    assert stack.post(contract).status_code == 202
+    stack.wait_logged(2, 30)
+    failed = stack.log_records()[1]
+    assert [(r["messageid"], r["reason"]) for r in failed] == [(2, "lime_rejected")]
+    assert "company" in failed[0]["error"] and "does not exist" in failed[0]["error"]
 
 
 def test_objecttype_without_mapping_is_processed_as_skipped(stack: Stack) -> None:
