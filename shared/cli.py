@@ -191,6 +191,19 @@ def check_config(ctx: click.Context) -> None:
         sys.exit(2)
     for objecttype, mapper in sorted(mappers.items()):
         click.echo(f"  {objecttype} -> {mapper.limetype} by {mapper.key_property}: {len(mapper.fields)} fields")
+        fields = ", ".join(f if f == r.property else f"{f}->{r.property}" for f, r in mapper.fields.items())
+        click.echo(f"      fields: {fields}")
+        for prop, rule in mapper.relations.items():
+            click.echo(f"      {prop}: the {rule.objecttype} whose key is {rule.field}")
+        sd = mapper.spec.soft_delete
+        rule = {"option": f"{sd.property} = {sd.value}", "yesno": f"{sd.property} = yes",
+                "date": f"{sd.property} = day deleted", "none": "nothing"}[sd.kind]
+        click.echo(f"      deleted in BFUS: {rule}")
+    skipped = sorted(t for t, o in config.mapping.objects.items() if not o.sync)
+    if skipped:
+        click.echo(f"  not synced (logged as skipped_not_configured): {', '.join(skipped)}")
+    if config.mapping.exclude_personal_data:
+        click.echo("  personal data: left out")
     click.echo("mapping fits Lime")
 
 
