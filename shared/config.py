@@ -18,12 +18,18 @@ ENV_PREFIX = "BFUSLIME_"
 CONFIG_ENV = "BFUSLIME_CONFIG"
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; ``problems`` lists every bad key."""
+class ProblemsError(Exception):
+    """Start-up refused: ``problems`` lists every problem found, each naming its key."""
+
+    title = "problems"
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(f"{self.title}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class ConfigError(ProblemsError):
+    title = "invalid configuration"
 
 
 # --------------------------------------------------------------------------- model

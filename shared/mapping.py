@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from shared.config import FieldRule, MappingConfig, ObjectMapping, RelationRule
+from shared.config import FieldRule, MappingConfig, ObjectMapping, ProblemsError, RelationRule
 
 # BFUS field -> Lime property of the default Lime schema, per objecttype. These are
 # mapped unless a configuration excludes or renames them.
@@ -99,12 +99,10 @@ class MappingError(ValueError):
         super().__init__(f"field '{field}' value {value!r}: {problem}")
 
 
-class MappingSetupError(ValueError):
+class MappingSetupError(ProblemsError):
     """The mapping does not fit Lime; ``problems`` lists each misfit."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("mapping does not fit Lime:\n" + "\n".join(f"  {p}" for p in problems))
+    title = "mapping does not fit Lime"
 
 
 @dataclass(frozen=True)
