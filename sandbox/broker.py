@@ -175,7 +175,11 @@ class PrivateNode:
         base_dir: str | Path | None = None,
         management: bool = True,
         extra_conf: dict[str, str] | None = None,
+        rabbit_env: dict[str, str] | None = None,
     ) -> None:
+        """``extra_conf``: rabbitmq.conf settings; ``rabbit_env``: settings of the
+        rabbit application that only advanced.config takes (Erlang terms as text),
+        e.g. ``{"channel_tick_interval": "500"}``."""
         self.binary = find_server_binary()
         if self.binary is None:
             raise BrokerSetupError(
@@ -188,6 +192,7 @@ class PrivateNode:
         self.dist_port = free_port()
         self.management = management
         self.extra_conf = extra_conf or {}
+        self.rabbit_env = rabbit_env or {}
         self.nodename = f"bfuslime-{os.getpid()}-{uuid.uuid4().hex[:6]}@localhost"
         self._own_dir = base_dir is None
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="bfus-lime-rabbitmq-"))
@@ -252,7 +257,8 @@ class PrivateNode:
             conf["management.tcp.ip"] = "127.0.0.1"
         conf.update(self.extra_conf)
         (self.base / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        (self.base / "advanced.config").write_text("[].\n")
+        rabbit = ", ".join(f"{{{k}, {v}}}" for k, v in self.rabbit_env.items())
+        (self.base / "advanced.config").write_text(f"[{{rabbit, [{rabbit}]}}].\n" if rabbit else "[].\n")
         plugins = "[rabbitmq_management]." if self.management else "[]."
         (self.base / "enabled_plugins").write_text(plugins + "\n")
         os.chmod(self.base, 0o755)

@@ -3,6 +3,11 @@ and BFUS stand-ins, the receiver and N workers. Tests and benchmarks build on it
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +47,7 @@ class Stack:
         lime_settings: dict[str, Any] | None = None,
         bfus_retry_pause: float = 0.05,
         seed: int = 7,
+        management_url: str = "",
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -50,13 +56,17 @@ class Stack:
         self.receiver_server: ServerThread | None = None
         self.receiver_port = _reserve_port()
         raw = {
-            "broker": {"url": amqp_url, "partitions": partitions, "confirm_timeout": 5.0, "heartbeat": 10},
+            "broker": {"url": amqp_url, "partitions": partitions, "confirm_timeout": 5.0, "heartbeat": 10,
+                       "management_url": management_url},
             "receiver": {"api_key": RECEIVER_KEY, "port": self.receiver_port, "retry_after": 1},
             "lime": {"url": self.lime.api_url, "api_key": self.lime.api_key, "rate_limit": 1000.0,
                      "read_timeout": 5.0},
-            "worker": {"retry_initial": 0.05, "retry_max": 0.5, "shutdown_timeout": 10.0},
+            "worker": {"retry_initial": 0.05, "retry_max": 0.5, "shutdown_timeout": 10.0,
+                       "rebalance_interval": 0.25},
         }
-        self.config: Config = build_config(deep_merge(raw, config or {}), environ={})
+        self.raw = deep_merge(raw, config or {})
+        self.config: Config = build_config(self.raw, environ={})
+        self.children: list[WorkerChild] = []
         self.bfus = BfusStandIn(
             BfusSandboxSettings(
                 db_path=self.workdir / "bfus.db",
@@ -83,6 +93,13 @@ class Stack:
         self.workers.append(process)
         return process
 
+    def spawn_worker(self, name: str | None = None) -> "WorkerChild":
+        """A worker in a process of its own (``bfus-lime worker``), configured by
+        environment variables, so that it can be SIGKILLed."""
+        child = WorkerChild(name or f"proc-{len(self.children) + 1}", config_environment(self.raw), self.workdir)
+        self.children.append(child)
+        return child
+
     def start(self, workers: int = 1, post: bool = True) -> "Stack":
         self.start_receiver()
         for _ in range(workers):
@@ -94,6 +111,8 @@ class Stack:
 
     def stop(self) -> None:
         self.bfus.stop()
+        for child in self.children:
+            child.kill()
         for process in self.workers:
             process.stop()
         for process in self.workers:
@@ -115,6 +134,12 @@ class Stack:
         data = raw if raw is not None else requests.models.complexjson.dumps(body).encode()
         return requests.post(f"{self.receiver_url}bfus/messages", data=data, headers=sent, timeout=30)
 
+    def owners(self) -> dict[int, str | None]:
+        """Partition -> the worker holding it (None when free), from the broker."""
+        from shared.inspect import owners
+
+        return owners(self.config.broker, self.config.broker.management_url)
+
     def lime_objects(self, limetype: str) -> list[dict[str, Any]]:
         return self.lime.store.all_objects(limetype)
 
@@ -133,6 +158,55 @@ class Stack:
 
     def wait_delivered(self, timeout: float = 60) -> None:
         wait_for(lambda: self.bfus.store.queue_status()["pending"] == 0, timeout, "BFUS to deliver its queue")
+
+
+def config_environment(raw: dict[str, Any], prefix: str = "BFUSLIME_") -> dict[str, str]:
+    """A configuration tree as BFUSLIME_<SECTION>__<KEY> environment variables."""
+    env: dict[str, str] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key.upper()}"
+        if isinstance(value, dict):
+            env.update(config_environment(value, name + "__"))
+        elif isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        elif isinstance(value, list):
+            env[name] = json.dumps(value)
+        else:
+            env[name] = str(value)
+    return env
+
+
+class WorkerChild:
+    """A ``bfus-lime worker`` process, its output in ``<workdir>/<name>.log``."""
+
+    def __init__(self, name: str, config_env: dict[str, str], workdir: Path):
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BFUSLIME_", "RABBITMQ_URL"))}
+        env.update(config_env)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "worker", "--name", name],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, event: str, timeout: float = 30) -> None:
+        wait_for(lambda: event in self.log_text() or self.process.poll() is not None, timeout, f"{self.name}: {event}")
+        if event not in self.log_text():
+            raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{self.log_text()[-2000:]}")
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
 
 
 def _reserve_port() -> int:

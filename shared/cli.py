@@ -208,6 +208,44 @@ def check_config(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.pass_context
+def topology(ctx: click.Context) -> None:
+    """Declare the topology (idempotent) and show partitions, owners, consumers and depths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.inspect import describe
+    from shared.topology import declare_topology
+
+    config = _load(ctx)
+    try:
+        declare_topology(config.broker)
+        views = describe(config.broker, config.broker.management_url or None)
+    except Exception as err:
+        click.echo(f"bfus-lime topology: RabbitMQ at {_public(config.broker.url)}: {err or type(err).__name__}", err=True)
+        sys.exit(1)
+    table = Table(title=f"{config.broker.partitions} partitions at {_public(config.broker.url)}")
+    for column in ("queue", "owner", "consumers", "ready", "unacked"):
+        table.add_column(column, justify="right" if column in ("consumers", "ready", "unacked") else "left")
+    for i, view in enumerate(views):
+        owner = (view.owner or "free") if i < config.broker.partitions else "-"
+        table.add_row(view.name, owner, str(view.consumers), str(view.ready),
+                      "?" if view.unacked is None else str(view.unacked))
+    Console(width=120).print(table)
+    owners = {v.owner for v in views[: config.broker.partitions] if v.owner}
+    click.echo(f"workers owning partitions: {len(owners) if '(held)' not in owners else 'unknown (no management_url)'}; "
+               f"free partitions: {sum(1 for v in views[: config.broker.partitions] if v.owner is None)}")
+
+
+def _public(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+@main.command()
 @click.option("--changes", type=int, default=300, show_default=True, help="Changes the BFUS stand-in makes.")
 @click.option("--customers", type=int, default=50, show_default=True, help="Over this many customers.")
 @click.option("--rate", type=float, default=20.0, show_default=True, help="Changes per second.")

@@ -42,6 +42,7 @@ class BrokerConfig:
     partitions: int
     confirm_timeout: float
     heartbeat: int
+    management_url: str
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class WorkerConfig:
     retry_initial: float
     retry_max: float
     shutdown_timeout: float
+    rebalance_interval: float
+    breaker_threshold: int
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class BrokerSchema(_Strict):
     partitions = fields.Integer(required=True, validate=validate.Range(min=1, max=1024))
     confirm_timeout = fields.Float(required=True, validate=_positive)
     heartbeat = fields.Integer(required=True, validate=validate.Range(min=0))
+    management_url = fields.String(required=True, validate=lambda v: v == "" or _url_with_scheme("http", "https")(v))
 
     @post_load
     def make(self, data: dict, **_: Any) -> BrokerConfig:
@@ -212,6 +216,8 @@ class WorkerSchema(_Strict):
     retry_initial = fields.Float(required=True, validate=_positive)
     retry_max = fields.Float(required=True, validate=_positive)
     shutdown_timeout = fields.Float(required=True, validate=_positive)
+    rebalance_interval = fields.Float(required=True, validate=validate.Range(min=0.05, max=60))
+    breaker_threshold = fields.Integer(required=True, validate=validate.Range(min=1))
 
     @validates_schema
     def check_backoff(self, data: dict, **_: Any) -> None:

@@ -11,6 +11,7 @@ threads, and errors split into the two kinds the worker acts on:
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any, Iterator
 from urllib.parse import urljoin
@@ -44,6 +45,61 @@ class LimeRejected(LimeError):
         self.message = message
 
 
+class CircuitBreaker:
+    """Opens after ``threshold`` outage errors in a row (connection trouble, timeouts,
+    5xx, a refused key). While open, calls fail at once without reaching Lime, except
+    one probe per backoff interval (doubling up to ``ceiling``); the first answer that
+    shows Lime is up closes it."""
+
+    def __init__(self, threshold: int = 3, initial: float = 0.5, ceiling: float = 30.0):
+        self.threshold = threshold
+        self.initial = initial
+        self.ceiling = ceiling
+        self._failures = 0
+        self._open_until: float | None = None
+        self._pause = initial
+        self._probing = False
+        self._lock = threading.Lock()
+        self.opened = 0  # times it opened (for logs and tests)
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._open_until is not None
+
+    def probe_due(self) -> bool:
+        with self._lock:
+            return self._open_until is not None and not self._probing and time.monotonic() >= self._open_until
+
+    def before_call(self) -> None:
+        with self._lock:
+            if self._open_until is None:
+                return
+            now = time.monotonic()
+            if self._probing or now < self._open_until:
+                wait = max(0.05, self._open_until - now)
+                raise LimeUnavailable("Lime is unavailable (circuit open; waiting to probe)", wait)
+            self._probing = True  # this caller is the probe
+
+    def success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._probing = False
+            self._open_until = None
+            self._pause = self.initial
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._open_until is not None:
+                self._probing = False
+                self._pause = min(self._pause * 2, self.ceiling)
+                self._open_until = time.monotonic() + self._pause
+            elif self._failures >= self.threshold:
+                self.opened += 1
+                self._open_until = time.monotonic() + self._pause
+
+
 def _retry_after(response: requests.Response) -> float | None:
     raw = response.headers.get("Retry-After")
     try:
@@ -53,10 +109,11 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 class LimeClient:
-    def __init__(self, config: LimeConfig, pool_size: int = 16):
+    def __init__(self, config: LimeConfig, pool_size: int = 16, breaker: CircuitBreaker | None = None):
         self.base_url = config.url
         self.timeout = (config.connect_timeout, config.read_timeout)
         self.bucket = TokenBucket(config.rate_limit)
+        self.breaker = breaker or CircuitBreaker(threshold=10**9)  # by default never opens
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
@@ -80,6 +137,22 @@ class LimeClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One Lime call; the decoded JSON body (None for 204)."""
+        self.breaker.before_call()
+        try:
+            result = self._request(method, path, **kwargs)
+        except LimeUnavailable as err:
+            if err.status == 429:
+                self.breaker.success()  # Lime is up, only busy
+            else:
+                self.breaker.failure()
+            raise
+        except LimeRejected:
+            self.breaker.success()
+            raise
+        self.breaker.success()
+        return result
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         url = path if path.startswith("http") else urljoin(self.base_url, path)
         self.bucket.acquire()
         with self._lock:
@@ -117,6 +190,10 @@ class LimeClient:
         return "error", str(body)[:300]
 
     # ------------------------------------------------------------------ API
+
+    def probe(self, limetype: str) -> None:
+        """A cheap call that shows whether Lime is back (goes through the breaker)."""
+        self.request("GET", f"limetype/{limetype}/")
 
     def limetypes(self) -> dict[str, dict[str, Any]]:
         """Limetype name -> {"name", "properties": {name: property}}."""

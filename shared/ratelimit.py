@@ -1,5 +1,6 @@
-"""A token bucket: at most ``rate`` acquisitions per second on average, shared by
-every thread of the process."""
+"""Request-rate limiting shared by every thread of a process, fair in arrival order:
+each caller reserves the next free slot, so partitions waiting for Lime take turns
+instead of racing."""
 
 from __future__ import annotations
 
@@ -8,26 +9,27 @@ import time
 
 
 class TokenBucket:
+    """At most ``rate`` acquisitions per second on average, with bursts of up to
+    ``burst`` after a quiet spell. Callers are served first come, first served."""
+
     def __init__(self, rate: float, burst: float | None = None):
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
-        self._tokens = self.capacity
-        self._stamp = time.monotonic()
+        self.interval = 1.0 / rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._next = time.monotonic() - (self.burst - 1) * self.interval  # start with a full burst
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
-        """Take one token, waiting as long as needed; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return waited
-                pause = (1 - self._tokens) / self.rate
-            time.sleep(pause)
-            waited += pause
+        """Wait for this caller's slot; returns the seconds waited."""
+        with self._lock:
+            now = time.monotonic()
+            # Unused capacity accumulates up to `burst` requests.
+            slot = max(self._next, now - (self.burst - 1) * self.interval)
+            self._next = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            time.sleep(wait)
+            return wait
+        return 0.0

@@ -1,6 +1,12 @@
 """RabbitMQ topology: a direct exchange routing each message to one of P partition
 queues (quorum, single active consumer), a queue for messages the receiver could not
-accept, and the dead-letter exchange and queue. Declaring is idempotent."""
+accept, the dead-letter exchange and queue, and the queue workers count each other
+by. Declaring is idempotent.
+
+Retries belong to the worker, not the broker: partition queues carry an explicit
+delivery limit so high it is never reached (RabbitMQ 4 otherwise applies 20 and drops
+or dead-letters the message; ``-1`` means unlimited on 4.x but dead-letters at once on
+3.x, so it is not used). Broker dead-lettering is at-least-once."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from shared.config import BrokerConfig
 
 INVALID_ROUTING_KEY = "invalid"
+DELIVERY_LIMIT = 2_147_483_647
 
 
 def connection_parameters(broker: BrokerConfig, name: str) -> pika.URLParameters:
@@ -50,6 +57,17 @@ class Topology:
     def invalid_queue(self) -> str:
         return f"{self.prefix}.invalid"
 
+    @property
+    def presence_queue(self) -> str:
+        """Every worker consumes it (no message ever goes there): its consumer count
+        is the number of live workers."""
+        return f"{self.prefix}.workers"
+
+    def lock_queue(self, partition: int) -> str:
+        """Exclusive queue held by the worker that owns ``partition``; the broker
+        removes it when that worker's connection ends."""
+        return f"{self.prefix}.lock.{self.routing_key(partition)}"
+
     def routing_key(self, partition: int) -> str:
         return f"p{partition:03d}"
 
@@ -64,11 +82,14 @@ class Topology:
         """Stable across processes and versions (CRC-32, not Python's salted hash)."""
         return zlib.crc32(partition_key.encode("utf-8")) % self.partitions
 
-    def _work_queue_arguments(self) -> dict:
+    def work_queue_arguments(self) -> dict:
         return {
             "x-queue-type": "quorum",
             "x-single-active-consumer": True,
+            "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": self.dead_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         }
 
     def declare(self, channel: BlockingChannel) -> None:
@@ -76,11 +97,12 @@ class Topology:
         channel.exchange_declare(self.dead_exchange, exchange_type="fanout", durable=True)
         channel.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         channel.queue_bind(self.dead_queue, self.dead_exchange)
-        channel.queue_declare(self.invalid_queue, durable=True, arguments=self._work_queue_arguments())
+        channel.queue_declare(self.invalid_queue, durable=True, arguments=self.work_queue_arguments())
         channel.queue_bind(self.invalid_queue, self.exchange, routing_key=INVALID_ROUTING_KEY)
+        channel.queue_declare(self.presence_queue, durable=True)
         for partition in range(self.partitions):
             queue = self.partition_queue(partition)
-            channel.queue_declare(queue, durable=True, arguments=self._work_queue_arguments())
+            channel.queue_declare(queue, durable=True, arguments=self.work_queue_arguments())
             channel.queue_bind(queue, self.exchange, routing_key=self.routing_key(partition))
 
 

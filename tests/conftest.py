@@ -55,10 +55,11 @@ def lime(tmp_path: Path) -> Iterator[LimeStandIn]:
 
 
 @pytest.fixture
-def make_stack(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def make_stack(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
     def make(**kwargs: Any) -> Stack:
+        kwargs.setdefault("management_url", rabbitmq.management_url or "")
         stack = Stack(amqp_url, tmp_path / f"stack{len(stacks)}", **kwargs)
         stacks.append(stack)
         return stack

@@ -35,24 +35,35 @@ class Outcome:
     company_id: int | None = None
 
 
-class IdCache:
-    """(limetype, key) -> Lime id, bounded, shared by the worker's threads."""
+@dataclass(frozen=True)
+class Known:
+    """What the worker knows of a Lime object: its id, and the id of the last BFUS
+    message applied to it (the watermark), when the mapping keeps one."""
 
-    def __init__(self, size: int = 100_000):
+    id: int
+    watermark: int | None
+
+
+class IdCache:
+    """(limetype, BFUS key) -> Known, bounded. One per partition: the partition's
+    owner is the only writer of its objects, so what it wrote stays true until it lets
+    the partition go (a new owner starts with an empty cache)."""
+
+    def __init__(self, size: int = 50_000):
         self.size = size
-        self._data: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._data: OrderedDict[tuple[str, str], Known] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, limetype: str, key: str) -> int | None:
+    def get(self, limetype: str, key: str) -> Known | None:
         with self._lock:
             found = self._data.get((limetype, key))
             if found is not None:
                 self._data.move_to_end((limetype, key))
             return found
 
-    def put(self, limetype: str, key: str, object_id: int) -> None:
+    def put(self, limetype: str, key: str, known: Known) -> None:
         with self._lock:
-            self._data[(limetype, key)] = object_id
+            self._data[(limetype, key)] = known
             self._data.move_to_end((limetype, key))
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
@@ -61,38 +72,47 @@ class IdCache:
         with self._lock:
             self._data.pop((limetype, key), None)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
 
 class Applier:
-    def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], cache: IdCache | None = None,
-                 exclude_personal: bool = False):
+    """Stateless but for the Lime client: the caller passes the partition's cache."""
+
+    def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], exclude_personal: bool = False):
         self.lime = lime
         self.mappers = mappers
-        self.ids = cache or IdCache()
         self.exclude_personal = exclude_personal
 
-    def apply(self, env: Envelope) -> Outcome:
+    def apply(self, env: Envelope, cache: IdCache) -> Outcome:
         mapper = self.mappers.get(env.objecttype)
         if mapper is None:
             return Outcome("skipped_not_configured")
-        values = self._values(mapper, env)
-        company_id = self._company_id(mapper, env, values)
-        object_id = self.find_id(mapper, env.key)
-        if object_id is None and env.operation == "deleted" and not env.data:
+        known = self.lookup(mapper, env.key, cache)
+        company_id = known.id if known is not None and mapper.limetype == "company" else None
+        if known is not None and known.watermark is not None and env.id <= known.watermark:
+            # Staleness guard: Lime already has this message's state or a newer one.
+            outcome = "skipped_duplicate" if env.id == known.watermark else "skipped_stale"
+            return Outcome(outcome, mapper.limetype, known.id, company_id)
+        values = self._values(mapper, env, cache)
+        company_id = company_id or self._company_id(mapper, env, values, cache)
+        if known is None and env.operation == "deleted" and not env.data:
             # Deleted before it ever reached Lime, and no snapshot to keep: nothing to mark.
             return Outcome("applied", mapper.limetype, None, company_id)
-        object_id = self._write(mapper, env.key, object_id, values)
+        object_id = self._write(mapper, env, known, values, cache)
         if mapper.limetype == "company":
             company_id = object_id
         return Outcome("applied", mapper.limetype, object_id, company_id)
 
-    def _values(self, mapper: ObjectMapper, env: Envelope) -> dict[str, Any]:
+    def _values(self, mapper: ObjectMapper, env: Envelope, cache: IdCache) -> dict[str, Any]:
         try:
             values = mapper.map(env.data)
         except MappingError as err:
             detail = f"field '{err.field}': {err.problem}"
             personal = self.exclude_personal and is_personal(env.objecttype, err.field, env.data)
             raise PermanentFailure("mapping_error", detail if personal else str(err), detail) from None
-        values.update(self._relations(mapper, env))
+        values.update(self._relations(mapper, env, cache))
         if env.operation == "deleted":
             values.update(mapper.soft_delete_values(env.timestamp.date()))
         values[mapper.key_property] = env.key
@@ -100,7 +120,7 @@ class Applier:
             values[mapper.spec.watermark] = env.id
         return values
 
-    def _relations(self, mapper: ObjectMapper, env: Envelope) -> dict[str, int | None]:
+    def _relations(self, mapper: ObjectMapper, env: Envelope, cache: IdCache) -> dict[str, int | None]:
         """belongsto ids of the related objects, found by their BFUS keys."""
         ids: dict[str, int | None] = {}
         for prop, key in mapper.relation_keys(env.data).items():
@@ -108,30 +128,33 @@ class Applier:
                 ids[prop] = None
                 continue
             target = self.mappers[mapper.relations[prop].objecttype]
-            ids[prop] = self.find_id(target, key)
-            if ids[prop] is None:
+            known = self.lookup(target, key, cache)
+            if known is None:
                 raise PermanentFailure(
                     "missing_related",
                     f"{env.objecttype} {env.key} refers to {target.objecttype} {key}, which Lime does not have yet "
                     f"(no {target.limetype} with {target.key_property}={key}); requeue it once that exists.",
                     f"{prop} -> {target.objecttype} not in Lime",
                 )
+            ids[prop] = known.id
         return ids
 
-    def _company_id(self, mapper: ObjectMapper, env: Envelope, values: dict[str, Any]) -> int | None:
+    def _company_id(self, mapper: ObjectMapper, env: Envelope, values: dict[str, Any], cache: IdCache) -> int | None:
         """The Lime company of the message's customer, when known without a call."""
         for prop, rule in mapper.relations.items():
             if rule.objecttype == "customer" and values.get(prop):
                 return values[prop]
         customers = self.mappers.get("customer")
         if customers is not None and env.customerno:
-            return self.ids.get(customers.limetype, env.customerno)
+            known = cache.get(customers.limetype, env.customerno)
+            return known.id if known else None
         return None
 
-    def find_id(self, mapper: ObjectMapper, key: str) -> int | None:
-        cached = self.ids.get(mapper.limetype, key)
-        if cached is not None:
-            return cached
+    def lookup(self, mapper: ObjectMapper, key: str, cache: IdCache) -> Known | None:
+        """The Lime object with this BFUS key: from the cache, else one list call."""
+        known = cache.get(mapper.limetype, key)
+        if known is not None:
+            return known
         found = self.lime.find(mapper.limetype, mapper.key_property, key)
         if len(found) > 1:
             ids = ", ".join(str(o["_id"]) for o in found)
@@ -142,23 +165,28 @@ class Applier:
             )
         if not found:
             return None
-        self.ids.put(mapper.limetype, key, found[0]["_id"])
-        return found[0]["_id"]
+        watermark = found[0].get(mapper.spec.watermark) if mapper.spec.watermark else None
+        known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None)
+        cache.put(mapper.limetype, key, known)
+        return known
 
-    def _write(self, mapper: ObjectMapper, key: str, object_id: int | None, values: dict[str, Any]) -> int:
+    def _write(self, mapper: ObjectMapper, env: Envelope, known: Known | None, values: dict[str, Any],
+               cache: IdCache) -> int:
+        watermark = env.id if mapper.spec.watermark else None
         try:
-            if object_id is not None:
+            if known is not None:
                 try:
-                    self.lime.update(mapper.limetype, object_id, values)
-                    return object_id
+                    self.lime.update(mapper.limetype, known.id, values)
+                    cache.put(mapper.limetype, env.key, Known(known.id, watermark))
+                    return known.id
                 except LimeRejected as err:
                     if err.status != 404:
                         raise
-                    self.ids.drop(mapper.limetype, key)  # removed in Lime since we cached it
+                    cache.drop(mapper.limetype, env.key)  # removed in Lime since we cached it
             created = self.lime.create(mapper.limetype, values)
         except LimeRejected as err:
             raise PermanentFailure(
                 "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}", f"Lime {err.status} {err.code}"
             ) from None
-        self.ids.put(mapper.limetype, key, created["_id"])
+        cache.put(mapper.limetype, env.key, Known(created["_id"], watermark))
         return created["_id"]

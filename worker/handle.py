@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, TypeVar
 
@@ -20,7 +20,7 @@ from shared.lime import LimeUnavailable
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.topology import Topology
-from worker.apply import Applier, Outcome, PermanentFailure
+from worker.apply import Applier, IdCache, Outcome, PermanentFailure
 from worker.records import LogWriter, MessageFacts
 
 T = TypeVar("T")
@@ -45,6 +45,12 @@ class Delivery:
     body: bytes
     generation: int
     channel: Any = None
+    cache: IdCache = field(default_factory=IdCache)  # the partition's key -> Lime object cache
+
+    @property
+    def delivery_count(self) -> int:
+        """How often the broker delivered it before (quorum queues count)."""
+        return int((self.properties.headers or {}).get("x-delivery-count", 0))
 
 
 def backoff(attempt: int, initial: float, ceiling: float) -> float:
@@ -118,12 +124,22 @@ class MessageHandler:
                     self._retrying(lambda: self._dead_letter(delivery, facts, record["reason"], record["error"], 1), "dead_letter", sleep)
                 return
         try:
-            outcome: Outcome = self._retrying(lambda: self.applier.apply(env), "apply", sleep)
+            outcome: Outcome = self._retrying(lambda: self.applier.apply(env, delivery.cache), "apply", sleep)
         except PermanentFailure as failure:
             self._fail(delivery, facts, failure.reason, failure.error, raw, failure.company_id, sleep, failure.detail)
             return
+        if outcome.outcome == "skipped_duplicate" and delivery.redelivered:
+            # Our own write before a crash or lost connection: applied, only not yet logged.
+            outcome = replace(outcome, outcome="applied")
+        elif outcome.outcome in ("skipped_duplicate", "skipped_stale") and not delivery.redelivered:
+            # BFUS sent it again, or an old one came back: one log record per message id.
+            existing = self._retrying(lambda: self.records.existing(env.id), "find_log_record", sleep)
+            if existing is not None:
+                log.info("message_already_logged", outcome=outcome.outcome, record=existing[0])
+                return
         self._retrying(lambda: self.records.processed(facts, outcome), "log_processed", sleep)
-        log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation)
+        log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation,
+                 deliveries=delivery.delivery_count + 1)
 
     def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         headers = delivery.properties.headers or {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.config import Config, ConfigError
-from shared.lime import LimeClient, LimeUnavailable
+from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
 from shared.logs import get_logger
 from shared.mapping import MappingSetupError, ObjectMapper, build_mappers
 from shared.publisher import ConfirmedPublisher
@@ -103,7 +103,8 @@ def build_worker(
 ) -> WorkerProcess:
     if not config.lime.api_key:
         raise ConfigError(["lime.api_key: Must be set (config file or BFUSLIME_LIME__API_KEY)."])
-    lime = LimeClient(config.lime, pool_size=config.broker.partitions + 4)
+    breaker = CircuitBreaker(config.worker.breaker_threshold, config.worker.retry_initial, config.worker.retry_max)
+    lime = LimeClient(config.lime, pool_size=config.broker.partitions + 4, breaker=breaker)
     mappers = check_against_lime(config, fetch_limetypes(lime, lime_wait, stop))
     topology = Topology.from_config(config.broker)
     publisher = ConfirmedPublisher(config.broker, f"{name} dead letters").start()
@@ -115,7 +116,7 @@ def build_worker(
         topology,
         config.worker,
     )
-    return WorkerProcess(Worker(config, handler, name), publisher, lime)
+    return WorkerProcess(Worker(config, handler, name, lime), publisher, lime)
 
 
 def run_worker(config: Config, name: str = "worker") -> None:

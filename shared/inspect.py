@@ -1,0 +1,89 @@
+"""What the broker holds: partitions with their owners, consumers and depths (for
+``bfus-lime topology`` and for tests). Uses the management API when
+``broker.management_url`` is set (owner names, unacked counts), else AMQP only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pika
+import requests
+
+from shared.config import BrokerConfig
+from shared.topology import Topology, connection_parameters
+
+HELD = "(held)"  # owned, owner's name not known without the management API
+
+
+@dataclass(frozen=True)
+class QueueView:
+    name: str
+    ready: int
+    unacked: int | None
+    consumers: int
+    owner: str | None  # partitions only: worker holding the lock, None when free
+
+
+def _vhost(url: str) -> str:
+    return unquote(urlsplit(url).path.lstrip("/")) or "/"
+
+
+def _management_views(broker: BrokerConfig, management_url: str) -> dict[str, dict]:
+    parts = urlsplit(management_url)
+    base = urlunsplit((parts.scheme, f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname, "", "", ""))
+    amqp = urlsplit(broker.url)
+    auth = (parts.username or amqp.username or "guest", parts.password or amqp.password or "guest")
+    response = requests.get(
+        f"{base}/api/queues/{quote(_vhost(broker.url), safe='')}",
+        params={"columns": "name,messages_ready,messages_unacknowledged,consumers,arguments"},
+        auth=auth, timeout=10,
+    )
+    response.raise_for_status()
+    return {q["name"]: q for q in response.json()}
+
+
+def describe(broker: BrokerConfig, management_url: str | None = None) -> list[QueueView]:
+    """Partition queues, then the invalid, dead-letter and presence queues."""
+    topology = Topology.from_config(broker)
+    names = [*topology.partition_queues, topology.invalid_queue, topology.dead_queue, topology.presence_queue]
+    if management_url:
+        queues = _management_views(broker, management_url)
+        views = []
+        for i, name in enumerate(names):
+            q = queues.get(name, {})
+            owner = None
+            if i < topology.partitions:
+                lock = queues.get(topology.lock_queue(i))
+                owner = (lock.get("arguments") or {}).get("x-bfus-owner", HELD) if lock else None
+            views.append(QueueView(name, q.get("messages_ready", 0), q.get("messages_unacknowledged"),
+                                   q.get("consumers", 0), owner))
+        return views
+    return _amqp_views(broker, topology, names)
+
+
+def _amqp_views(broker: BrokerConfig, topology: Topology, names: list[str]) -> list[QueueView]:
+    connection = pika.BlockingConnection(connection_parameters(broker, "bfus-lime topology"))
+    try:
+        channel = connection.channel()
+        views = []
+        for i, name in enumerate(names):
+            ok = channel.queue_declare(name, passive=True).method
+            owner = None
+            if i < topology.partitions:
+                try:
+                    channel.queue_declare(topology.lock_queue(i), passive=True)
+                    owner = HELD
+                except pika.exceptions.ChannelClosedByBroker as err:
+                    owner = HELD if err.reply_code == 405 else None  # 405: exclusive to its owner; 404: free
+                    channel = connection.channel()
+            views.append(QueueView(name, ok.message_count, None, ok.consumer_count, owner))
+        return views
+    finally:
+        connection.close()
+
+
+def owners(broker: BrokerConfig, management_url: str) -> dict[int, str | None]:
+    """Partition -> owning worker's name (None when free)."""
+    views = describe(broker, management_url)
+    return {i: v.owner for i, v in enumerate(views[: broker.partitions])}
