@@ -32,5 +32,14 @@ run: $(STAMP) rabbitmq
 test: $(STAMP) rabbitmq
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# 20,000 changes over 2,000 customers through 3-4 worker processes while workers are
+# killed, the broker restarts and Lime fails; the checker's counts and the wall time
+# are printed at the end.
+soak: $(STAMP) rabbitmq
+	$(BIN)/python -m sandbox.soak
+
+bench: $(STAMP) rabbitmq
+	$(BIN)/python -m bench.scaling
+
 clean:
 	rm -rf $(VENV) .run .pytest_cache

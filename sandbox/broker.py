@@ -157,6 +157,12 @@ class BrokerHandle:
         self.node.ctl("start_app")
         self.node.wait_amqp(60)
 
+    def restart(self) -> None:
+        """Restart the broker process (a private node only); its data survives."""
+        if self.node is None:
+            raise BrokerSetupError("only a private node can be restarted by the tests")
+        self.node.restart()
+
     def close(self) -> None:
         if self.node is not None:
             self.node.stop()
@@ -290,6 +296,15 @@ class PrivateNode:
                 return
             time.sleep(0.25)
         raise BrokerSetupError(f"RabbitMQ node did not accept connections within {timeout:.0f}s:\n{self.tail()}")
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Stop the node politely (its data stays) and start it again on the same ports."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
+        self._log.close()
+        self.start(timeout)
 
     def tail(self, lines: int = 30) -> str:
         try:

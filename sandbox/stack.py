@@ -62,7 +62,7 @@ class Stack:
             "lime": {"url": self.lime.api_url, "api_key": self.lime.api_key, "rate_limit": 1000.0,
                      "read_timeout": 5.0},
             "worker": {"retry_initial": 0.05, "retry_max": 0.5, "shutdown_timeout": 10.0,
-                       "rebalance_interval": 0.25},
+                       "rebalance_interval": 0.25, "concurrency": 8},
         }
         self.raw = deep_merge(raw, config or {})
         self.config: Config = build_config(self.raw, environ={})

@@ -75,6 +75,7 @@ class WorkerConfig:
     shutdown_timeout: float
     rebalance_interval: float
     breaker_threshold: int
+    concurrency: int
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ class WorkerSchema(_Strict):
     shutdown_timeout = fields.Float(required=True, validate=_positive)
     rebalance_interval = fields.Float(required=True, validate=validate.Range(min=0.05, max=60))
     breaker_threshold = fields.Integer(required=True, validate=validate.Range(min=1))
+    concurrency = fields.Integer(required=True, validate=validate.Range(min=1, max=256))
 
     @validates_schema
     def check_backoff(self, data: dict, **_: Any) -> None:

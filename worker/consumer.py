@@ -133,6 +133,7 @@ class Worker:
         self._abandon = threading.Event()  # give up on in-flight retries
         self._connected = threading.Event()
         self._paused = False
+        self._slots = threading.BoundedSemaphore(config.worker.concurrency)
         self._lock = threading.Lock()
         self.settled = 0
         self.max_delivery_count = 0
@@ -384,7 +385,8 @@ class Worker:
     def _work(self, delivery: Delivery) -> None:
         if not self._current(delivery):
             return  # its channel is gone: the broker redelivers it
-        settle = self.handler.handle(delivery, partial(self._pause, delivery))
+        with self._slots:  # at most worker.concurrency messages in the works at once
+            settle = self.handler.handle(delivery, partial(self._pause, delivery))
         if settle is Settle.ACK:
             self._ack(delivery)
 

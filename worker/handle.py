@@ -192,8 +192,13 @@ class MessageHandler:
     # ------------------------------------------------------------------ retry
 
     def _retrying(self, step: Callable[[], T], what: str, sleep: Callable[[float], bool]) -> T:
+        """Run ``step`` until it gets past Lime or broker trouble. Before each try the
+        delivery must still be ours (its channel open): a worker that lost it leaves
+        the rest to the next owner instead of writing behind its back."""
         attempt = 0
         while True:
+            if not sleep(0):
+                raise Abandoned()
             try:
                 return step()
             except (LimeUnavailable, BrokerUnavailable) as err:
