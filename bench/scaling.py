@@ -20,7 +20,6 @@ from pathlib import Path
 
 from sandbox.bfus.changes import ChangeMix
 from sandbox.broker import provide_broker
-from sandbox.lime.faults import Faults
 from sandbox.stack import Stack, wait_for
 from shared.logs import configure_logging
 
@@ -28,21 +27,24 @@ from shared.logs import configure_logging
 def measure(broker_url: str, management_url: str, workers: int, messages: int, customers: int,
             latency_ms: float, workdir: Path) -> dict[str, float]:
     stack = Stack(broker_url, workdir, partitions=16, management_url=management_url,
-                  config={"lime": {"rate_limit": 100_000.0}, "log": {"level": "warning"}},
-                  lime_settings={"faults": Faults(latency_ms=latency_ms)})
+                  config={"lime": {"rate_limit": 100_000.0}, "worker": {"concurrency": 4}})
     try:
         stack.start(workers=0)
+        for i in range(workers):
+            stack.spawn_worker(f"bench-{i + 1}")
+        fair = -(-16 // workers)
+        wait_for(lambda: (o := stack.owners()) and None not in o.values() and len(set(o.values())) == workers
+                 and max(list(o.values()).count(w) for w in set(o.values())) <= fair, 120, "partitions spread")
+        stack.lime.faults.configure({"down": True})  # the workers pause; everything waits in RabbitMQ
         stack.bfus.changes.make(messages, customers=customers, mix=ChangeMix(update=1.0, delete=0.0))
-        stack.wait_delivered(600)  # everything waits in RabbitMQ before a worker starts
+        stack.wait_delivered(600)
         stack.lime.faults.reset_stats()
-        children = [stack.spawn_worker(f"bench-{i + 1}") for i in range(workers)]
-        for child in children:
-            child.wait_log("worker_consuming", 60)
+        stack.lime.faults.configure({"down": False, "latency_ms": latency_ms})
         wait_for(lambda: stack.logged_count() >= messages, 1800, f"{messages} messages applied")
         processed, _failed = stack.log_records()
         stamps = sorted(dt.datetime.fromisoformat(r["processedtime"]) for r in processed)
         seconds = (stamps[-1] - stamps[0]).total_seconds()
-        calls = stack.lime.faults.stats()["total"]
+        calls = sum(n for k, n in stack.lime.faults.stats()["requests"].items() if not k.startswith("GET limetype"))
         return {"rate": (len(stamps) - 1) / seconds, "seconds": seconds, "calls_per_message": calls / messages}
     finally:
         stack.stop()

@@ -50,12 +50,13 @@ def _port(preferred: int) -> int:
             return free_port()
 
 
-def write_config(path: Path, broker_url: str, ports: dict[str, int]) -> None:
+def write_config(path: Path, broker: BrokerHandle, ports: dict[str, int]) -> None:
     path.write_text(
         f"""# Written by `bfus-lime run` for the local stand-ins. Not for production.
 [broker]
-url = "{broker_url}"
+url = "{broker.url}"
 partitions = 16
+management_url = "{broker.management_url or ''}"
 
 [receiver]
 host = "127.0.0.1"
@@ -170,7 +171,7 @@ def run_all(options: RunOptions) -> int:
 def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Processes, stop: threading.Event) -> int:
     ports = {name: _port(p) for name, p in PREFERRED_PORTS.items()}
     config_path = workdir / "bfus-lime.toml"
-    write_config(config_path, broker.url, ports)
+    write_config(config_path, broker, ports)
     cfg = ["--config", str(config_path)]
     processes.start("lime", [*cfg, "sandbox-lime", "--db", str(workdir / "lime.db"), "--admin-key", LIME_ADMIN])
     lime_api = f"http://127.0.0.1:{ports['lime']}/lime/api/v1/"
@@ -214,9 +215,9 @@ def _public(url: str | None) -> str:
 
 
 def _consumers(broker: BrokerHandle) -> int:
-    """Consumers on the first partition queue: every worker subscribes to it."""
+    """Live workers: each consumes the presence queue."""
     try:
-        return broker.queue_info(broker.url, "bfus.changes.p000").get("consumers", 0)
+        return broker.queue_info(broker.url, "bfus.workers").get("consumers", 0)
     except Exception:
         return 0
 

@@ -1,27 +1,30 @@
-"""Serve a WSGI app over real HTTP from a background thread (tests, ``bfus-lime run``)."""
+"""Serve a WSGI app over real HTTP from a background thread (tests, benchmarks and
+the stand-ins' commands), with waitress: HTTP/1.1 keep-alive and a fixed pool of
+threads, so clients reuse their connections as they would with a real Lime."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+import waitress
+from waitress import wasyncore
 
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:  # access logs off: they would carry URLs with keys
-        pass
+# Quiet: "task queue depth" notes under load, and the noise of connections cut by stop().
+logging.getLogger("waitress").setLevel(logging.CRITICAL)
 
 
 class ServerThread:
-    """A threaded werkzeug server. ``stop()`` closes the socket (connections are then
+    """``stop()`` drops every connection and closes the socket (new connections are
     refused); ``start()`` again listens on the same port."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 32):
         self.app = app
         self.host = host
         self.port = port
-        self._server: BaseWSGIServer | None = None
+        self.threads = threads
+        self._server: Any = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -35,23 +38,21 @@ class ServerThread:
     def start(self) -> "ServerThread":
         if self._server is not None:
             return self
-        self._server = make_server(self.host, self.port, self.app, threaded=True, request_handler=_QuietHandler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name=f"http:{self.port}"
+        self._server = waitress.create_server(
+            self.app, host=self.host, port=self.port, threads=self.threads, ident="bfus-lime", connection_limit=500,
+            asyncore_use_poll=True,
         )
+        self.port = self._server.effective_port
+        self._thread = threading.Thread(target=self._server.run, daemon=True, name=f"http:{self.port}")
         self._thread.start()
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+            wasyncore.close_all(server._map)  # the socket and every connection: clients see it gone
+            server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+        self._thread = None  # its loop ends within a second, once it sees nothing left to serve
 
     def __enter__(self) -> "ServerThread":
         return self.start()

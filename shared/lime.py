@@ -10,6 +10,7 @@ threads, and errors split into the two kinds the worker acts on:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -121,6 +122,10 @@ class LimeClient:
         self.session.headers.update(
             {"X-API-Key": config.api_key, "User-Agent": USER_AGENT, "Accept": "application/hal+json"}
         )
+        # Read proxy and CA settings from the environment once, not on every request.
+        self.session.trust_env = False
+        self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._calls: Counter = Counter()
         self._lock = threading.Lock()
 

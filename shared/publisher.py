@@ -116,7 +116,12 @@ class ConfirmedPublisher:
         while not self._stopping.is_set():
             try:
                 if self._on_connect is not None:
-                    self._on_connect()
+                    try:
+                        self._on_connect()
+                    except pika.exceptions.AMQPChannelError as err:
+                        # The broker answers but refused a declaration: publish anyway (what
+                        # cannot be routed is refused per message, and the caller says 503).
+                        log.error("broker_declare_failed", error=str(err))
                 self._connection = pika.SelectConnection(
                     self._params,
                     on_open_callback=self._on_open,

@@ -6,7 +6,11 @@ by. Declaring is idempotent.
 Retries belong to the worker, not the broker: partition queues carry an explicit
 delivery limit so high it is never reached (RabbitMQ 4 otherwise applies 20 and drops
 or dead-letters the message; ``-1`` means unlimited on 4.x but dead-letters at once on
-3.x, so it is not used). Broker dead-lettering is at-least-once."""
+3.x, so it is not used). The broker itself never needs to dead-letter (the worker
+dead-letters failed messages itself), so the default at-most-once strategy stays: the
+at-least-once strategy trips a RabbitMQ 3.10 fault after `rabbitmqctl stop_app` /
+`start_app` (its supervisor is gone, and every quorum queue declared with it then
+fails with INTERNAL_ERROR)."""
 
 from __future__ import annotations
 
@@ -88,8 +92,6 @@ class Topology:
             "x-single-active-consumer": True,
             "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": self.dead_exchange,
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
         }
 
     def declare(self, channel: BlockingChannel) -> None:

@@ -81,3 +81,12 @@ def limetypes() -> dict[str, Any]:
         props = lt.to_json("http://lime.test/lime/api/v1/")["_embedded"]["properties"]
         out[name] = {"name": name, "properties": {p["name"]: p for p in props}}
     return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    handle = item.funcargs.get("rabbitmq") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(handle, BrokerHandle) and handle.node is not None:
+        report.sections.append(("RabbitMQ node log (last lines)", handle.node.tail(80)))

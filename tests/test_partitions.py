@@ -190,8 +190,7 @@ def test_partition_queues_carry_an_unreachable_delivery_limit(make_stack: Callab
     for queue in topology.partition_queues:
         arguments = rabbitmq.queue_info(stack.config.broker.url, queue)["arguments"]
         assert arguments["x-delivery-limit"] == 2_147_483_647  # RabbitMQ 4 would apply 20 without it
-        assert arguments["x-dead-letter-strategy"] == "at-least-once"
-        assert arguments["x-overflow"] == "reject-publish"
+        assert arguments["x-dead-letter-exchange"] == "bfus.dead"
         assert arguments["x-single-active-consumer"] is True
 
 

@@ -59,8 +59,9 @@ class QueuePoster:
         while not self._stop.is_set():
             head = None if self._paused.is_set() else self.store.head()
             if head is None:
-                with self.store.queue_changed:
-                    self.store.queue_changed.wait(0.5)
+                with self.store.queue_changed:  # the check and the wait under one lock: no lost wake-up
+                    if not self._stop.is_set() and (self._paused.is_set() or self.store.head() is None):
+                        self.store.queue_changed.wait(0.5)
                 continue
             status = self._post(head.envelope())
             delivered = status.isdigit() and 200 <= int(status) < 300
