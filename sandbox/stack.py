@@ -150,8 +150,8 @@ class Stack:
         )
 
     def logged_count(self) -> int:
-        processed, failed = self.log_records()
-        return len(processed) + len(failed)
+        store = self.lime.store
+        return store.count(self.config.lime.processed_limetype) + store.count(self.config.lime.failed_limetype)
 
     def wait_logged(self, count: int, timeout: float = 60) -> None:
         wait_for(lambda: self.logged_count() >= count, timeout, f"{count} log records in Lime")
