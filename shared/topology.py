@@ -67,6 +67,22 @@ class Topology:
         is the number of live workers."""
         return f"{self.prefix}.workers"
 
+    @property
+    def migration_marker(self) -> str:
+        """Exclusive queue a running migration holds (workers then look for reservations)."""
+        return f"{self.prefix}.migration"
+
+    def reservation_queue(self, partition: int) -> str:
+        """Exclusive queue a migration holds while it writes ``partition``'s objects:
+        workers give the partition up and do not take it until the queue is gone."""
+        return f"{self.prefix}.migrate.{self.routing_key(partition)}"
+
+    def handover_marker(self, partition: int) -> str:
+        """Left by a worker that let ``partition`` go cleanly (nothing in flight); the
+        next owner removes it. Its absence means the previous owner may have died
+        with a request to Lime still under way."""
+        return f"{self.prefix}.handedover.{self.routing_key(partition)}"
+
     def lock_queue(self, partition: int) -> str:
         """Exclusive queue held by the worker that owns ``partition``; the broker
         removes it when that worker's connection ends."""

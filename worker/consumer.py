@@ -113,6 +113,9 @@ class Owned:
     channel: BlockingChannel | None  # None while paused (Lime down) or closed by the broker
     cache: IdCache
     releasing: bool = False
+    # Taken over from a worker that may have died mid-request: the first message waits
+    # until that request can no longer land (see _on_message).
+    needs_grace: bool = True
 
 
 class Worker:
@@ -220,15 +223,41 @@ class Worker:
         lime_down = self.lime is not None and self.lime.breaker.is_open
         if lime_down and self.lime is not None and self.lime.breaker.probe_due():
             self._probe_lime()
+        reserved = self._reserved()
         for owned in list(self._owned.values()):
             if owned.channel is not None and not owned.channel.is_open:
                 log.warning("partition_channel_closed", partition=owned.index, worker=self.name)
                 owned.channel = None
+            if owned.index in reserved and not owned.releasing:
+                log.info("partition_reserved_by_migration", partition=owned.index, worker=self.name)
+                owned.releasing = True
+                self._lane(owned.index).drop_queued()
             if owned.releasing and self._lane(owned.index).idle:
                 self._let_go(owned)
         self._pause_or_resume(connection, generation, lime_down)
         if not lime_down:
-            self._rebalance(connection, generation)
+            self._rebalance(connection, generation, reserved)
+
+    def _reserved(self) -> set[int]:
+        """Partitions a running migration is writing (it holds their reservation queues)."""
+        topology = self.topology
+        if not self._queue_held(topology.migration_marker):
+            return set()
+        return {p for p in range(topology.partitions) if self._queue_held(topology.reservation_queue(p))}
+
+    def _queue_held(self, queue: str) -> bool:
+        """Whether another connection holds the exclusive ``queue`` (405 on a passive declare)."""
+        connection = self._connection
+        if connection is None:
+            return False
+        if self._control is None or not self._control.is_open:
+            self._control = connection.channel()
+        try:
+            self._control.queue_declare(queue, passive=True)
+            return False
+        except pika.exceptions.ChannelClosedByBroker as err:
+            self._control = connection.channel()
+            return err.reply_code == 405
 
     def _pause_or_resume(self, connection: pika.BlockingConnection, generation: int, lime_down: bool) -> None:
         if lime_down and not self._paused:
@@ -243,7 +272,7 @@ class Worker:
                 owned.channel = self._subscribe(connection, self.topology.partition_queue(owned.index),
                                                 owned, generation)
 
-    def _rebalance(self, connection: pika.BlockingConnection, generation: int) -> None:
+    def _rebalance(self, connection: pika.BlockingConnection, generation: int, reserved: set[int]) -> None:
         workers = max(1, self._control_call(lambda c: c.queue_declare(
             self.topology.presence_queue, passive=True).method.consumer_count) or 1)
         fair = math.ceil(self.topology.partitions / workers)
@@ -257,7 +286,7 @@ class Worker:
         wanted = fair - len(holding)
         if wanted <= 0:
             return
-        candidates = [p for p in range(self.topology.partitions) if p not in self._owned]
+        candidates = [p for p in range(self.topology.partitions) if p not in self._owned and p not in reserved]
         random.shuffle(candidates)
         for partition in candidates:
             if wanted == 0:
@@ -274,7 +303,11 @@ class Worker:
         )
         if taken is None:
             return False  # another worker holds it
-        owned = Owned(partition, None, IdCache())
+        marker = self.topology.handover_marker(partition)
+        clean = self._control_call(lambda c: c.queue_declare(marker, passive=True)) is not None
+        if clean:
+            self._control_call(lambda c: c.queue_delete(marker))
+        owned = Owned(partition, None, IdCache(), needs_grace=not clean)
         with self._lock:
             self._owned[partition] = owned
         owned.channel = self._subscribe(connection, self.topology.partition_queue(partition), owned, generation)
@@ -282,8 +315,10 @@ class Worker:
         return True
 
     def _let_go(self, owned: Owned) -> None:
-        """The hand-over: channel closed (unacked messages return in order), then the lock."""
+        """The hand-over: channel closed (unacked messages return in order), a note that
+        nothing is in flight, then the lock."""
         self._close_channel(owned)
+        self._control_call(lambda c: c.queue_declare(self.topology.handover_marker(owned.index), durable=True))
         self._control_call(lambda c: c.queue_delete(self.topology.lock_queue(owned.index)))
         with self._lock:
             self._owned.pop(owned.index, None)
@@ -376,6 +411,11 @@ class Worker:
             channel=channel,
             cache=owned.cache if owned is not None else IdCache(size=1),
         )
+        if owned is not None and owned.needs_grace:
+            owned.needs_grace = False
+            # The head of a partition taken over may still be in the works at its previous
+            # owner (a request to Lime sent just before that worker died): let it land first.
+            delivery.grace = self.config.lime.read_timeout + self.config.lime.connect_timeout if method.redelivered else 0.0
         self.max_delivery_count = max(self.max_delivery_count, delivery.delivery_count)
         self._lane(owned.index if owned is not None else queue).put(delivery)
 
@@ -385,6 +425,10 @@ class Worker:
     def _work(self, delivery: Delivery) -> None:
         if not self._current(delivery):
             return  # its channel is gone: the broker redelivers it
+        if delivery.grace:
+            log.info("waiting_for_previous_owner", queue=delivery.queue, seconds=delivery.grace)
+            if not self._pause(delivery, delivery.grace):
+                return
         with self._slots:  # at most worker.concurrency messages in the works at once
             settle = self.handler.handle(delivery, partial(self._pause, delivery))
         if settle is Settle.ACK:

@@ -46,6 +46,7 @@ class Delivery:
     generation: int
     channel: Any = None
     cache: IdCache = field(default_factory=IdCache)  # the partition's key -> Lime object cache
+    grace: float = 0.0  # seconds to wait before applying it (see Worker._on_message)
 
     @property
     def delivery_count(self) -> int:

@@ -1,7 +1,8 @@
 """The BFUS stand-in: a customer register with the API of contract.md §4, and the
 change queue that posts to the receiver.
 
-    GET  /api/v1/<objecttype>s?offset=&limit=&status=&changedsince=   (Bearer token)
+    GET  /api/v1/<objecttype>s?offset=&limit=&status=&changedsince=&category=&customerno=   (Bearer token)
+         -> {"items", "next", "total", "queueid"}: queueid is the last change the page includes
     GET  /api/v1/customers/<customerno>
     POST /_admin/changes  {"count", "customers", "rate", "delete_share"}   (X-Admin-Key)
     GET  /_admin/queue          queue status: pending, delivered, head
@@ -130,13 +131,15 @@ def _api_blueprint() -> Blueprint:
             limit = _int_arg("limit", 100, _standin().settings.max_limit) or 100
         except ValueError as err:
             return _error(400, "invalid_parameter", str(err))
-        store = _standin().store
-        items, total = store.list(objecttype, offset, limit, request.args.get("status"), request.args.get("changedsince"))
+        args = request.args
+        items, total, queueid = _standin().store.list(
+            objecttype, offset, limit, args.get("status"), args.get("changedsince"), args.get("category"),
+            args.get("customerno"),
+        )
         next_url = None
         if offset + len(items) < total:
-            args = {k: v for k, v in request.args.items() if k not in ("offset", "limit")}
-            next_url = f"{request.base_url}?{urlencode({**args, 'offset': offset + limit, 'limit': limit})}"
-        queueid = store.queue_status()["last_id"]
+            rest = {k: v for k, v in args.items() if k not in ("offset", "limit")}
+            next_url = f"{request.base_url}?{urlencode({**rest, 'offset': offset + limit, 'limit': limit})}"
         return jsonify({"items": items, "next": next_url, "total": total, "queueid": queueid})
 
     @bp.get("/customers/<customerno>")

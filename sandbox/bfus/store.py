@@ -133,23 +133,32 @@ class BfusStore:
             )
 
     def list(
-        self, objecttype: str, offset: int, limit: int, status: str | None = None, changedsince: str | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
+        self, objecttype: str, offset: int, limit: int, status: str | None = None, changedsince: str | None = None,
+        category: str | None = None, customerno: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int, int]:
+        """One page of live (not deleted) objects, the total, and the queue id the
+        page is at least as new as (read before the page, so never newer than it)."""
         where = ["objecttype = ?", "deleted = 0"]
         params: list[Any] = [objecttype]
-        if status:
-            where.append("status = ?")
-            params.append(status)
+        for column, value in (("status", status), ("customerno", customerno)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
         if changedsince:
             where.append("changed >= ?")
             params.append(changedsince)
+        if category:
+            where.append("json_extract(data, '$.category') = ?")
+            params.append(category)
         clause = " AND ".join(where)
         db = self.db.conn()
-        total = db.execute(f"SELECT COUNT(*) FROM objects WHERE {clause}", params).fetchone()[0]
-        rows = db.execute(
-            f"SELECT data FROM objects WHERE {clause} ORDER BY key LIMIT ? OFFSET ?", (*params, limit, offset)
-        ).fetchall()
-        return [json.loads(r["data"]) for r in rows], total
+        with self.db.write_lock:  # no change between the queue id and the page
+            queueid = db.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()[0]
+            total = db.execute(f"SELECT COUNT(*) FROM objects WHERE {clause}", params).fetchone()[0]
+            rows = db.execute(
+                f"SELECT data FROM objects WHERE {clause} ORDER BY key LIMIT ? OFFSET ?", (*params, limit, offset)
+            ).fetchall()
+        return [json.loads(r["data"]) for r in rows], total, queueid
 
     def children(self, customerno: str) -> list[dict[str, Any]]:
         """The customer's other objects (facilities, contracts, meters) not deleted."""
