@@ -246,6 +246,33 @@ def _public(url: str) -> str:
 
 
 @main.command()
+@click.option("--only", type=click.Choice(["active-contract"]), help="Only customers with an active contract "
+              "(and only their contracts, facilities and meters).")
+@click.option("--objecttypes", help="Comma-separated, e.g. customer,contract. Default: every synced objecttype.")
+@click.option("--changed-since", type=click.DateTime(["%Y-%m-%d"]), help="Only objects BFUS changed on or after DATE.")
+@click.option("--customer-category", help="Only customers of this category (and their objects).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N customers (and their objects).")
+@click.option("--dry-run", is_flag=True, help="Count what would be created, updated, unchanged or failed; write nothing.")
+@click.option("--retry-failed", is_flag=True, help="Only the objects that failed in the checkpoint's run.")
+@click.option("--fresh", is_flag=True, help="Forget the checkpoint and start over.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True, help="Writes in flight at once.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default="migration-checkpoint.jsonl", show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default="migration-report.json",
+              show_default=True)
+@click.option("--no-broker", is_flag=True, help="Do not hold partitions in RabbitMQ (only when no worker runs).")
+@click.pass_context
+def migrate(ctx: click.Context, only: str | None, objecttypes: str | None, changed_since: Any,
+            customer_category: str | None, limit: int | None, dry_run: bool, retry_failed: bool, fresh: bool,
+            parallel: int, checkpoint: str, report_path: str, no_broker: bool) -> None:
+    """Fill or overwrite Lime from BFUS (resumable; see docs/migration.md)."""
+    from worker.migrate_cli import run_migration
+
+    config = _load(ctx, need=("lime.api_key", "bfus.token"))
+    sys.exit(run_migration(config, only, objecttypes, changed_since, customer_category, limit, dry_run,
+                           retry_failed, fresh, parallel, Path(checkpoint), Path(report_path), not no_broker))
+
+
+@main.command()
 @click.option("--changes", type=int, default=300, show_default=True, help="Changes the BFUS stand-in makes.")
 @click.option("--customers", type=int, default=50, show_default=True, help="Over this many customers.")
 @click.option("--rate", type=float, default=20.0, show_default=True, help="Changes per second.")

@@ -66,6 +66,14 @@ STANDARD_FIELDS: dict[str, dict[str, str]] = {
     },
 }
 
+# The BFUS field that holds each object's key (the envelope's `key`).
+BFUS_KEY_FIELDS: dict[str, str] = {
+    "customer": "customerno",
+    "contract": "contractno",
+    "facility": "facilityno",
+    "meter": "meterno",
+}
+
 # BFUS fields that hold personal data: left out of Lime when
 # mapping.exclude_personal_data is on (whatever property they are mapped to).
 PERSONAL_FIELDS: dict[str, frozenset[str]] = {

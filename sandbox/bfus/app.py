@@ -24,6 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sandbox.bfus.changes import ChangeMaker, ChangeMix
 from sandbox.bfus.poster import QueuePoster
 from sandbox.bfus.store import BfusStore
+from shared.bfus import PLURALS
 
 OBJECTTYPES = ("customer", "contract", "facility", "meter")
 
@@ -76,10 +77,10 @@ class BfusStandIn:
         return self.server.url
 
     def feed(self, count: int, customers: int | None = None, rate: float | None = None,
-             mix: ChangeMix | None = None) -> threading.Thread:
+             mix: ChangeMix | None = None, objecttypes: tuple[str, ...] = ("customer",)) -> threading.Thread:
         """Make changes in the background at ``rate`` per second."""
         thread = threading.Thread(
-            target=self.changes.make, args=(count, customers, mix, rate, self._stop_feeds), daemon=True,
+            target=self.changes.make, args=(count, customers, mix, rate, self._stop_feeds, objecttypes), daemon=True,
             name="bfus-feed",
         )
         thread.start()
@@ -123,7 +124,7 @@ def _api_blueprint() -> Blueprint:
 
     @bp.get("/<plural>")
     def list_objects(plural: str) -> Response:
-        objecttype = plural[:-1] if plural.endswith("s") else ""
+        objecttype = {p: t for t, p in PLURALS.items()}.get(plural, "")
         if objecttype not in OBJECTTYPES:
             return _error(404, "not_found", f"No list '{plural}'.")
         try:

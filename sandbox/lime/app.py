@@ -161,6 +161,7 @@ def _api_blueprint() -> Blueprint:
     @bp.post("/limeobject/<limetype>/")
     def create(limetype: str) -> Response:
         created = store().create(limetype, _body())
+        injector().wrote(limetype, created["_id"])
         return _json(_with_links(base_url(), limetype, created), 201)
 
     @bp.get("/limeobject/<limetype>/<int:object_id>/")
@@ -170,6 +171,7 @@ def _api_blueprint() -> Blueprint:
     @bp.put("/limeobject/<limetype>/<int:object_id>/")
     def update(limetype: str, object_id: int) -> Response:
         updated = store().update(limetype, object_id, _body())
+        injector().wrote(limetype, object_id)
         return _json(_with_links(base_url(), limetype, updated))
 
     @bp.delete("/limeobject/<limetype>/<int:object_id>/")

@@ -46,6 +46,7 @@ class FaultInjector:
         self._windows: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._requests: collections.Counter = collections.Counter()
         self._answers: collections.Counter = collections.Counter()
+        self._writes: collections.Counter = collections.Counter()  # (limetype, id) -> POST/PUT count
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -88,6 +89,15 @@ class FaultInjector:
             return 500, "Internal server error (injected).", {}
         return None
 
+    def wrote(self, limetype: str, object_id: int) -> None:
+        with self._lock:
+            self._writes[(limetype, object_id)] += 1
+
+    def writes(self) -> dict[tuple[str, int], int]:
+        """Successful creates and updates per object since the last reset."""
+        with self._lock:
+            return dict(self._writes)
+
     def answered(self, status: int) -> None:
         with self._lock:
             self._answers[str(status)] += 1
@@ -98,9 +108,12 @@ class FaultInjector:
                 "requests": dict(self._requests),
                 "total": sum(self._requests.values()),
                 "answers": dict(self._answers),
+                "objects_written": len(self._writes),
+                "most_writes_of_one_object": max(self._writes.values(), default=0),
             }
 
     def reset_stats(self) -> None:
         with self._lock:
             self._requests.clear()
             self._answers.clear()
+            self._writes.clear()

@@ -1,0 +1,510 @@
+"""Migration: bring BFUS into Lime before (or beside) the live sync.
+
+1. Read the objects from the BFUS API (paged), with the filters asked for.
+2. Index what Lime already has, by key, with large list pages (not a lookup per object).
+3. Partition by partition (the same partitions as the live sync), write each object:
+   created when Lime has no object with its key, overwritten (a partial PUT of the
+   mapped fields that differ) when it has, left alone when Lime already holds the
+   same values or a newer BFUS state. Customers first, then facilities, contracts and
+   meters, so relations point at objects that exist.
+
+Every write carries the "last applied BFUS id" watermark the live sync uses: the
+queue id of the BFUS page the object was read from (the page holds every change up
+to it). While it writes a partition, the migration holds that partition in RabbitMQ
+the way a worker does, having asked the workers to give it up, so live changes of
+those customers wait in their queue and are applied after it, newest state last.
+
+A checkpoint file records each object's outcome as it happens: a stopped migration
+(Ctrl-C, crash, Lime outage) continues where it stopped and never writes an object
+twice; failures never stop it and can be retried with ``--retry-failed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pika
+
+from shared.bfus import BfusClient
+from shared.config import Config
+from shared.lime import LimeClient, LimeRejected, LimeUnavailable
+from shared.logs import get_logger
+from shared.mapping import BFUS_KEY_FIELDS, MappingError, ObjectMapper
+from shared.topology import Topology, connection_parameters
+
+log = get_logger(component="migration")
+
+ORDER = ("customer", "facility", "contract", "meter")  # parents before children
+OUTCOMES = ("created", "updated", "unchanged", "newer_in_lime", "failed")
+DONE = {"created", "updated", "unchanged", "newer_in_lime"}
+
+
+class MigrationError(Exception):
+    pass
+
+
+class Stopped(Exception):
+    pass
+
+
+@dataclass
+class MigrationOptions:
+    objecttypes: tuple[str, ...] | None = None  # None: every synced objecttype
+    only_active_contract: bool = False
+    changed_since: str | None = None
+    customer_category: str | None = None
+    limit: int | None = None
+    dry_run: bool = False
+    retry_failed: bool = False
+    fresh: bool = False
+    parallel: int = 4
+    checkpoint: Path = Path("migration-checkpoint.jsonl")
+    report: Path = Path("migration-report.json")
+    lime_page_size: int = 500
+    bfus_page_size: int = 1000
+    coordinate: bool = True  # hold partitions in RabbitMQ while writing them
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be continued."""
+        return {
+            "objecttypes": list(self.objecttypes) if self.objecttypes else None,
+            "only_active_contract": self.only_active_contract,
+            "changed_since": self.changed_since,
+            "customer_category": self.customer_category,
+            "limit": self.limit,
+        }
+
+
+@dataclass
+class Item:
+    objecttype: str
+    key: str
+    customerno: str | None
+    data: dict[str, Any]
+    queueid: int
+
+
+@dataclass
+class Known:
+    id: int
+    watermark: int | None
+    values: dict[str, Any]
+
+
+@dataclass
+class Report:
+    started: str
+    dry_run: bool
+    counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    failures: list[dict[str, str]] = field(default_factory=list)
+    resumed: int = 0
+    lime_calls: int = 0
+    bfus_calls: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+
+    @property
+    def objects(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "dry_run": self.dry_run,
+            "stopped_before_the_end": self.stopped,
+            "seconds": round(self.seconds, 1),
+            "objects": self.objects,
+            "already_done_before_this_run": self.resumed,
+            "counts": {t: dict(c) for t, c in self.counts.items()},
+            "lime_calls": self.lime_calls,
+            "lime_calls_per_object": round(self.lime_calls / self.objects, 4) if self.objects else None,
+            "bfus_calls": self.bfus_calls,
+            "failures": self.failures,
+        }
+
+
+def _plain(value: Any) -> Any:
+    return value["key"] if isinstance(value, dict) and "key" in value else value
+
+
+class Checkpoint:
+    """Append-only JSON lines: a header with the options, then one line per object
+    outcome. The last line for an object wins."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], fresh: bool, dry_run: bool):
+        self.path = path
+        self.dry_run = dry_run
+        self.outcomes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._file: Any = None
+        if dry_run:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and path.exists():
+            path.unlink()
+        if path.exists():
+            lines = path.read_text().splitlines()
+            header = json.loads(lines[0]) if lines else {}
+            if header.get("options") != identity:
+                raise MigrationError(
+                    f"checkpoint {path} belongs to a migration with other options ({header.get('options')}); "
+                    "run with the same options, or with --fresh to start over"
+                )
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash: that object is simply done again
+                self.outcomes[(entry["t"], entry["k"])] = entry
+        self._file = path.open("a", encoding="utf-8")
+        if not self.outcomes and path.stat().st_size == 0:
+            self._file.write(json.dumps({"options": identity}) + "\n")
+            self._file.flush()
+
+    def record(self, item: Item, outcome: str, reason: str = "", error: str = "") -> None:
+        entry = {"t": item.objecttype, "k": item.key, "o": outcome}
+        if reason:
+            entry.update(r=reason, e=error)
+        with self._lock:
+            self.outcomes[(item.objecttype, item.key)] = entry
+            if self._file is not None:
+                self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class PartitionHold:
+    """Holds partitions in RabbitMQ the way a worker does, after asking the workers to
+    give them up, so that no live change is applied to a partition's objects while
+    the migration writes them."""
+
+    def __init__(self, config: Config, wait: float = 300.0):
+        self.topology = Topology.from_config(config.broker)
+        self.wait = wait
+        self.connection = pika.BlockingConnection(connection_parameters(config.broker, "bfus-lime migration"))
+        self.channel = self.connection.channel()
+        self.held: set[int] = set()
+        if not self._declare_exclusive(self.topology.migration_marker):
+            self.connection.close()
+            raise MigrationError("another migration is running (it holds the migration marker in RabbitMQ)")
+
+    def _declare_exclusive(self, queue: str) -> bool:
+        try:
+            self.channel.queue_declare(queue, exclusive=True, auto_delete=False, arguments={"x-bfus-owner": "migration"})
+            return True
+        except pika.exceptions.ChannelClosedByBroker as err:
+            self.channel = self.connection.channel()
+            if err.reply_code != 405:
+                raise
+            return False
+
+    def take(self, partitions: Iterable[int], stop: threading.Event) -> None:
+        """Ask the workers to give these partitions up, then hold every one of them."""
+        partitions = list(partitions)
+        for partition in partitions:
+            self._declare_exclusive(self.topology.reservation_queue(partition))
+        deadline = time.monotonic() + self.wait
+        for partition in partitions:
+            while not self._declare_exclusive(self.topology.lock_queue(partition)):
+                if stop.is_set():
+                    raise Stopped()
+                if time.monotonic() > deadline:
+                    raise MigrationError(f"partition {partition} was not given up by its worker within "
+                                         f"{self.wait:.0f}s")
+                self.connection.process_data_events(time_limit=0.2)
+            self.held.add(partition)
+
+    def give_back(self, partition: int) -> None:
+        # Nothing is in flight: the next worker need not wait for a dead owner's request.
+        self.channel.queue_declare(self.topology.handover_marker(partition), durable=True)
+        self.channel.queue_delete(self.topology.lock_queue(partition))
+        self.channel.queue_delete(self.topology.reservation_queue(partition))
+        self.held.discard(partition)
+
+    def close(self) -> None:
+        """Give back what is still held (a stopped migration) and end the hold."""
+        if self.connection.is_open:
+            try:
+                for partition in sorted(self.held):
+                    self.give_back(partition)
+                self.channel.queue_delete(self.topology.migration_marker)
+            finally:
+                self.connection.close()
+
+
+class Migration:
+    def __init__(self, config: Config, options: MigrationOptions, lime: LimeClient, bfus: BfusClient,
+                 mappers: dict[str, ObjectMapper], progress: Any = None):
+        self.config = config
+        self.options = options
+        self.lime = lime
+        self.bfus = bfus
+        self.mappers = mappers
+        self.progress = progress
+        self.topology = Topology.from_config(config.broker)
+        types = options.objecttypes or tuple(t for t in ORDER if t in mappers)
+        unknown = [t for t in types if t not in mappers]
+        if unknown:
+            raise MigrationError(f"not synced by the mapping configuration: {', '.join(unknown)}")
+        self.types = tuple(t for t in ORDER if t in types) + tuple(t for t in types if t not in ORDER)
+        self.index: dict[str, dict[str, Known]] = {}
+        self.ambiguous: dict[str, set[str]] = defaultdict(set)
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self) -> dict[str, list[Item]]:
+        """The objects to migrate, by objecttype, filtered as asked."""
+        o = self.options
+        customers = None
+        customer_filter = o.only_active_contract or o.customer_category or o.limit
+        if "customer" in self.types or customer_filter:
+            customers = [Item("customer", c["customerno"], c["customerno"], c, q) for c, q in self.bfus.list(
+                "customer", {"changedsince": o.changed_since, "category": o.customer_category},
+                o.bfus_page_size)]
+        if o.only_active_contract:
+            active = {c["customerno"] for c, _ in self.bfus.list("contract", {"status": "active"}, o.bfus_page_size)}
+            customers = [c for c in customers or [] if c.key in active]
+        if o.limit is not None and customers is not None:
+            customers = customers[: o.limit]
+        chosen = {c.key for c in customers} if customer_filter and customers is not None else None
+        items: dict[str, list[Item]] = {}
+        for objecttype in self.types:
+            if objecttype == "customer":
+                items[objecttype] = customers or []
+                continue
+            key_field = BFUS_KEY_FIELDS.get(objecttype, "key")
+            found = []
+            for data, queueid in self.bfus.list(objecttype, {"changedsince": o.changed_since}, o.bfus_page_size):
+                if chosen is not None and data.get("customerno") not in chosen:
+                    continue
+                found.append(Item(objecttype, str(data[key_field]), data.get("customerno"), data, queueid))
+            items[objecttype] = found
+        return items
+
+    # ------------------------------------------------------------------ Lime index
+
+    def build_index(self) -> None:
+        """Every Lime object of the limetypes involved, by key, with large pages."""
+        limetypes = {self.mappers[t].limetype: self.mappers[t] for t in self.types}
+        for objecttype in self.types:
+            for rule in self.mappers[objecttype].relations.values():
+                target = self.mappers[rule.objecttype]
+                limetypes.setdefault(target.limetype, target)
+        for limetype, mapper in limetypes.items():
+            props = set(mapper.properties) - {"_links"}
+            entries: dict[str, Known] = {}
+            for obj in self.lime.iterate(limetype, page_size=self.options.lime_page_size):
+                key = obj.get(mapper.key_property)
+                if key in (None, ""):
+                    continue
+                key = str(key)
+                if key in entries:
+                    self.ambiguous[limetype].add(key)
+                watermark = obj.get(mapper.spec.watermark) if mapper.spec.watermark else None
+                entries[key] = Known(obj["_id"], watermark if isinstance(watermark, int) else None,
+                                     {p: _plain(v) for p, v in obj.items() if p in props})
+            self.index[limetype] = entries
+
+    # ------------------------------------------------------------------ writing
+
+    def _plan(self, item: Item) -> tuple[str, dict[str, Any], Known | None]:
+        """(outcome, values to write, the Lime object) for one item; raises
+        MappingError or a (reason, error) ValueError for a failure."""
+        mapper = self.mappers[item.objecttype]
+        if item.key in self.ambiguous[mapper.limetype]:
+            raise _Failure("ambiguous_key", f"Lime has several {mapper.limetype} objects with "
+                                            f"{mapper.key_property}={item.key}")
+        values = mapper.map(item.data)
+        for prop, key in mapper.relation_keys(item.data).items():
+            if key is None:
+                values[prop] = None
+                continue
+            target = self.mappers[mapper.relations[prop].objecttype]
+            with self._lock:
+                known = self.index[target.limetype].get(key)
+            if known is None:
+                raise _Failure("missing_related", f"{item.objecttype} {item.key} refers to {target.objecttype} "
+                                                  f"{key}, which Lime does not have")
+            values[prop] = known.id
+        values[mapper.key_property] = item.key
+        with self._lock:
+            existing = self.index[mapper.limetype].get(item.key)
+        if existing is None:
+            return "created", values, None
+        if existing.watermark is not None and existing.watermark > item.queueid:
+            return "newer_in_lime", {}, existing
+        changed = {p: v for p, v in values.items() if existing.values.get(p) != v}
+        return ("updated", changed, existing) if changed else ("unchanged", {}, existing)
+
+    def _apply(self, item: Item, checkpoint: Checkpoint, report: Report) -> None:
+        mapper = self.mappers[item.objecttype]
+        try:
+            outcome, values, existing = self._plan(item)
+        except MappingError as err:
+            return self._failed(item, "mapping_error", str(err), checkpoint, report)
+        except _Failure as err:
+            return self._failed(item, err.reason, err.error, checkpoint, report)
+        if outcome == "created" and self.options.dry_run:
+            with self._lock:  # children planned later in the dry run find their parent
+                self.index[mapper.limetype][item.key] = Known(-1, None, values)
+        if outcome in ("created", "updated") and not self.options.dry_run:
+            if mapper.spec.watermark:
+                values[mapper.spec.watermark] = item.queueid
+            try:
+                written = self._retrying(lambda: self._write(mapper, values, existing))
+            except LimeRejected as err:
+                return self._failed(item, "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}",
+                                    checkpoint, report)
+            with self._lock:
+                known = self.index[mapper.limetype].get(item.key) or Known(written["_id"], None, {})
+                known.values.update(values)
+                known.watermark = item.queueid if mapper.spec.watermark else None
+                self.index[mapper.limetype][item.key] = known
+        checkpoint.record(item, outcome)
+        with self._lock:
+            report.counts[item.objecttype][outcome] += 1
+
+    def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: Known | None) -> dict[str, Any]:
+        if existing is None:
+            return self.lime.create(mapper.limetype, values)
+        return self.lime.update(mapper.limetype, existing.id, values)
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            if self.stop.is_set():
+                raise Stopped()
+            try:
+                return call()
+            except LimeUnavailable as err:
+                attempt += 1
+                pause = err.retry_after or min(self.config.worker.retry_max,
+                                               self.config.worker.retry_initial * 2 ** min(attempt, 20))
+                log.warning("lime_unavailable_waiting", attempt=attempt, pause=round(pause, 2), error=str(err))
+                if self.stop.wait(pause * random.uniform(0.8, 1.0)):
+                    raise Stopped() from None
+
+    def _failed(self, item: Item, reason: str, error: str, checkpoint: Checkpoint, report: Report) -> None:
+        checkpoint.record(item, "failed", reason, error)
+        with self._lock:
+            report.counts[item.objecttype]["failed"] += 1
+            report.failures.append({"objecttype": item.objecttype, "key": item.key, "reason": reason, "error": error})
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> Report:
+        """Hold every partition (live changes wait in their queues from here on, so none
+        lands between what the migration reads and what it writes); read BFUS; give
+        back the partitions with nothing to migrate; index Lime; then write partition by
+        partition, giving each back as soon as it is done."""
+        started = time.monotonic()
+        report = Report(started=dt.datetime.now(dt.timezone.utc).isoformat(), dry_run=self.options.dry_run)
+        calls_before = self.lime.calls
+        checkpoint = Checkpoint(self.options.checkpoint, self.options.identity(), self.options.fresh,
+                                self.options.dry_run)
+        hold: PartitionHold | None = None
+        try:
+            if self.options.coordinate and not self.options.dry_run:
+                hold = PartitionHold(self.config)
+                hold.take(range(self.topology.partitions), self.stop)
+            partitions = self._by_partition(self._todo(self.read(), checkpoint, report))
+            for idle in set(range(self.topology.partitions)) - set(partitions) if hold is not None else ():
+                hold.give_back(idle)
+            self.build_index()
+            self._write_all(partitions, checkpoint, report, hold)
+        except Stopped:
+            report.stopped = True
+        finally:
+            if hold is not None:
+                hold.close()
+            checkpoint.close()
+            report.lime_calls = self.lime.calls - calls_before
+            report.bfus_calls = self.bfus.calls
+            report.seconds = time.monotonic() - started
+        return report
+
+    def _by_partition(self, todo: dict[str, list[Item]]) -> dict[int, dict[str, list[Item]]]:
+        """The items of each partition, by objecttype; the same partitions as the live sync."""
+        by_partition: dict[int, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
+        for objecttype, found in todo.items():
+            for item in found:
+                key = item.customerno or f"{item.objecttype}:{item.key}"
+                by_partition[self.topology.partition_of(key)][objecttype].append(item)
+        return by_partition
+
+    def _todo(self, items: dict[str, list[Item]], checkpoint: Checkpoint, report: Report) -> dict[str, list[Item]]:
+        todo: dict[str, list[Item]] = {}
+        for objecttype, found in items.items():
+            keep = []
+            for item in found:
+                entry = checkpoint.outcomes.get((objecttype, item.key))
+                previous = entry["o"] if entry else None
+                if self.options.retry_failed:
+                    if previous == "failed":
+                        keep.append(item)
+                elif previous in DONE or previous == "failed":
+                    report.resumed += 1
+                    if previous == "failed":
+                        report.failures.append({"objecttype": objecttype, "key": item.key,
+                                                "reason": entry.get("r", ""), "error": entry.get("e", "")})
+                else:
+                    keep.append(item)
+            todo[objecttype] = keep
+        return todo
+
+    def _write_all(self, by_partition: dict[int, dict[str, list[Item]]], checkpoint: Checkpoint, report: Report,
+                   hold: PartitionHold | None) -> None:
+        bars = {}
+        if self.progress is not None:
+            for objecttype in self.types:
+                total = sum(len(p.get(objecttype, [])) for p in by_partition.values())
+                bars[objecttype] = self.progress.add_task(objecttype, total=total)
+        with ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix="migrate") as pool:
+            for partition in sorted(by_partition):
+                if self.stop.is_set():
+                    raise Stopped()
+                for objecttype in self.types:
+                    self._run_batch(pool, by_partition[partition].get(objecttype, []), checkpoint, report,
+                                    bars.get(objecttype))
+                if hold is not None:
+                    hold.give_back(partition)
+
+    def _run_batch(self, pool: ThreadPoolExecutor, batch: Iterable[Item], checkpoint: Checkpoint, report: Report,
+                   bar: Any) -> None:
+        def one(item: Item) -> None:
+            if self.stop.is_set():
+                return
+            self._apply(item, checkpoint, report)
+            if bar is not None:
+                self.progress.advance(bar)
+
+        futures = [pool.submit(one, item) for item in batch]
+        for future in futures:
+            try:
+                future.result()
+            except Stopped:
+                pass
+        if self.stop.is_set():
+            raise Stopped()
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, error: str):
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
