@@ -1,0 +1,136 @@
+"""Migration benchmark: N customers with their facilities and contracts from the BFUS
+stand-in into an empty Lime stand-in, and into one already holding half of them (a
+third of those with stale values). Prints objects per second, Lime calls per object
+and the migration process's peak memory.
+
+The migration runs as its own process (``bfus-lime migrate``), so its peak memory
+(max RSS) is its own; the stand-ins and RabbitMQ run beside it.
+
+    python -m bench.migration [--customers 20000] [--parallel 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sandbox.broker import provide_broker
+from sandbox.stack import Stack, config_environment
+from shared.config import build_config, deep_merge
+from shared.lime import LimeClient
+from shared.logs import configure_logging
+from worker.main import check_against_lime
+
+TYPES = "customer,facility,contract"
+
+
+def run_case(broker_url: str, management_url: str, customers: int, prefill: float, parallel: int,
+             workdir: Path) -> dict[str, float]:
+    stack = Stack(broker_url, workdir, partitions=16, management_url=management_url,
+                  config={"lime": {"rate_limit": 100_000.0}})
+    try:
+        stack.start(workers=0)
+        raw = deep_merge(stack.raw, {"bfus": {"url": stack.bfus.url, "token": "dev-bfus-token"}})
+        config = build_config(raw, environ={})
+        started = time.monotonic()
+        stack.bfus.changes.seed_customers(customers)
+        print(f"    seeded BFUS in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+        if prefill:
+            _prefill(stack, config, prefill)
+        stack.lime.faults.reset_stats()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ", "BFUSLIME"))},
+               **config_environment(raw)}
+        started = time.monotonic()
+        log = open(workdir / "migrate.log", "w+")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "migrate", "--objecttypes", TYPES, "--parallel", str(parallel),
+             "--checkpoint", str(workdir / "cp.jsonl"), "--report", str(workdir / "report.json")],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        _pid, status, usage = os.wait4(child.pid, 0)  # this child's own resource usage
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - started
+        peak = usage.ru_maxrss  # KiB on Linux
+        if child.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"migration failed ({child.returncode}):\n{log.read()[-3000:]}")
+        report = json.loads((workdir / "report.json").read_text())
+        return {
+            "objects": report["objects"],
+            "seconds": report["seconds"],
+            "wall": seconds,
+            "rate": report["objects"] / report["seconds"],
+            "calls_per_object": report["lime_calls_per_object"],
+            "written": stack.lime.faults.stats()["objects_written"],
+            "peak_mb": peak / 1024,
+            "counts": report["counts"],
+        }
+    finally:
+        stack.stop()
+
+
+def _prefill(stack: Stack, config, share: float) -> None:
+    """Lime already holds ``share`` of the customers, their facilities and contracts;
+    every third company with stale values."""
+    started = time.monotonic()
+    mappers = check_against_lime(config, LimeClient(config.lime).limetypes())
+    store = stack.lime.store
+    customers = stack.bfus.store.snapshots("customer")
+    chosen = {s["key"] for s in customers[: int(len(customers) * share)]}
+    ids: dict[tuple[str, str], int] = {}
+    for i, snapshot in enumerate(s for s in customers if s["key"] in chosen):
+        values = mappers["customer"].map(snapshot["data"])
+        if i % 3 == 0:
+            values["phone"] = "+46800000000"
+        ids[("customer", snapshot["key"])] = store.create("company", values)["_id"]
+    for objecttype in ("facility", "contract"):
+        mapper = mappers[objecttype]
+        for snapshot in stack.bfus.store.snapshots(objecttype):
+            if snapshot["customerno"] not in chosen:
+                continue
+            values = mapper.map(snapshot["data"])
+            for prop, key in mapper.relation_keys(snapshot["data"]).items():
+                values[prop] = ids.get((mapper.relations[prop].objecttype, key)) if key else None
+            ids[(objecttype, snapshot["key"])] = store.create(mapper.limetype, values)["_id"]
+    print(f"    pre-filled Lime with {len(ids)} objects in {time.monotonic() - started:.0f}s", file=sys.stderr,
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--parallel", type=int, default=4)
+    args = parser.parse_args(argv)
+    configure_logging("error")
+    broker = provide_broker(allow_container=False, install=True)
+    rows = []
+    try:
+        for label, prefill in (("empty Lime", 0.0), ("50% already in Lime", 0.5)):
+            print(f"  {label} ...", file=sys.stderr, flush=True)
+            url = broker.create_vhost()
+            with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
+                rows.append((label, run_case(url, broker.management_url or "", args.customers, prefill,
+                                             args.parallel, Path(workdir))))
+            broker.delete_vhost(url)
+    finally:
+        broker.close()
+    print(f"\nMigration of {args.customers} customers with their facilities and contracts "
+          f"(--parallel {args.parallel}, Lime stand-in without added latency, {os.cpu_count()} CPUs)")
+    print(f"{'case':<20}  {'objects':>7}  {'objects/s':>9}  {'Lime calls/object':>17}  {'written':>7}  "
+          f"{'seconds':>7}  {'peak MB':>7}")
+    for label, r in rows:
+        print(f"{label:<20}  {r['objects']:>7}  {r['rate']:>9.1f}  {r['calls_per_object']:>17.4f}  "
+              f"{r['written']:>7}  {r['seconds']:>7.1f}  {r['peak_mb']:>7.1f}")
+    for label, r in rows:
+        print(f"  {label}: {json.dumps(r['counts'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
