@@ -287,5 +287,13 @@ def run(changes: int, customers: int, rate: float, workers: int, until_done: boo
     sys.exit(run_all(RunOptions(Path(workdir), changes, customers, rate, workers, until_done)))
 
 
+def _register() -> None:
+    from shared.dlq_cli import dlq
+
+    main.add_command(dlq)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

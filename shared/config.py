@@ -85,6 +85,18 @@ class BfusConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    days: int
+    interval_hours: float
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
     format: str
@@ -146,6 +158,8 @@ class Config:
     bfus: BfusConfig
     log: LogConfig
     mapping: MappingConfig
+    admin: AdminConfig
+    retention: RetentionConfig
     source: str = field(default="defaults", compare=False)
 
 
@@ -238,6 +252,24 @@ class BfusSchema(_Strict):
     @post_load
     def make(self, data: dict, **_: Any) -> BfusConfig:
         return BfusConfig(**data)
+
+
+class AdminSchema(_Strict):
+    user = fields.String(required=True, validate=validate.Length(min=1))
+    password = fields.String(required=True)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> AdminConfig:
+        return AdminConfig(**data)
+
+
+class RetentionSchema(_Strict):
+    days = fields.Integer(required=True, validate=validate.Range(min=0))
+    interval_hours = fields.Float(required=True, validate=_positive)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> RetentionConfig:
+        return RetentionConfig(**data)
 
 
 class LogSchema(_Strict):
@@ -334,6 +366,8 @@ class ConfigSchema(_Strict):
     bfus = fields.Nested(BfusSchema, required=True)
     log = fields.Nested(LogSchema, required=True)
     mapping = fields.Nested(MappingSchema, required=True)
+    admin = fields.Nested(AdminSchema, required=True)
+    retention = fields.Nested(RetentionSchema, required=True)
 
     @post_load
     def make(self, data: dict, **_: Any) -> Config:

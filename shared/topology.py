@@ -113,7 +113,9 @@ class Topology:
     def declare(self, channel: BlockingChannel) -> None:
         channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_exchange, exchange_type="fanout", durable=True)
-        channel.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        # Browsing the dead letters returns them to the queue, which counts as a delivery.
+        channel.queue_declare(self.dead_queue, durable=True,
+                              arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT})
         channel.queue_bind(self.dead_queue, self.dead_exchange)
         channel.queue_declare(self.invalid_queue, durable=True, arguments=self.work_queue_arguments())
         channel.queue_bind(self.invalid_queue, self.exchange, routing_key=INVALID_ROUTING_KEY)

@@ -49,6 +49,12 @@ class Delivery:
     grace: float = 0.0  # seconds to wait before applying it (see Worker._on_message)
 
     @property
+    def failed_record(self) -> int | None:
+        """The failed-message record of a requeued message (set by `dlq requeue`)."""
+        value = (self.properties.headers or {}).get("x-bfus-failed-record")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def delivery_count(self) -> int:
         """How often the broker delivered it before (quorum queues count)."""
         return int((self.properties.headers or {}).get("x-delivery-count", 0))
@@ -108,6 +114,7 @@ class MessageHandler:
 
     def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         raw = delivery.body.decode("utf-8", errors="replace")
+        requeued = delivery.failed_record
         try:
             env = parse_envelope(delivery.body)
         except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
@@ -116,13 +123,22 @@ class MessageHandler:
             return
         structlog.contextvars.bind_contextvars(message_id=env.id, customerno=env.customerno or "")
         facts = MessageFacts.of(env)
-        if delivery.redelivered:
-            existing = self._retrying(lambda: self.records.existing(env.id), "find_log_record", sleep)
+        if delivery.redelivered or requeued is not None:
+            # Logged already? (a redelivery after a lost ack; a requeued message applied by
+            # an earlier copy). A requeued message has its failed record: look for a
+            # processed one only.
+            existing = self._retrying(lambda: self.records.existing(env.id, processed_only=requeued is not None),
+                                      "find_log_record", sleep)
             if existing is not None:
                 kind, record = existing
                 log.info("message_already_logged", record=kind, record_id=record["_id"])
-                if kind == "failed":
-                    self._retrying(lambda: self._dead_letter(delivery, facts, record["reason"], record["error"], 1), "dead_letter", sleep)
+                if requeued is not None:
+                    self._retrying(lambda: self.records.resolve(requeued, record["_id"], "applied earlier"),
+                                   "resolve_failed", sleep)
+                elif kind == "failed":
+                    self._retrying(lambda: self._dead_letter(delivery, facts, record["reason"], record["error"],
+                                                             record.get("attempts") or 1, record["_id"]),
+                                   "dead_letter", sleep)
                 return
         try:
             outcome: Outcome = self._retrying(lambda: self.applier.apply(env, delivery.cache), "apply", sleep)
@@ -132,15 +148,17 @@ class MessageHandler:
         if outcome.outcome == "skipped_duplicate" and delivery.redelivered:
             # Our own write before a crash or lost connection: applied, only not yet logged.
             outcome = replace(outcome, outcome="applied")
-        elif outcome.outcome in ("skipped_duplicate", "skipped_stale") and not delivery.redelivered:
+        elif outcome.outcome in ("skipped_duplicate", "skipped_stale") and not delivery.redelivered and requeued is None:
             # BFUS sent it again, or an old one came back: one log record per message id.
             existing = self._retrying(lambda: self.records.existing(env.id), "find_log_record", sleep)
             if existing is not None:
                 log.info("message_already_logged", outcome=outcome.outcome, record=existing[0])
                 return
-        self._retrying(lambda: self.records.processed(facts, outcome), "log_processed", sleep)
+        processed = self._retrying(lambda: self.records.processed(facts, outcome), "log_processed", sleep)
+        if requeued is not None:
+            self._retrying(lambda: self.records.resolve(requeued, processed, outcome.outcome), "resolve_failed", sleep)
         log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation,
-                 deliveries=delivery.delivery_count + 1)
+                 deliveries=delivery.delivery_count + 1, requeued=requeued is not None)
 
     def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         headers = delivery.properties.headers or {}
@@ -163,14 +181,22 @@ class MessageHandler:
         sleep: Callable[[float], bool],
         detail: str = "",
     ) -> None:
-        """Failed-message record in Lime, then the dead letter. ``detail`` goes to
-        the log line; ``error`` (which may quote personal data) only to Lime."""
+        """The failed-message record in Lime (a requeued message updates its own: one
+        record per message), then the dead letter. ``detail`` goes to the log line;
+        ``error`` (which may quote personal data) only to Lime."""
         attempts = int((delivery.properties.headers or {}).get("x-bfus-attempts", 0)) + 1
-        self._retrying(lambda: self.records.failed(facts, reason, error, raw, attempts, company_id), "log_failed", sleep)
-        self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts), "dead_letter", sleep)
-        log.warning("message_failed", reason=reason, detail=detail, attempts=attempts)
+        record = delivery.failed_record
+        if record is None:
+            record = self._retrying(lambda: self.records.failed(facts, reason, error, raw, attempts, company_id),
+                                    "log_failed", sleep)
+        else:
+            self._retrying(lambda: self.records.failed_again(record, reason, error, attempts), "log_failed", sleep)
+        self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts, record), "dead_letter",
+                       sleep)
+        log.warning("message_failed", reason=reason, detail=detail, attempts=attempts, record_id=record)
 
-    def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int) -> None:
+    def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int,
+                     record_id: int) -> None:
         headers = {
             "x-bfus-reason": reason,
             "x-bfus-error": error[:2000],
@@ -179,6 +205,7 @@ class MessageHandler:
             "x-bfus-failed-at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "x-bfus-objecttype": facts.objecttype,
             "x-bfus-customerno": facts.customerno,
+            "x-bfus-failed-record": record_id,
         }
         if facts.messageid is not None:
             headers["x-bfus-id"] = facts.messageid

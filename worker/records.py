@@ -110,10 +110,25 @@ class LogWriter:
         }
         return self.lime.create(self.failed_type, values)["_id"]
 
-    def existing(self, messageid: int) -> tuple[str, dict[str, Any]] | None:
+    def failed_again(self, record_id: int, reason: str, error: str, attempts: int) -> None:
+        """A requeued message failed once more: its record, not a new one."""
+        self.lime.update(self.failed_type, record_id, {
+            "failedtime": _now(), "reason": reason[:64], "error": error, "attempts": attempts, "status": "failed",
+        })
+
+    def resolve(self, record_id: int, processed_id: int, outcome: str) -> None:
+        """A requeued message got through: its failed record says so and links the
+        processed record."""
+        self.lime.update(self.failed_type, record_id, {
+            "status": "resolved", "processedmessage": processed_id,
+            "resolution": f"{outcome} after requeue, processed message {processed_id}, {_now()}",
+        })
+
+    def existing(self, messageid: int, processed_only: bool = False) -> tuple[str, dict[str, Any]] | None:
         """The log record already written for ``messageid``, if any (used on
         redelivery, so that a message never gets two records)."""
-        for kind, limetype in (("processed", self.processed_type), ("failed", self.failed_type)):
+        kinds = [("processed", self.processed_type)] + ([] if processed_only else [("failed", self.failed_type)])
+        for kind, limetype in kinds:
             found = self.lime.find(limetype, "messageid", messageid, limit=1)
             if found:
                 return kind, found[0]

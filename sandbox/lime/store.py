@@ -303,6 +303,13 @@ class LimeStore:
                 raise bad_request(f"Filter on '{name}' expects a number, got {raw!r}.", "invalid_filter") from None
         if prop.type == "option" and prop.option(raw) is None:
             raise bad_request(f"Filter on '{name}': no option {raw!r}.", "invalid_option")
+        try:
+            if prop.type == "time":
+                return name, _parse_time(raw)  # compared as stored: ISO text in one offset
+            if prop.type == "date":
+                return name, _parse_date(raw)
+        except ValueError:
+            raise bad_request(f"Filter on '{name}' expects an ISO 8601 {prop.type}, got {raw!r}.", "invalid_filter") from None
         return name, raw
 
     def sort_column(self, lt: Limetype, spec: str) -> str:

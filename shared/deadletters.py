@@ -1,0 +1,315 @@
+"""Dead letters: the failed-message records in Lime and the dead-letter queue, kept as
+two views of one thing. Engineers list and inspect failed messages, requeue them once
+the cause is fixed, or discard them; ``reconcile`` repairs any drift between the two
+(after a crash in the middle of a requeue, say).
+
+A record's status follows its dead letter:
+
+    failed --requeue--> requeued --(applies)--> resolved    (linked to its processed record)
+                                 \\--(fails again)--> failed  (attempts + 1, the same record)
+    failed --discard--> discarded (with the reason why)
+
+Each step is ordered so that a crash at any point leaves something ``reconcile`` can
+finish: the record is marked before the message moves, and the dead letter is
+removed (acked) only after its message is safely published elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from shared.config import Config
+from shared.envelope import EnvelopeError, parse_envelope
+from shared.lime import LimeClient
+from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
+
+OPEN = ("failed", "requeued")
+
+
+@dataclass
+class DeadLetter:
+    tag: int
+    body: bytes
+    headers: dict[str, Any]
+
+    @property
+    def record_id(self) -> int | None:
+        value = self.headers.get("x-bfus-failed-record")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def messageid(self) -> int | None:
+        value = self.headers.get("x-bfus-id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass
+class Action:
+    record_id: int | None
+    messageid: int | None
+    what: str
+
+    def __str__(self) -> str:
+        record = f"record {self.record_id}" if self.record_id is not None else "no record"
+        message = f"message {self.messageid}" if self.messageid is not None else "message without id"
+        return f"{record} ({message}): {self.what}"
+
+
+@dataclass
+class Taken:
+    """Every dead letter, held unacked on one channel: ack what was dealt with, then
+    close the channel and the rest go back to the queue, in order."""
+
+    channel: BlockingChannel
+    letters: list[DeadLetter]
+    by_record: dict[int, list[DeadLetter]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for letter in self.letters:
+            if letter.record_id is not None:
+                self.by_record.setdefault(letter.record_id, []).append(letter)
+
+    def ack(self, letters: Iterable[DeadLetter]) -> None:
+        for letter in letters:
+            self.channel.basic_ack(letter.tag)
+
+
+class DeadLetters:
+    def __init__(self, config: Config, lime: LimeClient):
+        self.config = config
+        self.lime = lime
+        self.topology = Topology.from_config(config.broker)
+        self.limetype = config.lime.failed_limetype
+
+    # ------------------------------------------------------------------ Lime side
+
+    def records(self, statuses: Iterable[str] = ("failed",), reason: str | None = None,
+                objecttype: str | None = None, customerno: str | None = None,
+                older_than: dt.timedelta | None = None) -> list[dict[str, Any]]:
+        """Failed-message records, oldest first, filtered."""
+        out = []
+        for status in statuses:
+            params: dict[str, Any] = {"status": status, "_sort": "_id"}
+            if reason:
+                params["reason"] = reason
+            if objecttype:
+                params["objecttype"] = objecttype
+            if customerno:
+                params["customerno"] = customerno
+            if older_than is not None:
+                params["max-failedtime"] = (dt.datetime.now(dt.timezone.utc) - older_than).isoformat()
+            out.extend(self.lime.iterate(self.limetype, params, page_size=500))
+        return sorted(out, key=lambda r: r["_id"])
+
+    def record(self, record_id: int) -> dict[str, Any]:
+        return self.lime.get(self.limetype, record_id)
+
+    def _mark(self, record_id: int, values: dict[str, Any]) -> None:
+        self.lime.update(self.limetype, record_id, values)
+
+    # ------------------------------------------------------------------ queue side
+
+    def _connect(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(connection_parameters(self.config.broker, "bfus-lime dead letters"))
+
+    def take_all(self, connection: pika.BlockingConnection) -> Taken:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=0)
+        count = channel.queue_declare(self.topology.dead_queue, passive=True).method.message_count
+        letters: list[DeadLetter] = []
+        if count:
+            for method, props, body in channel.consume(self.topology.dead_queue, inactivity_timeout=5):
+                if method is None:
+                    break
+                letters.append(DeadLetter(method.delivery_tag, body, dict(props.headers or {})))
+                if len(letters) >= count:
+                    break
+        return Taken(channel, letters)
+
+    def letters(self) -> list[DeadLetter]:
+        """What the dead-letter queue holds now (it keeps holding it)."""
+        connection = self._connect()
+        try:
+            return self.take_all(connection).letters
+        finally:
+            connection.close()  # unacked letters return to the queue
+
+    def _routing_key(self, body: bytes) -> str:
+        """Where a message goes back to: its partition, as the receiver routes it."""
+        try:
+            envelope = parse_envelope(body)
+        except EnvelopeError:
+            return INVALID_ROUTING_KEY
+        return self.topology.routing_key(self.topology.partition_of(envelope.partition_key))
+
+    def _publish_back(self, channel: BlockingChannel, letter: DeadLetter, record: dict[str, Any]) -> None:
+        headers = {k: v for k, v in letter.headers.items() if not k.startswith("x-bfus-") or k in (
+            "x-bfus-reason", "x-bfus-error", "x-bfus-status")}
+        headers.update({"x-bfus-failed-record": record["_id"], "x-bfus-attempts": record.get("attempts") or 1})
+        if letter.messageid is not None:
+            headers["x-bfus-id"] = letter.messageid
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                                     message_id=str(letter.messageid) if letter.messageid else None, headers=headers)
+        channel.basic_publish(self.topology.exchange, self._routing_key(letter.body), letter.body, props,
+                              mandatory=True)
+
+    # ------------------------------------------------------------------ commands
+
+    def requeue(self, record_ids: Iterable[int] | None = None, reason: str | None = None) -> list[Action]:
+        """Send failed messages back to their partitions, oldest BFUS id first. None of
+        ``record_ids`` and ``reason``: every failed message."""
+        wanted = set(record_ids) if record_ids is not None else None
+        candidates = [r for r in self.records(("failed",), reason=reason) if wanted is None or r["_id"] in wanted]
+        actions = [Action(i, None, "not a failed message (unknown, or resolved, discarded or requeued already)")
+                   for i in sorted((wanted or set()) - {r["_id"] for r in candidates})]
+        candidates.sort(key=lambda r: (r.get("messageid") is None, r.get("messageid") or 0, r["_id"]))
+        connection = self._connect()
+        try:
+            taken = self.take_all(connection)
+            publish = connection.channel()
+            publish.confirm_delivery()
+            for record in candidates:
+                letters = taken.by_record.get(record["_id"], [])
+                if not letters:
+                    actions.append(Action(record["_id"], record.get("messageid"),
+                                          "no dead letter in the queue for it; run `dlq reconcile`"))
+                    continue
+                self._mark(record["_id"], {"status": "requeued"})
+                self._publish_back(publish, letters[0], record)
+                taken.ack(letters)
+                actions.append(Action(record["_id"], record.get("messageid"),
+                                      f"requeued to {self._routing_key(letters[0].body)}"))
+        finally:
+            connection.close()
+        return actions
+
+    def discard(self, record_ids: Iterable[int], why: str) -> list[Action]:
+        """Give up on failed messages: kept in Lime as discarded (with why), gone from the queue."""
+        if not why.strip():
+            raise ValueError("say why the messages are discarded (--why)")
+        actions = []
+        connection = self._connect()
+        try:
+            taken = self.take_all(connection)
+            for record_id in record_ids:
+                try:
+                    record = self.record(record_id)
+                except Exception:
+                    actions.append(Action(record_id, None, "no such failed-message record"))
+                    continue
+                if _status(record) not in OPEN:
+                    actions.append(Action(record_id, record.get("messageid"), f"left as it is: {_status(record)}"))
+                    continue
+                self._mark(record_id, {"status": "discarded", "resolution": f"discarded: {why}"})
+                taken.ack(taken.by_record.get(record_id, []))
+                actions.append(Action(record_id, record.get("messageid"), "discarded"))
+        finally:
+            connection.close()
+        return actions
+
+    def reconcile(self) -> list[Action]:
+        """Find and repair drift between the dead-letter queue and the Lime records."""
+        fixes: list[Action] = []
+        connection = self._connect()
+        try:
+            taken = self.take_all(connection)
+            publish = connection.channel()
+            publish.confirm_delivery()
+            open_records = {r["_id"]: r for r in self.records(OPEN)}
+            for letter in taken.letters:
+                if letter.record_id is None:
+                    self._record_orphan(publish, taken, letter, fixes)
+            for record_id, letters in taken.by_record.items():
+                record = open_records.get(record_id) or self._maybe_record(record_id)
+                if record is None:
+                    for letter in letters:
+                        self._record_orphan(publish, taken, letter, fixes)
+                    continue
+                status = _status(record)
+                if status in ("resolved", "discarded"):
+                    taken.ack(letters)
+                    fixes.append(Action(record_id, record.get("messageid"),
+                                        f"removed {len(letters)} dead letter(s) of a {status} message"))
+                    continue
+                if len(letters) > 1:
+                    taken.ack(letters[1:])
+                    fixes.append(Action(record_id, record.get("messageid"),
+                                        f"removed {len(letters) - 1} duplicate dead letter(s)"))
+                if status == "requeued":  # a requeue stopped between marking and moving
+                    self._publish_back(publish, letters[0], record)
+                    taken.ack(letters[:1])
+                    fixes.append(Action(record_id, record.get("messageid"), "finished an interrupted requeue"))
+            for record_id, record in open_records.items():
+                if _status(record) == "failed" and record_id not in taken.by_record:
+                    fixes.append(self._rebuild_letter(publish, record))
+        finally:
+            connection.close()
+        return fixes
+
+    def _maybe_record(self, record_id: int) -> dict[str, Any] | None:
+        from shared.lime import LimeRejected
+
+        try:
+            return self.record(record_id)
+        except LimeRejected as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def _record_orphan(self, channel: BlockingChannel, taken: Taken, letter: DeadLetter, fixes: list[Action]) -> None:
+        """A dead letter with no record in Lime: record it, and mark the letter with it."""
+        h = letter.headers
+        values = {
+            "messageid": letter.messageid,
+            "objecttype": str(h.get("x-bfus-objecttype", ""))[:32],
+            "key": "",
+            "customerno": str(h.get("x-bfus-customerno", ""))[:64],
+            "failedtime": str(h.get("x-bfus-failed-at") or dt.datetime.now(dt.timezone.utc).isoformat()),
+            "reason": str(h.get("x-bfus-reason", "unknown"))[:64],
+            "error": str(h.get("x-bfus-error", "")),
+            "payload": letter.body.decode("utf-8", errors="replace"),
+            "attempts": int(h.get("x-bfus-attempts", 1)),
+            "status": "failed",
+        }
+        record = self.lime.create(self.limetype, values)
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                                     headers={**h, "x-bfus-failed-record": record["_id"]})
+        channel.basic_publish(self.topology.dead_exchange, str(h.get("x-bfus-source-queue", "")), letter.body,
+                              props, mandatory=True)
+        taken.ack([letter])
+        fixes.append(Action(record["_id"], letter.messageid, "recorded a dead letter that had no record"))
+
+    def _rebuild_letter(self, channel: BlockingChannel, record: dict[str, Any]) -> Action:
+        """A failed record whose dead letter is gone: put one back from its payload."""
+        payload = record.get("payload") or ""
+        if "[personal data left out]" in payload or not payload:
+            return Action(record["_id"], record.get("messageid"),
+                          "its dead letter is missing and its payload in Lime is incomplete: cannot rebuild it")
+        body = payload.encode("utf-8")
+        headers = {"x-bfus-failed-record": record["_id"], "x-bfus-reason": record.get("reason", ""),
+                   "x-bfus-error": (record.get("error") or "")[:2000], "x-bfus-attempts": record.get("attempts") or 1,
+                   "x-bfus-objecttype": record.get("objecttype", ""), "x-bfus-customerno": record.get("customerno", "")}
+        if record.get("messageid") is not None:
+            headers["x-bfus-id"] = record["messageid"]
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                                     headers=headers)
+        channel.basic_publish(self.topology.dead_exchange, self._routing_key(body), body, props, mandatory=True)
+        return Action(record["_id"], record.get("messageid"), "put back its missing dead letter")
+
+
+def _status(record: dict[str, Any]) -> str:
+    status = record.get("status")
+    return status.get("key") if isinstance(status, dict) else str(status)
+
+
+def pretty_payload(payload: str) -> str:
+    try:
+        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        return payload

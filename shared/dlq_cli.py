@@ -1,0 +1,153 @@
+"""``bfus-lime dlq ...``: failed messages from a terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from shared.deadletters import DeadLetters, pretty_payload
+
+_AGE = re.compile(r"^(\d+)\s*([dhm])$")
+
+
+def parse_age(text: str | None) -> dt.timedelta | None:
+    if not text:
+        return None
+    match = _AGE.match(text.strip())
+    if not match:
+        raise click.BadParameter("use a number with d, h or m, e.g. 2d, 12h, 30m")
+    number, unit = int(match.group(1)), match.group(2)
+    return {"d": dt.timedelta(days=number), "h": dt.timedelta(hours=number), "m": dt.timedelta(minutes=number)}[unit]
+
+
+def _service(ctx: click.Context) -> DeadLetters:
+    from shared.cli import _load
+    from shared.lime import LimeClient
+
+    config = _load(ctx, need=("lime.api_key",))
+    return DeadLetters(config, LimeClient(config.lime))
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(stamp)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _key(value: Any) -> str:
+    return value.get("key") if isinstance(value, dict) else str(value or "")
+
+
+@click.group()
+def dlq() -> None:
+    """Failed messages: list, show, requeue, discard, reconcile."""
+
+
+@dlq.command("list")
+@click.option("--reason", help="e.g. mapping_error, missing_related, lime_rejected, invalid_envelope")
+@click.option("--objecttype")
+@click.option("--customerno")
+@click.option("--older-than", help="e.g. 2d, 12h, 30m")
+@click.option("--status", default="failed", show_default=True, help="Comma-separated: failed,requeued,resolved,discarded")
+@click.pass_context
+def list_(ctx: click.Context, reason: str | None, objecttype: str | None, customerno: str | None,
+          older_than: str | None, status: str) -> None:
+    """Failed messages, oldest first, with how many dead letters each has in the queue."""
+    service = _service(ctx)
+    records = service.records([s.strip() for s in status.split(",") if s.strip()], reason, objecttype, customerno,
+                              parse_age(older_than))
+    in_queue: dict[int, int] = {}
+    for letter in service.letters():
+        if letter.record_id is not None:
+            in_queue[letter.record_id] = in_queue.get(letter.record_id, 0) + 1
+    table = Table(title=f"{len(records)} message(s), status {status}")
+    for column in ("id", "message", "objecttype", "key", "customer", "reason", "attempts", "status", "age", "queued"):
+        table.add_column(column, justify="right" if column in ("id", "message", "attempts", "queued") else "left")
+    for r in records:
+        table.add_row(str(r["_id"]), str(r.get("messageid") or "-"), r.get("objecttype") or "-", r.get("key") or "-",
+                      r.get("customerno") or "-", r.get("reason") or "-", str(r.get("attempts") or 0),
+                      _key(r.get("status")), _age(r.get("failedtime")), str(in_queue.get(r["_id"], 0)))
+    Console(width=140).print(table)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.get("reason") or "-"] = counts.get(r.get("reason") or "-", 0) + 1
+    if counts:
+        click.echo("by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+@dlq.command()
+@click.argument("record_id", type=int)
+@click.pass_context
+def show(ctx: click.Context, record_id: int) -> None:
+    """One failed message in full: what failed, why, and the message itself."""
+    from shared.lime import LimeRejected
+
+    service = _service(ctx)
+    try:
+        record = service.record(record_id)
+    except LimeRejected as err:
+        click.echo(f"bfus-lime dlq show: no failed-message record {record_id} ({err.message})", err=True)
+        sys.exit(1)
+    letters = [letter for letter in service.letters() if letter.record_id == record_id]
+    click.echo(f"failed-message record {record_id} in Lime ({service.limetype})")
+    for name in ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",
+                 "reason", "attempts"):
+        click.echo(f"  {name + ':':<15} {record.get(name) if record.get(name) not in (None, '') else '-'}")
+    click.echo(f"  {'status:':<15} {_key(record.get('status'))}" +
+               (f" ({record['resolution']})" if record.get("resolution") else ""))
+    if record.get("processedmessage"):
+        click.echo(f"  {'processed as:':<15} record {record['processedmessage']}")
+    click.echo(f"  {'error:':<15} {record.get('error')}")
+    click.echo(f"dead letters in the queue: {len(letters)}")
+    for letter in letters:
+        click.echo(f"  from {letter.headers.get('x-bfus-source-queue', '-')}, failed at "
+                   f"{letter.headers.get('x-bfus-failed-at', '-')}, attempts {letter.headers.get('x-bfus-attempts')}")
+    click.echo("payload:")
+    click.echo(pretty_payload(record.get("payload") or ""))
+
+
+@dlq.command()
+@click.argument("record_ids", type=int, nargs=-1)
+@click.option("--reason", help="Every failed message with this reason.")
+@click.option("--all", "all_", is_flag=True, help="Every failed message.")
+@click.pass_context
+def requeue(ctx: click.Context, record_ids: tuple[int, ...], reason: str | None, all_: bool) -> None:
+    """Send failed messages back to their partitions (oldest BFUS id first)."""
+    if not (record_ids or reason or all_):
+        raise click.UsageError("name record ids, or --reason R, or --all")
+    actions = _service(ctx).requeue(record_ids or None, reason)
+    for action in actions:
+        click.echo(str(action))
+    click.echo(f"{sum(1 for a in actions if a.what.startswith('requeued'))} requeued")
+
+
+@dlq.command()
+@click.argument("record_ids", type=int, nargs=-1, required=True)
+@click.option("--why", required=True, help="Kept in Lime with the record.")
+@click.pass_context
+def discard(ctx: click.Context, record_ids: tuple[int, ...], why: str) -> None:
+    """Give up on failed messages: discarded in Lime, gone from the queue."""
+    actions = _service(ctx).discard(record_ids, why)
+    for action in actions:
+        click.echo(str(action))
+    click.echo(f"{sum(1 for a in actions if a.what == 'discarded')} discarded")
+
+
+@dlq.command()
+@click.pass_context
+def reconcile(ctx: click.Context) -> None:
+    """Repair drift between the dead-letter queue and the records in Lime."""
+    fixes = _service(ctx).reconcile()
+    for fix in fixes:
+        click.echo(str(fix))
+    click.echo(f"{len(fixes)} fix(es)" if fixes else "the dead-letter queue and the Lime records agree")
