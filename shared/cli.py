@@ -245,6 +245,26 @@ def _public(url: str) -> str:
     return url
 
 
+@main.command("purge-logs")
+@click.option("--older-than", "days", type=click.IntRange(min=1), required=True, help="Days.")
+@click.pass_context
+def purge_logs_command(ctx: click.Context, days: int) -> None:
+    """Delete old log records in Lime (unresolved failed messages are kept)."""
+    from shared.lime import LimeClient
+    from shared.retention import purge_logs
+
+    config = _load(ctx, need=("lime.api_key",))
+    deleted = [0]
+
+    def tick() -> None:
+        deleted[0] += 1
+        if deleted[0] % 500 == 0:
+            click.echo(f"  {deleted[0]} deleted ...", err=True)
+
+    result = purge_logs(LimeClient(config.lime), config.lime, days, on_delete=tick)
+    click.echo(result.summary())
+
+
 @main.command()
 @click.option("--only", type=click.Choice(["active-contract"]), help="Only customers with an active contract "
               "(and only their contracts, facilities and meters).")

@@ -151,6 +151,10 @@ class Worker:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def stopping(self) -> threading.Event:
+        return self._stop
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 

@@ -77,10 +77,33 @@ class WorkerProcess:
     thread: threading.Thread | None = None
 
     def run(self) -> None:
+        retention = None
+        if self.worker.config.retention.days > 0:
+            retention = threading.Thread(target=self._retention, name="retention", daemon=True)
+            retention.start()
         try:
             self.worker.run()
         finally:
             self.publisher.stop()
+
+    def _retention(self) -> None:
+        """Purge old log records every retention.interval_hours: done by whichever
+        worker owns partition 0, so by one worker at a time."""
+        from shared.retention import purge_logs
+
+        config = self.worker.config
+        interval = config.retention.interval_hours * 3600
+        wait = min(60.0, interval)
+        while not self.worker.stopping.wait(wait):
+            wait = interval
+            if 0 not in self.worker.owned_partitions():
+                continue
+            try:
+                result = purge_logs(self.lime, config.lime, config.retention.days)
+                log.info("log_records_purged", deleted_processed=result.processed, deleted_failed=result.failed,
+                         kept_unresolved=result.kept_unresolved)
+            except Exception as err:  # Lime away: next time
+                log.warning("log_purge_failed", error=str(err))
 
     def start_thread(self) -> threading.Thread:
         self.thread = threading.Thread(target=self.run, name=f"worker:{self.worker.name}", daemon=True)
