@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test soak bench rabbitmq clean
+.PHONY: run test soak bench rabbitmq chromium clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed; installing python3-venv"; \
@@ -26,10 +26,19 @@ rabbitmq:
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null; }; \
 	fi
 
+# The admin pages are tested in Debian's headless Chromium (driven by playwright).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "Installing chromium (Debian package) for the browser tests ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	fi
+
 run: $(STAMP) rabbitmq
 	$(BIN)/bfus-lime run
 
-test: $(STAMP) rabbitmq
+test: $(STAMP) rabbitmq chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # 20,000 changes over 2,000 customers through 3-4 worker processes while workers are

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from receiver import health, messages
+from receiver import admin, health, messages
 from receiver.errors import error_response
 from shared.config import Config, load_config
 from shared.publisher import ConfirmedPublisher
@@ -28,6 +28,7 @@ def create_app(config: Config | None = None, publisher: ConfirmedPublisher | Non
     app.extensions["publisher"] = publisher
     app.register_blueprint(messages.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:

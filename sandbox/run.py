@@ -26,6 +26,7 @@ LIME_ADMIN = "dev-lime-admin"
 RECEIVER_KEY = "dev-receiver-key"
 BFUS_TOKEN = "dev-bfus-token"
 BFUS_ADMIN = "dev-bfus-admin"
+ADMIN_PASSWORD = "dev-admin"
 PREFERRED_PORTS = {"receiver": 8080, "lime": 8081, "bfus": 8082}
 
 
@@ -73,6 +74,10 @@ rate_limit = 200.0
 [bfus]
 url = "http://127.0.0.1:{ports['bfus']}/"
 token = "{BFUS_TOKEN}"
+
+[admin]
+user = "admin"
+password = "{ADMIN_PASSWORD}"
 """
     )
 
@@ -194,6 +199,7 @@ Everything is up. Where to look:
   RabbitMQ       {broker.url}
                  management UI: {_public(broker.management_url)} (guest / guest)
   Receiver       {receiver}bfus/messages   X-API-Key: {RECEIVER_KEY}
+  Failed messages {receiver}admin/   (admin / {ADMIN_PASSWORD})
   BFUS stand-in  {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
   Logs           {processes.logdir}/
 Sending {options.changes} changes over {options.customers} customers at {options.rate:g}/s. Ctrl-C stops everything.

@@ -87,3 +87,12 @@ def owners(broker: BrokerConfig, management_url: str) -> dict[int, str | None]:
     """Partition -> owning worker's name (None when free)."""
     views = describe(broker, management_url)
     return {i: v.owner for i, v in enumerate(views[: broker.partitions])}
+
+
+def ready_count(broker: BrokerConfig, queue: str) -> int:
+    """Messages ready in ``queue`` now (AMQP, no statistics delay)."""
+    connection = pika.BlockingConnection(connection_parameters(broker, "bfus-lime inspect"))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
