@@ -20,7 +20,7 @@ from sandbox.stack import Stack, config_environment, wait_for
 from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
-from worker.main import check_against_lime
+from worker.main import check_against_lime, fetch_limetypes
 from worker.migrate import Migration, MigrationOptions, Report
 
 TYPES = ("customer", "facility", "contract", "meter")
@@ -39,7 +39,7 @@ def migrate(stack: Stack, tmp_path: Path, lime: LimeStandIn | None = None, **opt
     if lime is not None:
         config = build_config(deep_merge(stack.raw, {"lime": {"url": lime.api_url}}), environ={})
     client = LimeClient(config.lime)
-    mappers = check_against_lime(config, client.limetypes())
+    mappers = check_against_lime(config, fetch_limetypes(client, wait=30))
     options.setdefault("checkpoint", tmp_path / "checkpoint.jsonl")
     options.setdefault("report", tmp_path / "report.json")
     return Migration(config, MigrationOptions(**options), client, BfusClient(config.bfus), mappers).run()
@@ -266,3 +266,17 @@ def _latency(ms: float) -> Any:
     from sandbox.lime.faults import Faults
 
     return Faults(latency_ms=ms)
+
+
+def test_lime_errors_and_rate_limits_are_waited_out(stack: Stack, tmp_path: Path) -> None:
+    stack.bfus.changes.seed_customers(60)
+    stack.lime.faults.configure({"error_rate": 0.1, "rate_limit": 40, "rate_window": 1.0})
+    stack.lime.faults.reset_stats()
+    report = migrate(stack, tmp_path)
+    answers = stack.lime.faults.stats()["answers"]
+    stack.lime.faults.configure({"error_rate": 0, "rate_limit": 0})
+    assert answers.get("500", 0) > 0 and answers.get("429", 0) > 0
+    assert not report.failures and not report.stopped
+    assert stack.lime.faults.stats()["most_writes_of_one_object"] == 1
+    result = check_all(stack)
+    assert result.ok, result.details()

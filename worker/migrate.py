@@ -307,7 +307,7 @@ class Migration:
         for limetype, mapper in limetypes.items():
             props = set(mapper.properties) - {"_links"}
             entries: dict[str, Known] = {}
-            for obj in self.lime.iterate(limetype, page_size=self.options.lime_page_size):
+            for obj in self._all_objects(limetype):
                 key = obj.get(mapper.key_property)
                 if key in (None, ""):
                     continue
@@ -318,6 +318,17 @@ class Migration:
                 entries[key] = Known(obj["_id"], watermark if isinstance(watermark, int) else None,
                                      {p: _plain(v) for p, v in obj.items() if p in props})
             self.index[limetype] = entries
+
+    def _all_objects(self, limetype: str) -> Iterable[dict[str, Any]]:
+        """Every object of a limetype, page by page, each page retried through outages."""
+        objects, next_url = self._retrying(
+            lambda: self.lime.list_page(limetype, {"_limit": self.options.lime_page_size, "_sort": "_id"}))
+        yield from objects
+        while next_url:
+            url = next_url
+            body = self._retrying(lambda: self.lime.request("GET", url))
+            yield from body.get("_embedded", {}).get("limeobjects", [])
+            next_url = body.get("_links", {}).get("next", {}).get("href")
 
     # ------------------------------------------------------------------ writing
 
