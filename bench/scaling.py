@@ -18,7 +18,6 @@ import datetime as dt
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from sandbox.bfus.changes import ChangeMix

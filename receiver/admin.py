@@ -18,6 +18,7 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 
 from shared.config import Config
 from shared.deadletters import DeadLetters, pretty_payload
+from shared.dlq_cli import age as _age
 from shared.dlq_cli import parse_age
 from shared.inspect import describe, ready_count
 from shared.lime import LimeClient, LimeError
@@ -69,16 +70,6 @@ def helpers() -> dict[str, Any]:
 def _status_key(record: dict[str, Any]) -> str:
     status = record.get("status")
     return status.get("key") if isinstance(status, dict) else str(status or "")
-
-
-def _age(stamp: str | None) -> str:
-    if not stamp:
-        return "-"
-    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(stamp)).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(max(seconds, 0))}s"
 
 
 @bp.get("/")

@@ -123,3 +123,19 @@ def check_log(report: CheckReport, delivered_ids: Iterable[int], processed: list
         if obj in last and record["messageid"] < last[obj]:
             report.out_of_order.append(f"{obj[0]} {obj[1]}: {record['messageid']} after {last[obj]}")
         last[obj] = max(record["messageid"], last.get(obj, 0))
+
+
+def check_customers(stack: Any) -> CheckReport:
+    """A running :class:`sandbox.stack.Stack`: every customer BFUS sent a message about
+    equals its last snapshot in Lime, and the log records match the delivered messages."""
+    from shared.lime import LimeClient
+    from worker.main import check_against_lime
+
+    mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
+    report = CheckReport()
+    sent = {m["key"] for m in stack.bfus.store.messages() if m["objecttype"] == "customer"}
+    check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"), stack.lime_objects("company"),
+                  sent)
+    processed, failed = stack.log_records()
+    check_log(report, stack.bfus.store.delivered_ids(), processed, failed)
+    return report

@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 from sandbox.broker import BrokerHandle, provide_broker
-from sandbox.check import CheckReport, check_log, check_objects
+from sandbox.check import CheckReport, check_customers
 from sandbox.lime.faults import Faults
 from sandbox.stack import Stack, WorkerChild, wait_for
-from shared.lime import LimeClient
 from shared.logs import configure_logging
-from worker.main import check_against_lime
 
 
 @dataclass
@@ -67,8 +65,12 @@ class SoakResult:
         ])
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
 def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
-             say: Callable[[str], None] = print) -> SoakResult:
+             say: Callable[[str], None] = _say) -> SoakResult:
     started = time.monotonic()
     events: list[str] = []
 
@@ -135,22 +137,11 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
         wait_for(lambda: stack.logged_count() >= options.changes, 120, f"{options.changes} log records")
         wall = time.monotonic() - started
         stack.lime.faults.configure({"error_rate": 0, "spike_rate": 0})
-        report = check(stack)
+        report = check_customers(stack)
         return SoakResult(report, wall, events, stack.lime.faults.stats()["total"])
     finally:
         stack.stop()
         broker.delete_vhost(url)
-
-
-def check(stack: Stack) -> CheckReport:
-    mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
-    report = CheckReport()
-    sent = {m["key"] for m in stack.bfus.store.messages() if m["objecttype"] == "customer"}
-    check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"), stack.lime_objects("company"),
-                  sent)
-    processed, failed = stack.log_records()
-    check_log(report, stack.bfus.store.delivered_ids(), processed, failed)
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,8 @@ def _service(ctx: click.Context) -> DeadLetters:
     return DeadLetters(config, LimeClient(config.lime))
 
 
-def _age(stamp: str | None) -> str:
+def age(stamp: str | None) -> str:
+    """How long ago an ISO time was: 3d, 5h, 12m, 40s."""
     if not stamp:
         return "-"
     seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(stamp)).total_seconds()
@@ -76,7 +77,7 @@ def list_(ctx: click.Context, reason: str | None, objecttype: str | None, custom
     for r in records:
         table.add_row(str(r["_id"]), str(r.get("messageid") or "-"), r.get("objecttype") or "-", r.get("key") or "-",
                       r.get("customerno") or "-", r.get("reason") or "-", str(r.get("attempts") or 0),
-                      _key(r.get("status")), _age(r.get("failedtime")), str(in_queue.get(r["_id"], 0)))
+                      _key(r.get("status")), age(r.get("failedtime")), str(in_queue.get(r["_id"], 0)))
     Console(width=140).print(table)
     counts: dict[str, int] = {}
     for r in records:

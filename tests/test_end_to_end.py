@@ -10,21 +10,8 @@ from typing import Callable
 import pytest
 
 from sandbox.broker import BrokerHandle
-from sandbox.check import CheckReport, check_log, check_objects
+from sandbox.check import check_customers
 from sandbox.stack import Stack, wait_for
-from shared.lime import LimeClient
-from worker.main import check_against_lime
-
-
-def check(stack: Stack) -> CheckReport:
-    mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
-    report = CheckReport()
-    sent = {m["key"] for m in stack.bfus.store.messages() if m["objecttype"] == "customer"}
-    check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"),
-                  stack.lime_objects("company"), sent)
-    processed, failed = stack.log_records()
-    check_log(report, stack.bfus.store.delivered_ids(), processed, failed)
-    return report
 
 
 def queued_in_rabbitmq(stack: Stack, broker: BrokerHandle) -> int:
@@ -45,7 +32,7 @@ def test_300_changes_over_50_customers_end_as_the_last_snapshot(stack: Stack) ->
     assert report.created == 50 and report.deleted > 0
     stack.wait_delivered(60)
     stack.wait_logged(300, 60)
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
     assert (result.messages, result.processed, result.failed, result.objects) == (300, 300, 0, 50)
     companies = {c["customerno"]: c for c in stack.lime_objects("company")}
@@ -72,7 +59,7 @@ def test_broker_outage_loses_and_doubles_nothing(stack: Stack, stoppable_broker:
         stoppable_broker.start_app()
     stack.wait_delivered(90)
     stack.wait_logged(120, 90)
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
     assert (result.messages, result.processed, result.failed) == (120, 120, 0)
 
@@ -89,7 +76,7 @@ def test_lime_unreachable_messages_wait_in_rabbitmq_then_apply_in_order(stack: S
     finally:
         stack.lime.start()
     stack.wait_logged(120, 90)
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
     assert (result.processed, result.failed) == (120, 0)
 
@@ -103,7 +90,7 @@ def test_lime_errors_and_rate_limits_are_waited_out(stack: Stack) -> None:
     stack.wait_logged(30, 90)
     answers = stack.lime.faults.stats()["answers"]
     stack.lime.faults.configure({"error_rate": 0, "rate_limit": 0})
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
     assert result.failed == 0
     assert answers.get("503", 0) > 0 and answers.get("500", 0) > 0 and answers.get("429", 0) > 0

@@ -16,7 +16,7 @@ import pytest
 
 from sandbox.broker import BrokerHandle, PrivateNode, find_server_binary
 from sandbox.check import CheckReport, check_log, check_objects
-from sandbox.stack import Stack, wait_for
+from sandbox.stack import Stack
 from shared.lime import LimeClient
 from worker.main import check_against_lime
 

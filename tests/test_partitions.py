@@ -7,25 +7,10 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-import pytest
-import requests
 
 from sandbox.broker import BrokerHandle
-from sandbox.check import CheckReport, check_log, check_objects
+from sandbox.check import check_customers
 from sandbox.stack import Stack, wait_for
-from shared.lime import LimeClient
-from worker.main import check_against_lime
-
-
-def check(stack: Stack) -> CheckReport:
-    mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
-    report = CheckReport()
-    sent = {m["key"] for m in stack.bfus.store.messages() if m["objecttype"] == "customer"}
-    check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"),
-                  stack.lime_objects("company"), sent)
-    processed, failed = stack.log_records()
-    check_log(report, stack.bfus.store.delivered_ids(), processed, failed)
-    return report
 
 
 def spread(stack: Stack, workers: int, partitions: int = 16) -> dict[str, int]:
@@ -72,7 +57,7 @@ def test_killed_worker_partitions_are_taken_over_within_seconds(make_stack: Call
     wait_for(lambda: set(stack.owners().values()) == {"second"}, 30, "the survivor to own every partition")
     assert time.monotonic() - killed_at < 10
     stack.wait_logged(200, 60)
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
 
 
@@ -88,7 +73,7 @@ def test_order_holds_while_workers_join_and_leave(make_stack: Callable[..., Stac
     feed.join(60)
     stack.wait_delivered(60)
     stack.wait_logged(1500, 120)
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
     assert (result.processed, result.failed) == (1500, 0)
 
@@ -178,7 +163,7 @@ def test_lime_outage_stops_taking_messages_then_resumes(make_stack: Callable[...
     assert probes <= 8  # one probe per backoff interval (0.05 .. 0.5 s here), not one per message
     stack.lime.faults.configure({"down": False})
     stack.wait_logged(60, 60)
-    result = check(stack)
+    result = check_customers(stack)
     assert result.ok, result.details()
     assert result.failed == 0
 

@@ -131,6 +131,7 @@ class Worker:
         self._owned: dict[int, Owned] = {}
         self._connection: pika.BlockingConnection | None = None
         self._control: BlockingChannel | None = None
+        self._refused_with: int | None = None  # reply code of the control channel's last refusal
         self._generation = 0
         self._stop = threading.Event()  # stop taking messages
         self._abandon = threading.Event()  # give up on in-flight retries
@@ -251,17 +252,8 @@ class Worker:
 
     def _queue_held(self, queue: str) -> bool:
         """Whether another connection holds the exclusive ``queue`` (405 on a passive declare)."""
-        connection = self._connection
-        if connection is None:
-            return False
-        if self._control is None or not self._control.is_open:
-            self._control = connection.channel()
-        try:
-            self._control.queue_declare(queue, passive=True)
-            return False
-        except pika.exceptions.ChannelClosedByBroker as err:
-            self._control = connection.channel()
-            return err.reply_code == 405
+        return (self._control_call(lambda c: c.queue_declare(queue, passive=True)) is None
+                and self._refused_with == 405)
 
     def _pause_or_resume(self, connection: pika.BlockingConnection, generation: int, lime_down: bool) -> None:
         if lime_down and not self._paused:
@@ -295,8 +287,8 @@ class Worker:
         for partition in candidates:
             if wanted == 0:
                 break
-            consumers = self._control_call(lambda c: c.queue_declare(
-                self.topology.partition_queue(partition), passive=True).method.consumer_count)
+            queue = self.topology.partition_queue(partition)
+            consumers = self._control_call(lambda c, q=queue: c.queue_declare(q, passive=True).method.consumer_count)
             if consumers == 0 and self._acquire(connection, partition, generation):
                 wanted -= 1
 
@@ -341,13 +333,15 @@ class Worker:
         """A call on the control channel; None when the broker refused it (the
         channel is then replaced)."""
         connection = self._connection
+        self._refused_with = None
         if connection is None:
             return None
         if self._control is None or not self._control.is_open:
             self._control = connection.channel()
         try:
             return call(self._control)
-        except pika.exceptions.ChannelClosedByBroker:
+        except pika.exceptions.ChannelClosedByBroker as err:
+            self._refused_with = err.reply_code
             self._control = connection.channel()
             return None
 

@@ -325,8 +325,7 @@ class Migration:
             lambda: self.lime.list_page(limetype, {"_limit": self.options.lime_page_size, "_sort": "_id"}))
         yield from objects
         while next_url:
-            url = next_url
-            body = self._retrying(lambda: self.lime.request("GET", url))
+            body = self._retrying(lambda url=next_url: self.lime.request("GET", url))
             yield from body.get("_embedded", {}).get("limeobjects", [])
             next_url = body.get("_links", {}).get("next", {}).get("href")
 

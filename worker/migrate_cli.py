@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
