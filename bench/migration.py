@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandbox.broker import provide_broker
+from sandbox.broker import exit_on_sigterm, provide_broker
 from sandbox.stack import Stack, config_environment
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     configure_logging("error")
     broker = provide_broker(allow_container=False, install=True)
     rows = []

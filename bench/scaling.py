@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from sandbox.bfus.changes import ChangeMix
-from sandbox.broker import provide_broker
+from sandbox.broker import exit_on_sigterm, provide_broker
 from sandbox.stack import Stack, wait_for
 from shared.logs import configure_logging
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--concurrency", type=int, default=4, help="worker.concurrency")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     configure_logging("error")
     latencies = [float(x) for x in args.latency_ms.split(",")]
     counts = [int(n) for n in args.workers.split(",")]

@@ -395,6 +395,14 @@ def provide_broker(
     return BrokerHandle(url=node.url, management_url=node.management_url, kind="private", node=node)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that ``finally`` blocks run and a private node
+    started by this process is stopped and removed rather than left behind."""
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+
+
 @contextlib.contextmanager
 def broker_session(**kwargs) -> Iterator[BrokerHandle]:
     handle = provide_broker(**kwargs)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sandbox.broker import BrokerHandle, provide_broker
+from sandbox.broker import BrokerHandle, exit_on_sigterm, provide_broker
 from sandbox.check import CheckReport, check_customers
 from sandbox.lime.faults import Faults
 from sandbox.stack import Stack, WorkerChild, wait_for
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--outage", type=float, default=defaults.outage, help="seconds Lime is down")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     configure_logging("error")
     options = SoakOptions(changes=args.changes, customers=args.customers, workers=args.workers, outage=args.outage)
     broker = provide_broker(allow_container=False, install=True)
