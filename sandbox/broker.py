@@ -22,7 +22,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
@@ -401,12 +400,3 @@ def exit_on_sigterm() -> None:
     import sys
 
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
-
-
-@contextlib.contextmanager
-def broker_session(**kwargs) -> Iterator[BrokerHandle]:
-    handle = provide_broker(**kwargs)
-    try:
-        yield handle
-    finally:
-        handle.close()

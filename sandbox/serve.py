@@ -31,10 +31,6 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
     def start(self) -> "ServerThread":
         if self._server is not None:
             return self

@@ -208,17 +208,6 @@ class BfusStore:
                 (status, now().isoformat() if delivered else None, queue_id),
             )
 
-    def enqueue_raw(self, objecttype: str, operation: str, key: str, customerno: str | None, data: Any) -> int:
-        """Queue a message without touching the register (for tests of odd messages)."""
-        with self.db.write() as db:
-            cur = db.execute(
-                "INSERT INTO queue (timestamp, objecttype, operation, key, customerno, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (now().isoformat(timespec="milliseconds"), objecttype, operation, key, customerno,
-                 json.dumps(data, ensure_ascii=False) if data is not None else None),
-            )
-        self.notify()
-        return cur.lastrowid
-
     def queue_status(self) -> dict[str, Any]:
         db = self.db.conn()
         pending = db.execute("SELECT COUNT(*) FROM queue WHERE delivered_at IS NULL").fetchone()[0]

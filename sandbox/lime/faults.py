@@ -93,11 +93,6 @@ class FaultInjector:
         with self._lock:
             self._writes[(limetype, object_id)] += 1
 
-    def writes(self) -> dict[tuple[str, int], int]:
-        """Successful creates and updates per object since the last reset."""
-        with self._lock:
-            return dict(self._writes)
-
     def answered(self, status: int) -> None:
         with self._lock:
             self._answers[str(status)] += 1
