@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
 from shared.config import Config
-from shared.deadletters import DeadLetters, pretty_payload
+from shared.deadletters import DeadLetters, pretty_payload, status_of
 from shared.dlq_cli import age as _age
 from shared.dlq_cli import parse_age
 from shared.inspect import describe, ready_count
@@ -64,12 +64,7 @@ def guard() -> Response | None:
 
 @bp.app_context_processor
 def helpers() -> dict[str, Any]:
-    return {"csrf_token": _csrf_token, "status_key": _status_key, "age": _age}
-
-
-def _status_key(record: dict[str, Any]) -> str:
-    status = record.get("status")
-    return status.get("key") if isinstance(status, dict) else str(status or "")
+    return {"csrf_token": _csrf_token, "status_key": status_of, "age": _age}
 
 
 @bp.get("/")

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from shared.lime import option_key
 from shared.mapping import ObjectMapper
 
 
@@ -47,10 +48,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _plain(value: Any) -> Any:
-    return value["key"] if isinstance(value, dict) and "key" in value else value
-
-
 def expected_values(mapper: ObjectMapper, snapshot: dict[str, Any]) -> dict[str, Any]:
     """What Lime should hold for a BFUS object's last snapshot."""
     values = mapper.map(snapshot["data"])
@@ -84,8 +81,8 @@ def check_objects(report: CheckReport, mapper: ObjectMapper, snapshots: Iterable
         if len(found) > 1:
             report.duplicated.append(f"{mapper.objecttype} {key} x{len(found)}")
         expected = expected_values(mapper, snapshot)
-        diffs = [f"{p}: lime={_plain(found[0].get(p))!r} bfus={v!r}" for p, v in expected.items()
-                 if _plain(found[0].get(p)) != v]
+        diffs = [f"{p}: lime={option_key(found[0].get(p))!r} bfus={v!r}" for p, v in expected.items()
+                 if option_key(found[0].get(p)) != v]
         if mappers is not None and lime_by_id is not None:
             diffs += _relation_diffs(mapper, snapshot, found[0], mappers, lime_by_id)
         if diffs:
@@ -117,7 +114,7 @@ def check_log(report: CheckReport, delivered_ids: Iterable[int], processed: list
     report.logged_twice = sorted(i for i, n in counts.items() if n > 1)
     last: dict[tuple[str, str], int] = {}
     for record in sorted(processed, key=lambda r: r["_id"]):
-        if _plain(record.get("outcome")) != "applied":
+        if option_key(record.get("outcome")) != "applied":
             continue
         obj = (record["objecttype"], record["key"])
         if obj in last and record["messageid"] < last[obj]:

@@ -26,7 +26,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
-from shared.lime import LimeClient
+from shared.lime import LimeClient, option_key
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
 
 OPEN = ("failed", "requeued")
@@ -203,8 +203,8 @@ class DeadLetters:
                 except Exception:
                     actions.append(Action(record_id, None, "no such failed-message record"))
                     continue
-                if _status(record) not in OPEN:
-                    actions.append(Action(record_id, record.get("messageid"), f"left as it is: {_status(record)}"))
+                if status_of(record) not in OPEN:
+                    actions.append(Action(record_id, record.get("messageid"), f"left as it is: {status_of(record)}"))
                     continue
                 self._mark(record_id, {"status": "discarded", "resolution": f"discarded: {why}"})
                 taken.ack(taken.by_record.get(record_id, []))
@@ -231,7 +231,7 @@ class DeadLetters:
                     for letter in letters:
                         self._record_orphan(publish, taken, letter, fixes)
                     continue
-                status = _status(record)
+                status = status_of(record)
                 if status in ("resolved", "discarded"):
                     taken.ack(letters)
                     fixes.append(Action(record_id, record.get("messageid"),
@@ -246,7 +246,7 @@ class DeadLetters:
                     taken.ack(letters[:1])
                     fixes.append(Action(record_id, record.get("messageid"), "finished an interrupted requeue"))
             for record_id, record in open_records.items():
-                if _status(record) == "failed" and record_id not in taken.by_record:
+                if status_of(record) == "failed" and record_id not in taken.by_record:
                     fixes.append(self._rebuild_letter(publish, record))
         finally:
             connection.close()
@@ -303,9 +303,9 @@ class DeadLetters:
         return Action(record["_id"], record.get("messageid"), "put back its missing dead letter")
 
 
-def _status(record: dict[str, Any]) -> str:
-    status = record.get("status")
-    return status.get("key") if isinstance(status, dict) else str(status)
+def status_of(record: dict[str, Any]) -> str:
+    """A failed-message record's status key."""
+    return str(option_key(record.get("status")) or "")
 
 
 def pretty_payload(payload: str) -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from shared.deadletters import DeadLetters, pretty_payload
+from shared.deadletters import DeadLetters, pretty_payload, status_of
 
 _AGE = re.compile(r"^(\d+)\s*([dhm])$")
 
@@ -45,10 +44,6 @@ def age(stamp: str | None) -> str:
     return f"{int(seconds)}s"
 
 
-def _key(value: Any) -> str:
-    return value.get("key") if isinstance(value, dict) else str(value or "")
-
-
 @click.group()
 def dlq() -> None:
     """Failed messages: list, show, requeue, discard, reconcile."""
@@ -77,7 +72,7 @@ def list_(ctx: click.Context, reason: str | None, objecttype: str | None, custom
     for r in records:
         table.add_row(str(r["_id"]), str(r.get("messageid") or "-"), r.get("objecttype") or "-", r.get("key") or "-",
                       r.get("customerno") or "-", r.get("reason") or "-", str(r.get("attempts") or 0),
-                      _key(r.get("status")), age(r.get("failedtime")), str(in_queue.get(r["_id"], 0)))
+                      status_of(r), age(r.get("failedtime")), str(in_queue.get(r["_id"], 0)))
     Console(width=140).print(table)
     counts: dict[str, int] = {}
     for r in records:
@@ -104,7 +99,7 @@ def show(ctx: click.Context, record_id: int) -> None:
     for name in ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",
                  "reason", "attempts"):
         click.echo(f"  {name + ':':<15} {record.get(name) if record.get(name) not in (None, '') else '-'}")
-    click.echo(f"  {'status:':<15} {_key(record.get('status'))}" +
+    click.echo(f"  {'status:':<15} {status_of(record)}" +
                (f" ({record['resolution']})" if record.get("resolution") else ""))
     if record.get("processedmessage"):
         click.echo(f"  {'processed as:':<15} record {record['processedmessage']}")

@@ -25,8 +25,13 @@ class Envelope:
 
     @property
     def partition_key(self) -> str:
-        """What orders this message: the owning customer, else the object itself."""
-        return self.customerno or f"{self.objecttype}:{self.key}"
+        return partition_key(self.objecttype, self.key, self.customerno)
+
+
+def partition_key(objecttype: str, key: str, customerno: str | None) -> str:
+    """What orders an object's changes (and so picks its partition): the owning
+    customer, else the object itself. The receiver and the migration both use it."""
+    return customerno or f"{objecttype}:{key}"
 
 
 class _StrictInteger(fields.Integer):

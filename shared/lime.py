@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urljoin
 
 import requests
@@ -99,6 +99,12 @@ class CircuitBreaker:
             elif self._failures >= self.threshold:
                 self.opened += 1
                 self._open_until = time.monotonic() + self._pause
+
+
+def option_key(value: Any) -> Any:
+    """An option as Lime reads it (``{"id", "key", "text"}``) as its key, the form
+    Lime takes on writes; any other value as it is."""
+    return value["key"] if isinstance(value, dict) and "key" in value else value
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -225,12 +231,14 @@ class LimeClient:
         body = self.request("GET", f"limeobject/{limetype}/", params=params)
         return body.get("_embedded", {}).get("limeobjects", []), body.get("_links", {}).get("next", {}).get("href")
 
-    def iterate(self, limetype: str, params: dict[str, Any] | None = None, page_size: int = 50) -> Iterator[dict[str, Any]]:
-        """Every object matching ``params``, following ``_links.next``."""
-        objects, next_url = self.list_page(limetype, {**(params or {}), "_limit": page_size})
+    def iterate(self, limetype: str, params: dict[str, Any] | None = None, page_size: int = 50,
+                attempt: Callable[[Callable[[], Any]], Any] = lambda call: call()) -> Iterator[dict[str, Any]]:
+        """Every object matching ``params``, following ``_links.next``. ``attempt``
+        runs each page's call (a caller may retry it through outages)."""
+        objects, next_url = attempt(lambda: self.list_page(limetype, {**(params or {}), "_limit": page_size}))
         yield from objects
         while next_url:
-            body = self.request("GET", next_url)
+            body = attempt(lambda url=next_url: self.request("GET", url))
             yield from body.get("_embedded", {}).get("limeobjects", [])
             next_url = body.get("_links", {}).get("next", {}).get("href")
 

@@ -36,7 +36,8 @@ import pika
 
 from shared.bfus import BfusClient
 from shared.config import Config
-from shared.lime import LimeClient, LimeRejected, LimeUnavailable
+from shared.envelope import partition_key
+from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.logs import get_logger
 from shared.mapping import BFUS_KEY_FIELDS, MappingError, ObjectMapper
 from shared.topology import Topology, connection_parameters
@@ -130,10 +131,6 @@ class Report:
             "bfus_calls": self.bfus_calls,
             "failures": self.failures,
         }
-
-
-def _plain(value: Any) -> Any:
-    return value["key"] if isinstance(value, dict) and "key" in value else value
 
 
 class Checkpoint:
@@ -307,7 +304,7 @@ class Migration:
         for limetype, mapper in limetypes.items():
             props = set(mapper.properties) - {"_links"}
             entries: dict[str, Known] = {}
-            for obj in self._all_objects(limetype):
+            for obj in self.lime.iterate(limetype, {"_sort": "_id"}, self.options.lime_page_size, self._retrying):
                 key = obj.get(mapper.key_property)
                 if key in (None, ""):
                     continue
@@ -316,18 +313,8 @@ class Migration:
                     self.ambiguous[limetype].add(key)
                 watermark = obj.get(mapper.spec.watermark) if mapper.spec.watermark else None
                 entries[key] = Known(obj["_id"], watermark if isinstance(watermark, int) else None,
-                                     {p: _plain(v) for p, v in obj.items() if p in props})
+                                     {p: option_key(v) for p, v in obj.items() if p in props})
             self.index[limetype] = entries
-
-    def _all_objects(self, limetype: str) -> Iterable[dict[str, Any]]:
-        """Every object of a limetype, page by page, each page retried through outages."""
-        objects, next_url = self._retrying(
-            lambda: self.lime.list_page(limetype, {"_limit": self.options.lime_page_size, "_sort": "_id"}))
-        yield from objects
-        while next_url:
-            body = self._retrying(lambda url=next_url: self.lime.request("GET", url))
-            yield from body.get("_embedded", {}).get("limeobjects", [])
-            next_url = body.get("_links", {}).get("next", {}).get("href")
 
     # ------------------------------------------------------------------ writing
 
@@ -452,7 +439,7 @@ class Migration:
         by_partition: dict[int, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
         for objecttype, found in todo.items():
             for item in found:
-                key = item.customerno or f"{item.objecttype}:{item.key}"
+                key = partition_key(item.objecttype, item.key, item.customerno)
                 by_partition[self.topology.partition_of(key)][objecttype].append(item)
         return by_partition
 
