@@ -10,10 +10,11 @@ import hmac
 import pika
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from shared import headers as h
 from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.logs import get_logger
-from shared.publisher import BrokerUnavailable, ConfirmedPublisher
+from shared.publisher import BrokerUnavailable, ConfirmedPublisher, MessageUnencodable
 from shared.topology import INVALID_ROUTING_KEY, Topology
 from receiver.errors import error_response
 
@@ -50,8 +51,13 @@ def receive() -> Response:
         return error_response(401, "unauthorized", "Missing or invalid API key.")
     if request.mimetype != "application/json":
         return error_response(
-            415, "unsupported_media_type", f"Send the message as application/json, not {request.mimetype or 'nothing'}."
+            415, "unsupported_media_type",
+            f"Send the message as application/json, not {h.text(request.mimetype, 100) or 'nothing'}.",
         )
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        return error_response(415, "unsupported_media_type",
+                              f"Send the message in UTF-8 (charset=utf-8), not {h.text(charset, 40)}.")
     body = request.get_data(cache=False)
     try:
         envelope = parse_envelope(body)
@@ -62,12 +68,14 @@ def receive() -> Response:
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=str(envelope.id),
-        headers={"x-bfus-id": envelope.id, "x-bfus-objecttype": envelope.objecttype},
+        headers={h.ID: envelope.id, h.OBJECTTYPE: envelope.objecttype},
     )
     try:
         _publisher().publish(_topology().exchange, _topology().routing_key(partition), body, properties)
     except BrokerUnavailable as err:
         return _unavailable(err)
+    except MessageUnencodable as err:  # the envelope rules should make this impossible
+        return _keep_invalid(body, EnvelopeError(422, "invalid_envelope", f"The message cannot be queued: {err}"))
     log.info("message_queued", message_id=envelope.id, customerno=envelope.customerno or "", partition=partition)
     response = jsonify({"status": "queued", "id": envelope.id})
     response.status_code = 202
@@ -78,7 +86,7 @@ def _keep_invalid(body: bytes, err: EnvelopeError) -> Response:
     properties = pika.BasicProperties(
         content_type=request.mimetype,
         delivery_mode=pika.DeliveryMode.Persistent,
-        headers={"x-bfus-reason": err.reason, "x-bfus-error": err.message[:2000], "x-bfus-status": err.status},
+        headers={h.REASON: err.reason, h.ERROR: h.text(err.message), h.STATUS: err.status},
     )
     try:
         _publisher().publish(_topology().exchange, INVALID_ROUTING_KEY, body, properties)

@@ -19,11 +19,13 @@ class ServerThread:
     """``stop()`` drops every connection and closes the socket (new connections are
     refused); ``start()`` again listens on the same port."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 32):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
+                 options: dict[str, Any] | None = None):
         self.app = app
         self.host = host
         self.port = port
-        self.threads = threads
+        self.options = {"threads": threads, "ident": "bfus-lime", "connection_limit": 500, "asyncore_use_poll": True,
+                        **(options or {})}
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -34,10 +36,7 @@ class ServerThread:
     def start(self) -> "ServerThread":
         if self._server is not None:
             return self
-        self._server = waitress.create_server(
-            self.app, host=self.host, port=self.port, threads=self.threads, ident="bfus-lime", connection_limit=500,
-            asyncore_use_poll=True,
-        )
+        self._server = waitress.create_server(self.app, host=self.host, port=self.port, **self.options)
         self.port = self._server.effective_port
         self._thread = threading.Thread(target=self._server.run, daemon=True, name=f"http:{self.port}")
         self._thread.start()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import requests
 
 from receiver.app import close_app, create_app
+from receiver.server import waitress_options
 from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.serve import ServerThread
@@ -83,7 +84,8 @@ class Stack:
 
     def start_receiver(self) -> None:
         self.receiver_app = create_app(self.config)
-        self.receiver_server = ServerThread(self.receiver_app, "127.0.0.1", self.receiver_port).start()
+        options = waitress_options(self.config, self.config.receiver.threads)
+        self.receiver_server = ServerThread(self.receiver_app, "127.0.0.1", self.receiver_port, options=options).start()
         wait_for(lambda: self.receiver_app.extensions["publisher"].ready, 30, "the receiver to reach RabbitMQ")
 
     def start_worker(self, name: str | None = None) -> WorkerProcess:

@@ -54,6 +54,8 @@ class ReceiverConfig:
     retry_after: int
     processes: int
     threads: int
+    read_timeout: float
+    unready_exit_after: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class WorkerConfig:
     rebalance_interval: float
     breaker_threshold: int
     concurrency: int
+    lime_error_attempts: int
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,8 @@ class ReceiverSchema(_Strict):
     retry_after = fields.Integer(required=True, validate=validate.Range(min=1))
     processes = fields.Integer(required=True, validate=validate.Range(min=1))
     threads = fields.Integer(required=True, validate=validate.Range(min=1))
+    read_timeout = fields.Float(required=True, validate=_positive)
+    unready_exit_after = fields.Float(required=True, validate=validate.Range(min=0))
 
     @post_load
     def make(self, data: dict, **_: Any) -> ReceiverConfig:
@@ -234,6 +239,7 @@ class WorkerSchema(_Strict):
     rebalance_interval = fields.Float(required=True, validate=validate.Range(min=0.05, max=60))
     breaker_threshold = fields.Integer(required=True, validate=validate.Range(min=1))
     concurrency = fields.Integer(required=True, validate=validate.Range(min=1, max=256))
+    lime_error_attempts = fields.Integer(required=True, validate=validate.Range(min=1))
 
     @validates_schema
     def check_backoff(self, data: dict, **_: Any) -> None:

@@ -24,8 +24,10 @@ from typing import Any, Iterable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from shared import headers
 from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
+from shared.jsonbody import loads_or_none, storable
 from shared.lime import LimeClient, option_key
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
 
@@ -40,13 +42,11 @@ class DeadLetter:
 
     @property
     def record_id(self) -> int | None:
-        value = self.headers.get("x-bfus-failed-record")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return headers.integer(self.headers.get(headers.FAILED_RECORD))
 
     @property
     def messageid(self) -> int | None:
-        value = self.headers.get("x-bfus-id")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return headers.integer(self.headers.get(headers.ID))
 
 
 @dataclass
@@ -149,13 +149,13 @@ class DeadLetters:
         return self.topology.routing_key(self.topology.partition_of(envelope.partition_key))
 
     def _publish_back(self, channel: BlockingChannel, letter: DeadLetter, record: dict[str, Any]) -> None:
-        headers = {k: v for k, v in letter.headers.items() if not k.startswith("x-bfus-") or k in (
-            "x-bfus-reason", "x-bfus-error", "x-bfus-status")}
-        headers.update({"x-bfus-failed-record": record["_id"], "x-bfus-attempts": record.get("attempts") or 1})
+        kept = {k: v for k, v in letter.headers.items() if not k.startswith(headers.PREFIX) or k in (
+            headers.REASON, headers.ERROR, headers.STATUS)}
+        kept.update({headers.FAILED_RECORD: record["_id"], headers.ATTEMPTS: record.get("attempts") or 1})
         if letter.messageid is not None:
-            headers["x-bfus-id"] = letter.messageid
+            kept[headers.ID] = letter.messageid
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                                     message_id=str(letter.messageid) if letter.messageid else None, headers=headers)
+                                     message_id=str(letter.messageid) if letter.messageid else None, headers=kept)
         channel.basic_publish(self.topology.exchange, self._routing_key(letter.body), letter.body, props,
                               mandatory=True)
 
@@ -267,21 +267,21 @@ class DeadLetters:
         h = letter.headers
         values = {
             "messageid": letter.messageid,
-            "objecttype": str(h.get("x-bfus-objecttype", ""))[:32],
+            "objecttype": headers.text(h.get(headers.OBJECTTYPE, ""), 32),
             "key": "",
-            "customerno": str(h.get("x-bfus-customerno", ""))[:64],
-            "failedtime": str(h.get("x-bfus-failed-at") or dt.datetime.now(dt.timezone.utc).isoformat()),
-            "reason": str(h.get("x-bfus-reason", "unknown"))[:64],
-            "error": str(h.get("x-bfus-error", "")),
-            "payload": letter.body.decode("utf-8", errors="replace"),
-            "attempts": int(h.get("x-bfus-attempts", 1)),
+            "customerno": headers.text(h.get(headers.CUSTOMERNO, ""), 64),
+            "failedtime": headers.text(h.get(headers.FAILED_AT) or dt.datetime.now(dt.timezone.utc).isoformat()),
+            "reason": headers.text(h.get(headers.REASON, "unknown"), 64),
+            "error": headers.text(h.get(headers.ERROR, "")),
+            "payload": storable(letter.body.decode("utf-8", errors="replace")),
+            "attempts": headers.integer(h.get(headers.ATTEMPTS)) or 1,
             "status": "failed",
         }
         record = self.lime.create(self.limetype, values)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                                     headers={**h, "x-bfus-failed-record": record["_id"]})
-        channel.basic_publish(self.topology.dead_exchange, str(h.get("x-bfus-source-queue", "")), letter.body,
-                              props, mandatory=True)
+                                     headers={**h, headers.FAILED_RECORD: record["_id"]})
+        channel.basic_publish(self.topology.dead_exchange, headers.text(h.get(headers.SOURCE_QUEUE, ""), 255),
+                              letter.body, props, mandatory=True)
         taken.ack([letter])
         fixes.append(Action(record["_id"], letter.messageid, "recorded a dead letter that had no record"))
 
@@ -292,13 +292,15 @@ class DeadLetters:
             return Action(record["_id"], record.get("messageid"),
                           "its dead letter is missing and its payload in Lime is incomplete: cannot rebuild it")
         body = payload.encode("utf-8")
-        headers = {"x-bfus-failed-record": record["_id"], "x-bfus-reason": record.get("reason", ""),
-                   "x-bfus-error": (record.get("error") or "")[:2000], "x-bfus-attempts": record.get("attempts") or 1,
-                   "x-bfus-objecttype": record.get("objecttype", ""), "x-bfus-customerno": record.get("customerno", "")}
-        if record.get("messageid") is not None:
-            headers["x-bfus-id"] = record["messageid"]
+        rebuilt = {headers.FAILED_RECORD: record["_id"], headers.REASON: headers.text(record.get("reason", ""), 64),
+                   headers.ERROR: headers.text(record.get("error") or ""),
+                   headers.ATTEMPTS: record.get("attempts") or 1,
+                   headers.OBJECTTYPE: headers.text(record.get("objecttype", ""), 64),
+                   headers.CUSTOMERNO: headers.text(record.get("customerno", ""), 64)}
+        if headers.integer(record.get("messageid")) is not None:
+            rebuilt[headers.ID] = record["messageid"]
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                                     headers=headers)
+                                     headers=rebuilt)
         channel.basic_publish(self.topology.dead_exchange, self._routing_key(body), body, props, mandatory=True)
         return Action(record["_id"], record.get("messageid"), "put back its missing dead letter")
 
@@ -309,7 +311,6 @@ def status_of(record: dict[str, Any]) -> str:
 
 
 def pretty_payload(payload: str) -> str:
-    try:
-        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
-    except ValueError:
-        return payload
+    """The payload indented when it is JSON this project reads, else as it is."""
+    message = loads_or_none(payload)
+    return payload if message is None else json.dumps(message, indent=2, ensure_ascii=False)

@@ -4,13 +4,17 @@ receiver and the worker."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from shared.jsonbody import DuplicateNames, JSONBodyError, decode, storable, unstorable
+
 OPERATIONS = ("created", "updated", "deleted")
+MAX_ID = 2**63 - 1  # ids travel as signed 64-bit integers (AMQP headers, Lime)
+MAX_NAME = 64  # objecttype, key and customerno
+MAX_PROBLEMS = 20  # field problems named in one answer
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,17 @@ class EnvelopeSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # the receiver checks the envelope and nothing more
 
-    id = _StrictInteger(required=True, validate=validate.Range(min=1, error="Must be a positive integer."))
+    id = _StrictInteger(required=True, validate=validate.Range(
+        min=1, max=MAX_ID, error=f"Must be an integer from 1 to {MAX_ID} (a signed 64-bit integer)."))
     timestamp = fields.AwareDateTime(required=True, format="iso")
     objecttype = fields.String(
         required=True,
-        validate=validate.Regexp(r"^[a-z][a-z0-9_]*$", error="Must match [a-z][a-z0-9_]*."),
+        validate=[validate.Regexp(r"^[a-z][a-z0-9_]*$", error="Must match [a-z][a-z0-9_]*."),
+                  validate.Length(max=MAX_NAME)],
     )
     operation = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
-    key = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    customerno = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+    key = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NAME))
+    customerno = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=MAX_NAME))
     data = fields.Dict(load_default=None, allow_none=True)
 
     @validates_schema
@@ -84,18 +90,66 @@ class EnvelopeError(ValueError):
 
 def parse_envelope(body: bytes) -> Envelope:
     try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EnvelopeError(400, "invalid_json", f"Body is not valid JSON: {err}") from None
+        message = decode(body)
+    except JSONBodyError as err:
+        raise EnvelopeError(400, "invalid_json", str(err)) from None
     if not isinstance(message, dict):
         raise EnvelopeError(400, "invalid_json", "Body must be one JSON object (a change message).")
     return validate_envelope(message)
 
 
 def validate_envelope(message: dict) -> Envelope:
+    problems = content_problems(message)
     try:
-        return _schema.load(message)
+        envelope = _schema.load(message)
     except ValidationError as err:
-        problems = err.messages if isinstance(err.messages, dict) else {"_schema": err.messages}
-        names = ", ".join(sorted(problems))
-        raise EnvelopeError(422, "invalid_envelope", f"Envelope invalid: {names}.", problems) from None
+        found = err.messages if isinstance(err.messages, dict) else {"_schema": err.messages}
+        problems = {**{name: _texts(found[name]) for name in found}, **problems}
+    if problems:
+        names = sorted(problems)[:MAX_PROBLEMS]
+        if len(problems) > MAX_PROBLEMS:
+            names.append("_more")
+            problems["_more"] = [f"{len(problems) - MAX_PROBLEMS} more problems not listed."]
+        shown = {name: problems[name] for name in names}
+        text = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in shown.items())
+        raise EnvelopeError(422, "invalid_envelope", f"Envelope invalid: {text}", shown) from None
+    return envelope
+
+
+def content_problems(message: dict) -> dict[str, list[str]]:
+    """Names given more than once, and text Lime cannot store, anywhere in the
+    message, by path (``data.name``, ``data.lines[2]``)."""
+    problems: dict[str, list[str]] = {}
+    stack: list[tuple[str, Any]] = [("", message)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, DuplicateNames):
+            for name in node.duplicates:
+                problems[_join(path, name)] = ["Given more than once; the message is ambiguous."]
+        if isinstance(node, dict):
+            for name, child in node.items():
+                bad = unstorable(name)
+                if bad:
+                    problems[_join(path, name)] = [f"The name holds a character Lime cannot store ({bad})."]
+                stack.append((_join(path, name), child))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(node))
+        elif isinstance(node, str):
+            bad = unstorable(node)
+            if bad:
+                problems[path] = [f"Holds a character Lime cannot store ({bad})."]
+    return problems
+
+
+def _join(path: str, name: str) -> str:
+    name = storable(name)[:MAX_NAME]
+    return f"{path}.{name}" if path else name
+
+
+def _texts(messages: Any) -> list[str]:
+    """Marshmallow's messages for one field (a list, or a dict for nested ones) as text."""
+    if isinstance(messages, dict):
+        return [f"{key}: {' '.join(_texts(value))}" for key, value in messages.items()]
+    if isinstance(messages, list):
+        return [text for item in messages for text in _texts(item)]
+    return [str(messages)]

@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import pika
 import requests
 
+from shared import headers
 from shared.config import BrokerConfig
 from shared.topology import Topology, connection_parameters
 
@@ -55,7 +56,7 @@ def describe(broker: BrokerConfig, management_url: str | None = None) -> list[Qu
             owner = None
             if i < topology.partitions:
                 lock = queues.get(topology.lock_queue(i))
-                owner = (lock.get("arguments") or {}).get("x-bfus-owner", HELD) if lock else None
+                owner = (lock.get("arguments") or {}).get(headers.OWNER, HELD) if lock else None
             views.append(QueueView(name, q.get("messages_ready", 0), q.get("messages_unacknowledged"),
                                    q.get("consumers", 0), owner))
         return views

@@ -133,6 +133,7 @@ class LimeClient:
         self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._calls: Counter = Counter()
+        self._answers = 0  # answers below 500 (Lime is up, whatever it said)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
@@ -145,6 +146,13 @@ class LimeClient:
     def call_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    @property
+    def answers(self) -> int:
+        """How many answers below 500 Lime has given this client: when it grows, Lime
+        is answering."""
+        with self._lock:
+            return self._answers
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One Lime call; the decoded JSON body (None for 204)."""
@@ -175,6 +183,9 @@ class LimeClient:
         except requests.ConnectionError as err:
             raise LimeUnavailable(f"Lime unreachable: {type(err).__name__}") from None
         status = response.status_code
+        if status < 500:
+            with self._lock:
+                self._answers += 1
         if status < 300:
             if status == 204 or not response.content:
                 return None

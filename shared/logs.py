@@ -37,7 +37,9 @@ def redact_personal(_logger: Any, _method: str, event: dict) -> dict:
     return event
 
 
-def configure_logging(level: str = "info", fmt: str = "console", stream: Any = None) -> None:
+def configure_logging(level: str = "info", fmt: str = "console", stream: Any = None,
+                      extra: dict[str, Any] | None = None) -> None:
+    """``extra``: fields every event of this process carries (a server process's pid)."""
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -48,6 +50,7 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: Any = N
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([lambda _logger, _method, event: {**extra, **event}] if extra else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_personal,

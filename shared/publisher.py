@@ -4,25 +4,39 @@ pika is not thread-safe, so one background thread owns one connection (an asynch
 ``SelectConnection``); any thread calls :meth:`ConfirmedPublisher.publish`, which
 returns only when the broker has confirmed the message, or raises
 :class:`BrokerUnavailable` when it is not connected, refuses the message, or does not
-confirm in time. The thread reconnects by itself."""
+confirm in time, and :class:`MessageUnencodable` when the message itself cannot be
+sent (nothing is sent then). The thread reconnects by itself.
+
+Confirms name messages by the channel's own count of what it published, so the
+publisher counts only publishes that really went out. Whenever it cannot be sure its
+count matches the channel's (a publish that raised half-way, confirms that stop
+coming), it resets the connection: what was in flight fails with BrokerUnavailable,
+and counting starts again on a new channel.
+
+:attr:`ConfirmedPublisher.ready` is the honest health: connected, and not
+:data:`TIMEOUTS_BEFORE_RESET` confirm timeouts in a row. :meth:`unready_for` says for
+how long it has not been, so that a server can replace a process stuck that way."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Callable
 
 import pika
+from pika import frame, spec
 from pika.channel import Channel
 
+from shared import headers as h
 from shared.config import BrokerConfig
 from shared.logs import get_logger
 from shared.topology import connection_parameters
 
-_SEQ_HEADER = "x-bfus-lime-publish-seq"
 log = get_logger(component="publisher")
+TIMEOUTS_BEFORE_RESET = 3  # confirm timeouts in a row after which the connection is reset
 
 
 class BrokerUnavailable(Exception):
@@ -35,6 +49,20 @@ class PublishTimeout(BrokerUnavailable):
 
 class PublishRejected(BrokerUnavailable):
     pass
+
+
+class MessageUnencodable(ValueError):
+    """The message cannot be sent as AMQP (a header value out of range, text that is
+    not UTF-8, a name too long): the message is at fault, not the broker."""
+
+
+def check_encodable(exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
+    """Marshal the frames of a publish as pika would, or raise MessageUnencodable."""
+    try:
+        frame.Method(1, spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)).marshal()
+        frame.Header(1, len(body), properties).marshal()
+    except Exception as err:  # struct.error, OverflowError, UnicodeEncodeError, TypeError, AssertionError ...
+        raise MessageUnencodable(f"{type(err).__name__}: {err}") from None
 
 
 class ConfirmedPublisher:
@@ -52,8 +80,12 @@ class ConfirmedPublisher:
         self._channel: Channel | None = None
         self._pending: dict[int, Future] = {}
         self._returned: set[int] = set()
-        self._seq = 0
+        self._seq = 0  # publishes the current channel really sent
         self._ready = threading.Event()
+        self._timeouts = 0  # confirm timeouts in a row
+        self._health = threading.Lock()
+        self._unready_since: float | None = time.monotonic()
+        self._was_ready = False  # ready at some point of the current connection
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,7 +99,13 @@ class ConfirmedPublisher:
 
     @property
     def ready(self) -> bool:
+        """Connected, with a channel in confirm mode, and confirms coming."""
         return self._ready.is_set()
+
+    def unready_for(self) -> float:
+        """Seconds since this publisher was last ready (0 while it is)."""
+        since = self._unready_since
+        return 0.0 if since is None or self.ready else time.monotonic() - since
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
@@ -85,8 +123,9 @@ class ConfirmedPublisher:
         if not self._ready.is_set() or connection is None:
             raise BrokerUnavailable("not connected to RabbitMQ")
         future: Future = Future()
-        headers = dict(properties.headers or {})
+        headers = {**(properties.headers or {}), h.PUBLISH_SEQ: 0}
         props = pika.BasicProperties(**{**properties.__dict__, "headers": headers})
+        check_encodable(exchange, routing_key, body, props)
         try:
             connection.ioloop.add_callback_threadsafe(
                 partial(self._publish_in_loop, future, exchange, routing_key, body, props)
@@ -96,7 +135,24 @@ class ConfirmedPublisher:
         try:
             future.result(self._timeout if timeout is None else timeout)
         except FutureTimeout:
+            self._timed_out(connection)
             raise PublishTimeout("RabbitMQ did not confirm the message in time") from None
+        with self._health:
+            self._timeouts = 0
+
+    def _timed_out(self, connection: pika.SelectConnection) -> None:
+        with self._health:
+            self._timeouts += 1
+            reset = self._timeouts >= TIMEOUTS_BEFORE_RESET
+            if reset:
+                self._timeouts = 0
+        if reset:
+            self._not_ready()
+            try:
+                connection.ioloop.add_callback_threadsafe(
+                    partial(self._reset, f"{TIMEOUTS_BEFORE_RESET} confirm timeouts in a row"))
+            except Exception:
+                pass  # the loop is gone already
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -131,11 +187,11 @@ class ConfirmedPublisher:
                 self._connection.ioloop.start()
             except Exception as err:
                 log.warning("broker_connect_failed", error=str(err) or type(err).__name__)
-            was_ready = self._ready.is_set()
-            self._ready.clear()
+            self._not_ready()
             self._channel = None
             self._fail_pending(BrokerUnavailable("RabbitMQ connection lost before confirm"))
-            if was_ready:
+            if self._was_ready:
+                self._was_ready = False
                 delay = 0.2
                 log.warning("broker_connection_lost")
             if self._stopping.wait(delay):
@@ -150,7 +206,7 @@ class ConfirmedPublisher:
         connection.ioloop.stop()
 
     def _on_closed(self, connection: pika.SelectConnection, reason: Exception) -> None:
-        self._ready.clear()
+        self._not_ready()
         connection.ioloop.stop()
 
     def _on_channel_open(self, channel: Channel) -> None:
@@ -163,11 +219,38 @@ class ConfirmedPublisher:
 
     def _set_ready(self, channel: Channel) -> None:
         self._channel = channel
+        with self._health:
+            self._timeouts = 0
+            self._unready_since = None
+        self._was_ready = True
         self._ready.set()
         log.info("broker_connected", connection=self._name)
 
+    def _not_ready(self) -> None:
+        with self._health:
+            self._ready.clear()
+            if self._unready_since is None:
+                self._unready_since = time.monotonic()
+
+    def _reset(self, why: str) -> None:
+        """The channel's count and ours may differ: fail what is in flight and start
+        again on a new connection (loop thread)."""
+        log.warning("broker_publisher_reset", connection=self._name, why=why)
+        self._not_ready()
+        self._fail_pending(BrokerUnavailable(f"RabbitMQ connection reset ({why})"))
+        connection = self._connection
+        self._close_in_loop()
+        if connection is not None:
+            # A connection whose peer stopped answering never finishes closing: give up on it.
+            connection.ioloop.call_later(self._timeout, partial(self._abandon, connection))
+
+    def _abandon(self, connection: pika.SelectConnection) -> None:
+        if not connection.is_closed:
+            log.warning("broker_connection_abandoned", connection=self._name)
+            connection.ioloop.stop()
+
     def _on_channel_closed(self, channel: Channel, reason: Exception) -> None:
-        self._ready.clear()
+        self._not_ready()
         self._channel = None
         self._fail_pending(BrokerUnavailable(f"RabbitMQ channel closed: {reason}"))
         connection = self._connection
@@ -188,17 +271,18 @@ class ConfirmedPublisher:
         if channel is None or not channel.is_open:
             future.set_exception(BrokerUnavailable("RabbitMQ channel is not open"))
             return
-        self._seq += 1
-        props.headers[_SEQ_HEADER] = self._seq
-        self._pending[self._seq] = future
+        props.headers[h.PUBLISH_SEQ] = self._seq + 1
         try:
             channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
-        except Exception as err:
-            self._pending.pop(self._seq, None)
-            future.set_exception(BrokerUnavailable(f"publish failed: {err}"))
+        except Exception as err:  # checked encodable: the channel or connection is at fault
+            future.set_exception(BrokerUnavailable(f"publish failed: {type(err).__name__}: {err}"))
+            self._reset(f"a publish raised {type(err).__name__}")
+            return
+        self._seq += 1  # the channel sent it: its delivery tag is this number
+        self._pending[self._seq] = future
 
     def _on_return(self, _channel: Channel, method, properties: pika.BasicProperties, _body: bytes) -> None:
-        seq = (properties.headers or {}).get(_SEQ_HEADER)
+        seq = (properties.headers or {}).get(h.PUBLISH_SEQ)
         if isinstance(seq, int):
             self._returned.add(seq)
         log.error("broker_returned_message", exchange=method.exchange, routing_key=method.routing_key)

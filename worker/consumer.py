@@ -37,6 +37,7 @@ from typing import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from shared import headers
 from shared.config import Config
 from shared.lime import LimeClient
 from shared.logs import get_logger
@@ -295,7 +296,7 @@ class Worker:
     def _acquire(self, connection: pika.BlockingConnection, partition: int, generation: int) -> bool:
         lock = self.topology.lock_queue(partition)
         taken = self._control_call(
-            lambda c: c.queue_declare(lock, exclusive=True, auto_delete=False, arguments={"x-bfus-owner": self.name})
+            lambda c: c.queue_declare(lock, exclusive=True, auto_delete=False, arguments={headers.OWNER: self.name})
         )
         if taken is None:
             return False  # another worker holds it

@@ -1,12 +1,18 @@
 """Take one delivery to its end: applied and logged as processed, or logged as failed
 and dead-lettered. Transient trouble (Lime or the broker away) is retried here, with
-backoff, while the message is held, so the partition waits in order."""
+backoff, while the message is held, so the partition waits in order.
+
+A 5xx from Lime usually means Lime is in trouble, but it can also be this message's
+fault (a value Lime's server chokes on). The two are told apart by whether Lime
+answers other requests meanwhile: see :class:`LimeErrors`."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import hashlib
 import random
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, TypeVar
@@ -14,9 +20,11 @@ from typing import Any, Callable, TypeVar
 import pika
 import structlog
 
+from shared import headers as h
 from shared.config import WorkerConfig
 from shared.envelope import EnvelopeError, parse_envelope
-from shared.lime import LimeUnavailable
+from shared.jsonbody import loads_or_none
+from shared.lime import LimeClient, LimeUnavailable
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.topology import Topology
@@ -36,6 +44,48 @@ class Abandoned(Exception):
     pass
 
 
+class LimeKeepsFailing(Exception):
+    """Lime answered this message's request with 5xx too often while answering others."""
+
+    def __init__(self, error: LimeUnavailable, strikes: int):
+        super().__init__(str(error))
+        self.error = error
+        self.strikes = strikes
+
+
+class LimeErrors:
+    """Counts, per message, the 5xx answers Lime gave to one step of it in a row, but
+    only those that came while Lime was answering other requests (any answer below
+    500 since the message's previous strike, the circuit breaker's probe included;
+    the first 5xx always counts). During an outage Lime answers nothing else, so a
+    message stays at one strike however long it lasts and is never failed for it.
+    Counts survive a redelivery of the message to this process."""
+
+    def __init__(self, lime: LimeClient, limit: int, size: int = 10_000):
+        self.lime = lime
+        self.limit = limit
+        self.size = size
+        self._seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()  # key -> (strikes, lime.answers then)
+        self._lock = threading.Lock()
+
+    def strike(self, key: Any, error: LimeUnavailable) -> None:
+        """Note a 5xx for ``key``; raise LimeKeepsFailing once it has had ``limit``."""
+        answers = self.lime.answers
+        with self._lock:
+            strikes, then = self._seen.pop(key, (0, -1))
+            if strikes == 0 or answers > then:
+                strikes, then = strikes + 1, answers
+            self._seen[key] = (strikes, then)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+        if strikes >= self.limit:
+            raise LimeKeepsFailing(error, strikes)
+
+    def forget(self, key: Any) -> None:
+        with self._lock:
+            self._seen.pop(key, None)
+
+
 @dataclass
 class Delivery:
     queue: str
@@ -51,8 +101,12 @@ class Delivery:
     @property
     def failed_record(self) -> int | None:
         """The failed-message record of a requeued message (set by `dlq requeue`)."""
-        value = (self.properties.headers or {}).get("x-bfus-failed-record")
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+        return h.integer((self.properties.headers or {}).get(h.FAILED_RECORD))
+
+    @property
+    def key(self) -> str:
+        """Names the message across redeliveries (for :class:`LimeErrors`)."""
+        return hashlib.blake2b(self.body, digest_size=16).hexdigest()
 
     @property
     def delivery_count(self) -> int:
@@ -74,12 +128,14 @@ class MessageHandler:
         publisher: ConfirmedPublisher,
         topology: Topology,
         config: WorkerConfig,
+        lime_errors: LimeErrors,
     ):
         self.applier = applier
         self.records = records
         self.publisher = publisher
         self.topology = topology
         self.config = config
+        self.lime_errors = lime_errors
 
     # ------------------------------------------------------------------ entry
 
@@ -92,25 +148,32 @@ class MessageHandler:
                 self._fail_invalid(delivery, sleep)
             else:
                 self._handle_change(delivery, sleep)
-            return Settle.ACK
+            settle = Settle.ACK
         except Abandoned:
             log.info("message_abandoned", queue=delivery.queue, reason="will be redelivered")
-            return Settle.ABANDON
+            settle = Settle.ABANDON
         except Exception as err:  # a bug: fail the message rather than block its partition
             log.exception("message_internal_error", queue=delivery.queue)
-            return self._fail_internal(delivery, err, sleep)
+            settle = self._fail_internal(delivery, err, sleep)
         finally:
             structlog.contextvars.clear_contextvars()
+        if settle is Settle.ACK:
+            self.lime_errors.forget(delivery.key)
+        return settle
 
     def _fail_internal(self, delivery: Delivery, err: Exception, sleep: Callable[[float], bool]) -> Settle:
-        facts = MessageFacts.guess(_loads(delivery.body))
+        facts = MessageFacts.guess(loads_or_none(delivery.body))
         raw = delivery.body.decode("utf-8", errors="replace")
         error = f"Internal error while handling the message: {type(err).__name__}: {err}"
         try:
             self._fail(delivery, facts, "internal_error", error, raw, None, sleep, detail=type(err).__name__)
-            return Settle.ACK
         except Abandoned:
             return Settle.ABANDON
+        except Exception:  # failing it failed too: keep the message as a dead letter at least
+            log.exception("message_failing_failed", queue=delivery.queue)
+            self._retrying(lambda: self._dead_letter(delivery, facts, "internal_error", error, 1, None),
+                           "dead_letter", sleep)
+        return Settle.ACK
 
     def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         raw = delivery.body.decode("utf-8", errors="replace")
@@ -118,30 +181,41 @@ class MessageHandler:
         try:
             env = parse_envelope(delivery.body)
         except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
-            facts = MessageFacts.guess(_loads(delivery.body))
+            facts = MessageFacts.guess(loads_or_none(delivery.body))
             self._fail(delivery, facts, err.reason, err.message, raw, None, sleep, detail=err.message)
             return
         structlog.contextvars.bind_contextvars(message_id=env.id, customerno=env.customerno or "")
         facts = MessageFacts.of(env)
+        try:
+            self._apply_and_log(delivery, env, facts, requeued, raw, sleep)
+        except LimeKeepsFailing as err:
+            error = (f"Lime answered {err.error.status} to this message {err.strikes} times in a row while it "
+                     f"answered other requests: {err.error}")
+            self._fail(delivery, facts, "lime_error", error, raw, None, sleep, detail=f"status {err.error.status}")
+
+    def _apply_and_log(self, delivery: Delivery, env: Any, facts: MessageFacts, requeued: int | None, raw: str,
+                       sleep: Callable[[float], bool]) -> None:
+        def retrying(step: Callable[[], T], what: str) -> T:
+            return self._retrying(step, what, sleep, delivery.key)
+
         if delivery.redelivered or requeued is not None:
             # Logged already? (a redelivery after a lost ack; a requeued message applied by
             # an earlier copy). A requeued message has its failed record: look for a
             # processed one only.
-            existing = self._retrying(lambda: self.records.existing(env.id, processed_only=requeued is not None),
-                                      "find_log_record", sleep)
+            existing = retrying(lambda: self.records.existing(env.id, processed_only=requeued is not None),
+                                "find_log_record")
             if existing is not None:
                 kind, record = existing
                 log.info("message_already_logged", record=kind, record_id=record["_id"])
                 if requeued is not None:
-                    self._retrying(lambda: self.records.resolve(requeued, record["_id"], "applied earlier"),
-                                   "resolve_failed", sleep)
+                    retrying(lambda: self.records.resolve(requeued, record["_id"], "applied earlier"), "resolve_failed")
                 elif kind == "failed":
                     self._retrying(lambda: self._dead_letter(delivery, facts, record["reason"], record["error"],
                                                              record.get("attempts") or 1, record["_id"]),
                                    "dead_letter", sleep)
                 return
         try:
-            outcome: Outcome = self._retrying(lambda: self.applier.apply(env, delivery.cache), "apply", sleep)
+            outcome: Outcome = retrying(lambda: self.applier.apply(env, delivery.cache), "apply")
         except PermanentFailure as failure:
             self._fail(delivery, facts, failure.reason, failure.error, raw, failure.company_id, sleep, failure.detail)
             return
@@ -150,21 +224,21 @@ class MessageHandler:
             outcome = replace(outcome, outcome="applied")
         elif outcome.outcome in ("skipped_duplicate", "skipped_stale") and not delivery.redelivered and requeued is None:
             # BFUS sent it again, or an old one came back: one log record per message id.
-            existing = self._retrying(lambda: self.records.existing(env.id), "find_log_record", sleep)
+            existing = retrying(lambda: self.records.existing(env.id), "find_log_record")
             if existing is not None:
                 log.info("message_already_logged", outcome=outcome.outcome, record=existing[0])
                 return
-        processed = self._retrying(lambda: self.records.processed(facts, outcome), "log_processed", sleep)
+        processed = retrying(lambda: self.records.processed(facts, outcome), "log_processed")
         if requeued is not None:
-            self._retrying(lambda: self.records.resolve(requeued, processed, outcome.outcome), "resolve_failed", sleep)
+            retrying(lambda: self.records.resolve(requeued, processed, outcome.outcome), "resolve_failed")
         log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation,
                  deliveries=delivery.delivery_count + 1, requeued=requeued is not None)
 
     def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         headers = delivery.properties.headers or {}
-        facts = MessageFacts.guess(_loads(delivery.body))
-        reason = str(headers.get("x-bfus-reason", "invalid_message"))
-        error = str(headers.get("x-bfus-error", "The receiver did not accept this message."))
+        facts = MessageFacts.guess(loads_or_none(delivery.body))
+        reason = h.text(headers.get(h.REASON, "invalid_message"), 64)
+        error = h.text(headers.get(h.ERROR, "The receiver did not accept this message."))
         raw = delivery.body.decode("utf-8", errors="replace")
         self._fail(delivery, facts, reason, error, raw, None, sleep, detail=error)
 
@@ -183,32 +257,50 @@ class MessageHandler:
     ) -> None:
         """The failed-message record in Lime (a requeued message updates its own: one
         record per message), then the dead letter. ``detail`` goes to the log line;
-        ``error`` (which may quote personal data) only to Lime."""
-        attempts = int((delivery.properties.headers or {}).get("x-bfus-attempts", 0)) + 1
+        ``error`` (which may quote personal data) only to Lime. Should Lime keep
+        refusing the record itself with 5xx, a shorter one without the payload is
+        written (the dead letter keeps the message whole), and failing that the dead
+        letter alone (`dlq reconcile` records it later)."""
+        attempts = (h.integer((delivery.properties.headers or {}).get(h.ATTEMPTS)) or 0) + 1
         record = delivery.failed_record
-        if record is None:
-            record = self._retrying(lambda: self.records.failed(facts, reason, error, raw, attempts, company_id),
-                                    "log_failed", sleep)
-        else:
-            self._retrying(lambda: self.records.failed_again(record, reason, error, attempts), "log_failed", sleep)
+        key = ("failed", delivery.key)
+        try:
+            if record is None:
+                record = self._retrying(
+                    lambda: self.records.failed(facts, reason, error, raw, attempts, company_id), "log_failed", sleep,
+                    key)
+            else:
+                known = record
+                self._retrying(lambda: self.records.failed_again(known, reason, error, attempts), "log_failed",
+                               sleep, key)
+        except LimeKeepsFailing as err:
+            log.warning("failed_record_refused", status=err.error.status, strikes=err.strikes)
+            if record is None:
+                short = f"{reason}: Lime refused the whole failed-message record ({err.error.status}); " \
+                        "the dead letter keeps the message."
+                try:
+                    record = self._retrying(lambda: self.records.failed(facts, reason, short, "", attempts, None),
+                                            "log_failed_short", sleep, ("failed-short", delivery.key))
+                except LimeKeepsFailing:
+                    record = None
         self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts, record), "dead_letter",
                        sleep)
         log.warning("message_failed", reason=reason, detail=detail, attempts=attempts, record_id=record)
 
     def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int,
-                     record_id: int) -> None:
-        headers = {
-            "x-bfus-reason": reason,
-            "x-bfus-error": error[:2000],
-            "x-bfus-attempts": attempts,
-            "x-bfus-source-queue": delivery.queue,
-            "x-bfus-failed-at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "x-bfus-objecttype": facts.objecttype,
-            "x-bfus-customerno": facts.customerno,
-            "x-bfus-failed-record": record_id,
+                     record_id: int | None) -> None:
+        headers: dict[str, Any] = {
+            h.REASON: h.text(reason, 64),
+            h.ERROR: h.text(error),
+            h.ATTEMPTS: attempts,
+            h.SOURCE_QUEUE: delivery.queue,
+            h.FAILED_AT: dt.datetime.now(dt.timezone.utc).isoformat(),
+            h.OBJECTTYPE: h.text(facts.objecttype, 64),
+            h.CUSTOMERNO: h.text(facts.customerno, 64),
+            h.FAILED_RECORD: record_id,
         }
         if facts.messageid is not None:
-            headers["x-bfus-id"] = facts.messageid
+            headers[h.ID] = facts.messageid
         props = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -219,27 +311,28 @@ class MessageHandler:
 
     # ------------------------------------------------------------------ retry
 
-    def _retrying(self, step: Callable[[], T], what: str, sleep: Callable[[float], bool]) -> T:
+    def _retrying(self, step: Callable[[], T], what: str, sleep: Callable[[float], bool], key: Any = None) -> T:
         """Run ``step`` until it gets past Lime or broker trouble. Before each try the
         delivery must still be ours (its channel open): a worker that lost it leaves
-        the rest to the next owner instead of writing behind its back."""
+        the rest to the next owner instead of writing behind its back. With ``key``,
+        5xx answers count against the message (:class:`LimeErrors`), which raises
+        LimeKeepsFailing when they are too many."""
         attempt = 0
         while True:
             if not sleep(0):
                 raise Abandoned()
             try:
-                return step()
+                result = step()
             except (LimeUnavailable, BrokerUnavailable) as err:
+                if key is not None and isinstance(err, LimeUnavailable) and (err.status or 0) >= 500:
+                    self.lime_errors.strike(key, err)
                 attempt += 1
                 retry_after = getattr(err, "retry_after", None)
                 pause = retry_after if retry_after else backoff(attempt, self.config.retry_initial, self.config.retry_max)
                 log.warning("waiting_to_retry", step=what, attempt=attempt, pause=round(pause, 2), error=str(err))
                 if not sleep(pause):
                     raise Abandoned() from None
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
+                continue
+            if key is not None:
+                self.lime_errors.forget(key)
+            return result

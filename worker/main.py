@@ -16,7 +16,7 @@ from shared.publisher import ConfirmedPublisher
 from shared.topology import Topology
 from worker.apply import Applier
 from worker.consumer import Worker
-from worker.handle import MessageHandler
+from worker.handle import LimeErrors, MessageHandler
 from worker.records import LogWriter
 
 log = get_logger(component="worker")
@@ -138,6 +138,7 @@ def build_worker(
         publisher,
         topology,
         config.worker,
+        LimeErrors(lime, config.worker.lime_error_attempts),
     )
     return WorkerProcess(Worker(config, handler, name, lime), publisher, lime)
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 import pika
 
 from shared.bfus import BfusClient
+from shared import headers
 from shared.config import Config
 from shared.envelope import partition_key
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
@@ -199,7 +200,7 @@ class PartitionHold:
 
     def _declare_exclusive(self, queue: str) -> bool:
         try:
-            self.channel.queue_declare(queue, exclusive=True, auto_delete=False, arguments={"x-bfus-owner": "migration"})
+            self.channel.queue_declare(queue, exclusive=True, auto_delete=False, arguments={headers.OWNER: "migration"})
             return True
         except pika.exceptions.ChannelClosedByBroker as err:
             self.channel = self.connection.channel()

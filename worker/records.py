@@ -9,6 +9,8 @@ from typing import Any
 
 from shared.config import LimeConfig
 from shared.envelope import Envelope
+from shared.headers import integer
+from shared.jsonbody import loads_or_none, storable
 from shared.lime import LimeClient
 from shared.mapping import scrub_personal
 from worker.apply import Outcome
@@ -41,11 +43,11 @@ class MessageFacts:
 
         def text(name: str, limit: int) -> str:
             value = message.get(name)
-            return value[:limit] if isinstance(value, str) else ""
+            return storable(value[:limit]) if isinstance(value, str) else ""
 
-        mid = message.get("id")
+        mid = integer(message.get("id"))
         return cls(
-            mid if isinstance(mid, int) and not isinstance(mid, bool) and 0 < mid < 2**63 else None,
+            mid if mid is not None and mid > 0 else None,
             text("objecttype", 32),
             text("operation", 16),
             text("key", 64),
@@ -73,16 +75,16 @@ class LogWriter:
 
     def payload(self, raw: str) -> str:
         """The raw message for the failed record; with personal data left out of Lime,
-        its personal fields are blanked (the dead letter keeps the message whole)."""
+        its personal fields are blanked (the dead letter keeps the message whole).
+        Characters Lime cannot store are replaced."""
         if not self.exclude_personal:
-            return raw
-        try:
-            message = json.loads(raw)
-        except ValueError:
+            return storable(raw)
+        message = loads_or_none(raw)
+        if message is None:
             return "[not JSON; left out because it may hold personal data]"
         if isinstance(message, dict) and isinstance(message.get("data"), dict):
             message["data"] = scrub_personal(str(message.get("objecttype")), message["data"])
-        return json.dumps(message, ensure_ascii=False)
+        return storable(json.dumps(message, ensure_ascii=False))
 
     def processed(self, facts: MessageFacts, outcome: Outcome) -> int:
         values = {
@@ -101,8 +103,8 @@ class LogWriter:
         values = {
             **facts.values(),
             "failedtime": _now(),
-            "reason": reason[:64],
-            "error": error,
+            "reason": storable(reason[:64]),
+            "error": storable(error),
             "payload": self.payload(payload),
             "attempts": attempts,
             "status": "failed",
@@ -113,7 +115,8 @@ class LogWriter:
     def failed_again(self, record_id: int, reason: str, error: str, attempts: int) -> None:
         """A requeued message failed once more: its record, not a new one."""
         self.lime.update(self.failed_type, record_id, {
-            "failedtime": _now(), "reason": reason[:64], "error": error, "attempts": attempts, "status": "failed",
+            "failedtime": _now(), "reason": storable(reason[:64]), "error": storable(error), "attempts": attempts,
+            "status": "failed",
         })
 
     def resolve(self, record_id: int, processed_id: int, outcome: str) -> None:

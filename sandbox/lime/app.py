@@ -98,7 +98,8 @@ def _api_blueprint() -> Blueprint:
     @bp.before_request
     def guard() -> Response | None:
         limetype = (request.view_args or {}).get("limetype", "limetype")
-        verdict = injector().before(request.method, limetype, request.remote_addr or "-")
+        verdict = injector().before(request.method, limetype, request.remote_addr or "-",
+                                    request.get_data() if request.method in ("POST", "PUT") else b"")
         if verdict is not None:
             status, message, headers = verdict
             code = {503: "unavailable", 429: "too_many_requests", 500: "internal_error"}[status]

@@ -21,6 +21,7 @@ class Faults:
     down: bool = False  # every API request answered 503
     rate_limit: int = 0  # requests per rate_window per client address; 0 = unlimited
     rate_window: float = 300.0
+    fail_containing: str = ""  # writes (POST, PUT) whose body holds this text are answered 500
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
@@ -28,7 +29,10 @@ class Faults:
             if name not in known:
                 raise ValueError(f"unknown fault '{name}' (known: {', '.join(known)})")
             current = getattr(self, name)
-            if isinstance(current, bool):
+            if isinstance(current, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"fault '{name}' expects text")
+            elif isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"fault '{name}' expects true or false")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -59,7 +63,8 @@ class FaultInjector:
     def snapshot(self) -> dict[str, Any]:
         return asdict(self.faults)
 
-    def before(self, method: str, limetype: str, client: str) -> tuple[int, str, dict[str, str]] | None:
+    def before(self, method: str, limetype: str, client: str,
+               body: bytes = b"") -> tuple[int, str, dict[str, str]] | None:
         """Count the request and decide its fate: None to serve it, else (status,
         message, headers) to answer instead. Sleeps for the configured latency."""
         with self._lock:
@@ -69,6 +74,9 @@ class FaultInjector:
             if faults.spike_rate and self._random.random() < faults.spike_rate:
                 delay += faults.spike_ms
             verdict = self._verdict(faults, client)
+            if verdict is None and faults.fail_containing and method in ("POST", "PUT") \
+                    and faults.fail_containing.encode() in body:
+                verdict = 500, "Internal server error (injected for this payload).", {}
         if delay > 0:
             time.sleep(delay / 1000.0)
         return verdict
