@@ -102,6 +102,16 @@ class Stack:
         self.children.append(child)
         return child
 
+    def spawn_receiver(self, processes: int = 2, threads: int = 2, **receiver: Any) -> "ReceiverChild":
+        """The receiver as production runs it (``bfus-lime receiver``: gunicorn
+        processes), on this stack's receiver port, configured by environment."""
+        raw = deep_merge(self.raw, {"receiver": {"processes": processes, "threads": threads, **receiver}})
+        child = ReceiverChild(f"receiver-{len(self.children) + 1}", config_environment(raw), self.workdir,
+                              self.receiver_url)
+        self.children.append(child)
+        child.wait_ready()
+        return child
+
     def start(self, workers: int = 1, post: bool = True) -> "Stack":
         self.start_receiver()
         for _ in range(workers):
@@ -178,19 +188,18 @@ def config_environment(raw: dict[str, Any], prefix: str = "BFUSLIME_") -> dict[s
     return env
 
 
-class WorkerChild:
-    """A ``bfus-lime worker`` process, its output in ``<workdir>/<name>.log``."""
+class ChildProcess:
+    """A ``bfus-lime`` command in a process of its own, its output in
+    ``<workdir>/<name>.log``."""
 
-    def __init__(self, name: str, config_env: dict[str, str], workdir: Path):
+    def __init__(self, name: str, args: list[str], config_env: dict[str, str], workdir: Path):
         self.name = name
         self.log_path = workdir / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BFUSLIME_", "RABBITMQ_URL"))}
         env.update(config_env)
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "worker", "--name", name],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self.process = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -208,6 +217,54 @@ class WorkerChild:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        self._log.close()
+
+
+class WorkerChild(ChildProcess):
+    """A ``bfus-lime worker`` process."""
+
+    def __init__(self, name: str, config_env: dict[str, str], workdir: Path):
+        super().__init__(name, ["worker", "--name", name], config_env, workdir)
+
+
+class ReceiverChild(ChildProcess):
+    """``bfus-lime receiver``: a gunicorn master and its processes."""
+
+    def __init__(self, name: str, config_env: dict[str, str], workdir: Path, url: str):
+        super().__init__(name, ["receiver"], config_env, workdir)
+        self.url = url
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{self.log_text()[-2000:]}")
+            try:
+                return requests.get(f"{self.url}readyz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(ready, timeout, f"{self.name} to be ready")
+
+    def processes(self) -> set[int]:
+        """The pids of the gunicorn master's serving processes."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in path.read_text().split()} if path.exists() else set()
+
+    def kill(self) -> None:
+        """Stop the master and its processes (SIGKILL to the master would orphan them)."""
+        children = self.processes()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._log.close()
 
 

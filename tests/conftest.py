@@ -7,11 +7,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sandbox.broker import BrokerHandle, provide_broker
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.stack import Stack
 from shared.logs import configure_logging
+
+
+# Hypothesis: a few hundred examples in `make test`; `--hypothesis-profile=long` for a
+# longer run. Tests that set max_examples themselves keep it.
+settings.register_profile("default", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile("default")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import pika
 import pytest
 import requests
 
+from builders import message, take_all
 from sandbox.broker import BrokerHandle
 from sandbox.stack import Stack, wait_for
-
-
-def message(mid: int = 1, customerno: str = "100234", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": mid,
-        "timestamp": "2026-11-24T09:15:02.123+01:00",
-        "objecttype": "customer",
-        "operation": "updated",
-        "key": customerno,
-        "customerno": customerno,
-        "data": {"customerno": customerno, "name": "Åsa Öberg"},
-        **extra,
-    }
-
-
-def take_all(stack: Stack, queue: str) -> list[tuple[Any, bytes]]:
-    """Every message now in ``queue`` (test inspection; quorum queues with single
-    active consumer do not allow basic.get, so consume what the queue counts)."""
-    connection = pika.BlockingConnection(pika.URLParameters(stack.config.broker.url))
-    try:
-        channel = connection.channel()
-        count = channel.queue_declare(queue, passive=True).method.message_count
-        out: list[tuple[Any, bytes]] = []
-        if count:
-            for method, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=10):
-                assert method is not None, f"only {len(out)} of {count} messages arrived from {queue}"
-                out.append((props, body))
-                if len(out) == count:
-                    break
-            channel.cancel()
-        return out
-    finally:
-        connection.close()
 
 
 @pytest.fixture

@@ -435,11 +435,12 @@ class Worker:
 
     def _pause(self, delivery: Delivery, seconds: float) -> bool:
         """Wait between retries; False when the message must be let go (its channel
-        closed, the connection lost, or the shutdown deadline passed)."""
+        closed, the connection lost, the shutdown deadline passed, or, for a real
+        wait, the worker is stopping)."""
         deadline = time.monotonic() + seconds
         while True:
-            if not self._current(delivery):
-                return False
+            if not self._current(delivery) or (seconds and self._stop.is_set()):
+                return False  # stopping: a message waiting to retry has nothing in flight, let it go now
             left = deadline - time.monotonic()
             if left <= 0:
                 return True

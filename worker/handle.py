@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import partial
 from typing import Any, Callable, TypeVar
 
 import pika
@@ -186,12 +187,22 @@ class MessageHandler:
             return
         structlog.contextvars.bind_contextvars(message_id=env.id, customerno=env.customerno or "")
         facts = MessageFacts.of(env)
-        try:
-            self._apply_and_log(delivery, env, facts, requeued, raw, sleep)
-        except LimeKeepsFailing as err:
-            error = (f"Lime answered {err.error.status} to this message {err.strikes} times in a row while it "
-                     f"answered other requests: {err.error}")
-            self._fail(delivery, facts, "lime_error", error, raw, None, sleep, detail=f"status {err.error.status}")
+        while True:
+            try:
+                self._apply_and_log(delivery, env, facts, requeued, raw, sleep)
+                return
+            except LimeKeepsFailing as err:
+                error = (f"Lime answered {err.error.status} to this message {err.strikes} times in a row while it "
+                         f"answered other requests: {err.error}")
+                if self._fail(delivery, facts, "lime_error", error, raw, None, sleep,
+                              detail=f"status {err.error.status}", probe=True):
+                    return
+            # Lime answered 5xx to the failed-message record too: its writes are down, not
+            # this message. Keep it, and count again.
+            self.lime_errors.forget(delivery.key)
+            log.warning("lime_refuses_writes", waiting=self.config.retry_max)
+            if not sleep(self.config.retry_max):
+                raise Abandoned()
 
     def _apply_and_log(self, delivery: Delivery, env: Any, facts: MessageFacts, requeued: int | None, raw: str,
                        sleep: Callable[[float], bool]) -> None:
@@ -254,38 +265,43 @@ class MessageHandler:
         company_id: int | None,
         sleep: Callable[[float], bool],
         detail: str = "",
-    ) -> None:
+        probe: bool = False,
+    ) -> bool:
         """The failed-message record in Lime (a requeued message updates its own: one
         record per message), then the dead letter. ``detail`` goes to the log line;
-        ``error`` (which may quote personal data) only to Lime. Should Lime keep
-        refusing the record itself with 5xx, a shorter one without the payload is
-        written (the dead letter keeps the message whole), and failing that the dead
-        letter alone (`dlq reconcile` records it later)."""
+        ``error`` (which may quote personal data) only to Lime.
+
+        Should Lime keep refusing the record with 5xx, a short one without the
+        payload is written (the dead letter keeps the message whole), and failing
+        that the dead letter goes alone (`dlq reconcile` records it later). With
+        ``probe`` (for a message Lime answered 5xx too often) the record is also the
+        proof that Lime takes writes: each version is tried until its first 5xx, and
+        when both get one, nothing is failed and False is returned."""
         attempts = (h.integer((delivery.properties.headers or {}).get(h.ATTEMPTS)) or 0) + 1
-        record = delivery.failed_record
-        key = ("failed", delivery.key)
-        try:
-            if record is None:
-                record = self._retrying(
-                    lambda: self.records.failed(facts, reason, error, raw, attempts, company_id), "log_failed", sleep,
-                    key)
-            else:
-                known = record
-                self._retrying(lambda: self.records.failed_again(known, reason, error, attempts), "log_failed",
-                               sleep, key)
-        except LimeKeepsFailing as err:
-            log.warning("failed_record_refused", status=err.error.status, strikes=err.strikes)
-            if record is None:
-                short = f"{reason}: Lime refused the whole failed-message record ({err.error.status}); " \
-                        "the dead letter keeps the message."
-                try:
-                    record = self._retrying(lambda: self.records.failed(facts, reason, short, "", attempts, None),
-                                            "log_failed_short", sleep, ("failed-short", delivery.key))
-                except LimeKeepsFailing:
-                    record = None
+        requeued = delivery.failed_record
+        short = f"{reason}: Lime refused the whole failed-message record; the dead letter keeps the message."
+        versions = ((error, raw, company_id, "failed"), (short, "", None, "failed-short"))
+        record = requeued
+        for text, payload, company, name in versions:
+            key = None if probe else (name, delivery.key)
+            try:
+                if requeued is None:
+                    write = partial(self.records.failed, facts, reason, text, payload, attempts, company)
+                    record = self._retrying(write, "log_failed", sleep, key, give_up_on_5xx=probe)
+                else:
+                    self._retrying(partial(self.records.failed_again, requeued, reason, text, attempts),
+                                   "log_failed", sleep, key, give_up_on_5xx=probe)
+                break
+            except (LimeKeepsFailing, LimeUnavailable) as err:
+                status = err.error.status if isinstance(err, LimeKeepsFailing) else err.status
+                log.warning("failed_record_refused", version=name, status=status)
+        else:
+            if probe:
+                return False
         self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts, record), "dead_letter",
                        sleep)
         log.warning("message_failed", reason=reason, detail=detail, attempts=attempts, record_id=record)
+        return True
 
     def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int,
                      record_id: int | None) -> None:
@@ -311,12 +327,13 @@ class MessageHandler:
 
     # ------------------------------------------------------------------ retry
 
-    def _retrying(self, step: Callable[[], T], what: str, sleep: Callable[[float], bool], key: Any = None) -> T:
+    def _retrying(self, step: Callable[[], T], what: str, sleep: Callable[[float], bool], key: Any = None,
+                  give_up_on_5xx: bool = False) -> T:
         """Run ``step`` until it gets past Lime or broker trouble. Before each try the
         delivery must still be ours (its channel open): a worker that lost it leaves
         the rest to the next owner instead of writing behind its back. With ``key``,
         5xx answers count against the message (:class:`LimeErrors`), which raises
-        LimeKeepsFailing when they are too many."""
+        LimeKeepsFailing when they are too many; ``give_up_on_5xx`` raises the first."""
         attempt = 0
         while True:
             if not sleep(0):
@@ -324,8 +341,11 @@ class MessageHandler:
             try:
                 result = step()
             except (LimeUnavailable, BrokerUnavailable) as err:
-                if key is not None and isinstance(err, LimeUnavailable) and (err.status or 0) >= 500:
-                    self.lime_errors.strike(key, err)
+                if isinstance(err, LimeUnavailable) and (err.status or 0) >= 500:
+                    if give_up_on_5xx:
+                        raise
+                    if key is not None:
+                        self.lime_errors.strike(key, err)
                 attempt += 1
                 retry_after = getattr(err, "retry_after", None)
                 pause = retry_after if retry_after else backoff(attempt, self.config.retry_initial, self.config.retry_max)

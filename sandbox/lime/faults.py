@@ -22,6 +22,7 @@ class Faults:
     rate_limit: int = 0  # requests per rate_window per client address; 0 = unlimited
     rate_window: float = 300.0
     fail_containing: str = ""  # writes (POST, PUT) whose body holds this text are answered 500
+    fail_limetype: str = ""  # ... only writes to this limetype (empty: any)
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
@@ -75,7 +76,7 @@ class FaultInjector:
                 delay += faults.spike_ms
             verdict = self._verdict(faults, client)
             if verdict is None and faults.fail_containing and method in ("POST", "PUT") \
-                    and faults.fail_containing.encode() in body:
+                    and faults.fail_limetype in ("", limetype) and faults.fail_containing.encode() in body:
                 verdict = 500, "Internal server error (injected for this payload).", {}
         if delay > 0:
             time.sleep(delay / 1000.0)
