@@ -275,8 +275,8 @@ class ConfirmedPublisher:
         try:
             channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
         except Exception as err:  # checked encodable: the channel or connection is at fault
+            self._reset(f"a publish raised {type(err).__name__}")  # not ready before the caller hears of it
             future.set_exception(BrokerUnavailable(f"publish failed: {type(err).__name__}: {err}"))
-            self._reset(f"a publish raised {type(err).__name__}")
             return
         self._seq += 1  # the channel sent it: its delivery tag is this number
         self._pending[self._seq] = future
