@@ -97,3 +97,13 @@ def test_an_outage_of_lime_fails_nothing(stack: Stack, outage: dict) -> None:
     processed, failed = records(stack)
     assert set(processed) == {1, 2, 3, 4} and not failed and dead_letters(stack) == 0
     assert worker.settled >= 4
+
+
+def test_a_refused_envelope_becomes_a_failed_record_with_the_field_messages(stack: Stack) -> None:
+    """Today's code: the record said only 'Envelope invalid: id.'"""
+    response = stack.post(message(1) | {"id": "x", "operation": "merged"})
+    assert response.status_code == 422
+    stack.wait_logged(1, 60)
+    [record] = stack.log_records()[1]
+    assert record["reason"] == "invalid_envelope"
+    assert "id: Not a valid integer." in record["error"] and "operation: Must be one of" in record["error"]
