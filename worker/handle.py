@@ -251,7 +251,7 @@ class MessageHandler:
         reason = h.text(headers.get(h.REASON, "invalid_message"), 64)
         error = h.text(headers.get(h.ERROR, "The receiver did not accept this message."))
         raw = delivery.body.decode("utf-8", errors="replace")
-        self._fail(delivery, facts, reason, error, raw, None, sleep, detail=error)
+        self._fail(delivery, facts, reason, error, raw, None, sleep, detail=error[:200])
 
     # ------------------------------------------------------------------ failure
 
