@@ -25,7 +25,7 @@ from sandbox.stack import Stack, config_environment
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
 from shared.logs import configure_logging
-from worker.main import check_against_lime
+from shared.limemeta import check_against_lime
 
 TYPES = "customer,facility,contract"
 
@@ -49,7 +49,7 @@ def run_case(broker_url: str, management_url: str, customers: int, prefill: floa
         started = time.monotonic()
         log = open(workdir / "migrate.log", "w+")
         child = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "migrate", "--objecttypes", TYPES, "--parallel", str(parallel),
+            [sys.executable, "-m", "cli", "migrate", "--objecttypes", TYPES, "--parallel", str(parallel),
              "--checkpoint", str(workdir / "cp.jsonl"), "--report", str(workdir / "report.json")],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )

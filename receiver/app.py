@@ -9,7 +9,8 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from receiver import admin, health, messages
+from deadletters import admin
+from receiver import health, messages
 from receiver.errors import error_response
 from shared.config import Config, load_config
 from shared.publisher import ConfirmedPublisher

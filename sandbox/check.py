@@ -126,7 +126,7 @@ def check_customers(stack: Any) -> CheckReport:
     """A running :class:`sandbox.stack.Stack`: every customer BFUS sent a message about
     equals its last snapshot in Lime, and the log records match the delivered messages."""
     from shared.lime import LimeClient
-    from worker.main import check_against_lime
+    from shared.limemeta import check_against_lime
 
     mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
     report = CheckReport()

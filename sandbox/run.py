@@ -92,7 +92,7 @@ class Processes:
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "ab")
         child = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.children.append((name, child))
         return child

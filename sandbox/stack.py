@@ -20,7 +20,7 @@ from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.serve import ServerThread
 from shared.config import Config, build_config, deep_merge
-from worker.main import WorkerProcess, build_worker
+from worker.factory import WorkerProcess, build_worker
 
 RECEIVER_KEY = "dev-receiver-key"
 
@@ -198,7 +198,7 @@ class ChildProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BFUSLIME_", "RABBITMQ_URL"))}
         env.update(config_env)
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env, stdout=self._log,
+        self.process = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:

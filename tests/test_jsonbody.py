@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.deadletters import pretty_payload
+from deadletters.format import pretty_payload
 from shared.jsonbody import DuplicateNames, JSONBodyError, decode, depth, loads_or_none, storable, unstorable
 
 

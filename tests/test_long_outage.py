@@ -18,7 +18,7 @@ from sandbox.broker import BrokerHandle, PrivateNode, find_server_binary
 from sandbox.check import CheckReport, check_log, check_objects
 from sandbox.stack import Stack
 from shared.lime import LimeClient
-from worker.main import check_against_lime
+from shared.limemeta import check_against_lime
 
 OUTAGE = 25.0
 CONSUMER_TIMEOUT_MS = 1000

@@ -15,7 +15,8 @@ from sandbox.stack import Stack, wait_for
 from shared.lime import LimeClient
 from shared.mapping import MappingSetupError
 from shared.topology import Topology
-from worker.main import build_worker, check_against_lime
+from shared.limemeta import check_against_lime
+from worker.factory import build_worker
 
 ALL_TYPES = ("customer", "contract", "facility", "meter")
 

@@ -20,8 +20,8 @@ from sandbox.stack import Stack, config_environment, wait_for
 from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
-from worker.main import check_against_lime, fetch_limetypes
-from worker.migrate import Migration, MigrationOptions, Report
+from shared.limemeta import check_against_lime, fetch_limetypes
+from migration.run import Migration, MigrationOptions, Report
 
 TYPES = ("customer", "facility", "contract", "meter")
 
@@ -178,7 +178,7 @@ def _migrate_command(stack: Stack, tmp_path: Path) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ", "BFUSLIME"))},
            **config_environment(stack.raw)}
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "migrate", "--parallel", "2", "--checkpoint", str(tmp_path / "cp.jsonl"),
+        [sys.executable, "-m", "cli", "migrate", "--parallel", "2", "--checkpoint", str(tmp_path / "cp.jsonl"),
          "--report", str(tmp_path / "report.json")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -211,7 +211,7 @@ def test_topology_command_shows_owners_and_depths(make_stack: Callable[..., Stac
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ")}, **config_environment(stack.raw)}
 
     def topology() -> tuple[str, list[str], int | None]:
-        result = subprocess.run([sys.executable, "-m", "shared.cli", "topology"], env=env, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "cli", "topology"], env=env, capture_output=True,
                                 text=True)
         assert result.returncode == 0, result.stderr
         lines = [line for line in result.stdout.splitlines() if "bfus.changes.p" in line]

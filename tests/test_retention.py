@@ -8,7 +8,7 @@ from typing import Any, Callable
 from click.testing import CliRunner
 
 from sandbox.stack import Stack, config_environment, wait_for
-from shared.cli import main
+from cli.main import main
 
 OLD = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)).isoformat()
 NEW = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=5)).isoformat()

@@ -12,6 +12,7 @@ from shared.envelope import Envelope
 from shared.headers import integer
 from shared.jsonbody import loads_or_none, storable
 from shared.lime import LimeClient
+from shared.logrecords import FAILED, RESOLVED
 from shared.mapping import scrub_personal
 from worker.apply import Outcome
 
@@ -107,7 +108,7 @@ class LogWriter:
             "error": storable(error),
             "payload": self.payload(payload),
             "attempts": attempts,
-            "status": "failed",
+            "status": FAILED,
             "company": company_id,
         }
         return self.lime.create(self.failed_type, values)["_id"]
@@ -116,14 +117,14 @@ class LogWriter:
         """A requeued message failed once more: its record, not a new one."""
         self.lime.update(self.failed_type, record_id, {
             "failedtime": _now(), "reason": storable(reason[:64]), "error": storable(error), "attempts": attempts,
-            "status": "failed",
+            "status": FAILED,
         })
 
     def resolve(self, record_id: int, processed_id: int, outcome: str) -> None:
         """A requeued message got through: its failed record says so and links the
         processed record."""
         self.lime.update(self.failed_type, record_id, {
-            "status": "resolved", "processedmessage": processed_id,
+            "status": RESOLVED, "processedmessage": processed_id,
             "resolution": f"{outcome} after requeue, processed message {processed_id}, {_now()}",
         })
 

@@ -16,15 +16,14 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
+from deadletters.format import age, parse_age, pretty_payload
+from deadletters.service import DeadLetters
 from shared.config import Config
-from shared.deadletters import DeadLetters, pretty_payload, status_of
-from shared.dlq_cli import age as _age
-from shared.dlq_cli import parse_age
 from shared.inspect import describe, ready_count
 from shared.lime import LimeClient, LimeError
+from shared.logrecords import STATUSES, status_of
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
-STATUSES = ("failed", "requeued", "resolved", "discarded")
 
 
 def _config() -> Config:
@@ -64,7 +63,7 @@ def guard() -> Response | None:
 
 @bp.app_context_processor
 def helpers() -> dict[str, Any]:
-    return {"csrf_token": _csrf_token, "status_key": status_of, "age": _age}
+    return {"csrf_token": _csrf_token, "status_key": status_of, "age": age}
 
 
 @bp.get("/")
@@ -79,7 +78,7 @@ def index() -> str:
                                      filters["customerno"] or None, parse_age(filters["older_than"] or None))
     except LimeError as err:
         error = f"Lime did not answer: {err}"
-    except Exception as err:  # a bad age filter
+    except ValueError as err:  # a bad age filter
         error = str(err)
     reasons = Counter(r.get("reason") or "-" for r in records)
     return render_template("admin/index.html", records=list(reversed(records)), reasons=sorted(reasons.items()),

@@ -11,6 +11,7 @@ from typing import Callable
 
 from shared.config import LimeConfig
 from shared.lime import LimeClient
+from shared.logrecords import CLOSED, OPEN
 
 
 @dataclass
@@ -49,10 +50,10 @@ def purge_logs(lime: LimeClient, config: LimeConfig, older_than_days: int, now: 
     result = PurgeResult(cutoff=cutoff)
     result.processed = _delete_matching(lime, config.processed_limetype, {"max-processedtime": cutoff}, page,
                                         on_delete)
-    for status in ("resolved", "discarded"):
+    for status in CLOSED:
         result.failed += _delete_matching(lime, config.failed_limetype,
                                           {"status": status, "max-failedtime": cutoff}, page, on_delete)
-    for status in ("failed", "requeued"):
+    for status in OPEN:
         result.kept_unresolved += sum(1 for _ in lime.iterate(
             config.failed_limetype, {"status": status, "max-failedtime": cutoff}, page_size=page))
     return result

@@ -17,7 +17,6 @@ removed (acked) only after its message is safely published elsewhere.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -27,11 +26,11 @@ from pika.adapters.blocking_connection import BlockingChannel
 from shared import headers
 from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
-from shared.jsonbody import loads_or_none, storable
-from shared.lime import LimeClient, option_key
+from shared.jsonbody import storable
+from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, status_of
+from shared.lime import LimeClient
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
 
-OPEN = ("failed", "requeued")
 
 
 @dataclass
@@ -89,7 +88,7 @@ class DeadLetters:
 
     # ------------------------------------------------------------------ Lime side
 
-    def records(self, statuses: Iterable[str] = ("failed",), reason: str | None = None,
+    def records(self, statuses: Iterable[str] = (FAILED,), reason: str | None = None,
                 objecttype: str | None = None, customerno: str | None = None,
                 older_than: dt.timedelta | None = None) -> list[dict[str, Any]]:
         """Failed-message records, oldest first, filtered."""
@@ -165,7 +164,7 @@ class DeadLetters:
         """Send failed messages back to their partitions, oldest BFUS id first. None of
         ``record_ids`` and ``reason``: every failed message."""
         wanted = set(record_ids) if record_ids is not None else None
-        candidates = [r for r in self.records(("failed",), reason=reason) if wanted is None or r["_id"] in wanted]
+        candidates = [r for r in self.records((FAILED,), reason=reason) if wanted is None or r["_id"] in wanted]
         actions = [Action(i, None, "not a failed message (unknown, or resolved, discarded or requeued already)")
                    for i in sorted((wanted or set()) - {r["_id"] for r in candidates})]
         candidates.sort(key=lambda r: (r.get("messageid") is None, r.get("messageid") or 0, r["_id"]))
@@ -180,7 +179,7 @@ class DeadLetters:
                     actions.append(Action(record["_id"], record.get("messageid"),
                                           "no dead letter in the queue for it; run `dlq reconcile`"))
                     continue
-                self._mark(record["_id"], {"status": "requeued"})
+                self._mark(record["_id"], {"status": REQUEUED})
                 self._publish_back(publish, letters[0], record)
                 taken.ack(letters)
                 actions.append(Action(record["_id"], record.get("messageid"),
@@ -206,7 +205,7 @@ class DeadLetters:
                 if status_of(record) not in OPEN:
                     actions.append(Action(record_id, record.get("messageid"), f"left as it is: {status_of(record)}"))
                     continue
-                self._mark(record_id, {"status": "discarded", "resolution": f"discarded: {why}"})
+                self._mark(record_id, {"status": DISCARDED, "resolution": f"discarded: {why}"})
                 taken.ack(taken.by_record.get(record_id, []))
                 actions.append(Action(record_id, record.get("messageid"), "discarded"))
         finally:
@@ -232,7 +231,7 @@ class DeadLetters:
                         self._record_orphan(publish, taken, letter, fixes)
                     continue
                 status = status_of(record)
-                if status in ("resolved", "discarded"):
+                if status in CLOSED:
                     taken.ack(letters)
                     fixes.append(Action(record_id, record.get("messageid"),
                                         f"removed {len(letters)} dead letter(s) of a {status} message"))
@@ -241,12 +240,12 @@ class DeadLetters:
                     taken.ack(letters[1:])
                     fixes.append(Action(record_id, record.get("messageid"),
                                         f"removed {len(letters) - 1} duplicate dead letter(s)"))
-                if status == "requeued":  # a requeue stopped between marking and moving
+                if status == REQUEUED:  # a requeue stopped between marking and moving
                     self._publish_back(publish, letters[0], record)
                     taken.ack(letters[:1])
                     fixes.append(Action(record_id, record.get("messageid"), "finished an interrupted requeue"))
             for record_id, record in open_records.items():
-                if status_of(record) == "failed" and record_id not in taken.by_record:
+                if status_of(record) == FAILED and record_id not in taken.by_record:
                     fixes.append(self._rebuild_letter(publish, record))
         finally:
             connection.close()
@@ -275,7 +274,7 @@ class DeadLetters:
             "error": headers.text(h.get(headers.ERROR, "")),
             "payload": storable(letter.body.decode("utf-8", errors="replace")),
             "attempts": headers.integer(h.get(headers.ATTEMPTS)) or 1,
-            "status": "failed",
+            "status": FAILED,
         }
         record = self.lime.create(self.limetype, values)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
@@ -303,14 +302,3 @@ class DeadLetters:
                                      headers=rebuilt)
         channel.basic_publish(self.topology.dead_exchange, self._routing_key(body), body, props, mandatory=True)
         return Action(record["_id"], record.get("messageid"), "put back its missing dead letter")
-
-
-def status_of(record: dict[str, Any]) -> str:
-    """A failed-message record's status key."""
-    return str(option_key(record.get("status")) or "")
-
-
-def pretty_payload(payload: str) -> str:
-    """The payload indented when it is JSON this project reads, else as it is."""
-    message = loads_or_none(payload)
-    return payload if message is None else json.dumps(message, indent=2, ensure_ascii=False)

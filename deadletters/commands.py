@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 import sys
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from shared.deadletters import DeadLetters, pretty_payload, status_of
-
-_AGE = re.compile(r"^(\d+)\s*([dhm])$")
-
-
-def parse_age(text: str | None) -> dt.timedelta | None:
-    if not text:
-        return None
-    match = _AGE.match(text.strip())
-    if not match:
-        raise click.BadParameter("use a number with d, h or m, e.g. 2d, 12h, 30m")
-    number, unit = int(match.group(1)), match.group(2)
-    return {"d": dt.timedelta(days=number), "h": dt.timedelta(hours=number), "m": dt.timedelta(minutes=number)}[unit]
+from deadletters.format import age, parse_age, pretty_payload
+from deadletters.service import DeadLetters
+from shared import headers
+from shared.lime import LimeClient
+from shared.logrecords import status_of
 
 
 def _service(ctx: click.Context) -> DeadLetters:
-    from shared.cli import _load
-    from shared.lime import LimeClient
-
-    config = _load(ctx, need=("lime.api_key",))
+    """The service for this command, on the configuration the command line named
+    (``ctx.obj["load"]`` is set by the ``bfus-lime`` group)."""
+    config = ctx.obj["load"](("lime.api_key",))
     return DeadLetters(config, LimeClient(config.lime))
 
 
-def age(stamp: str | None) -> str:
-    """How long ago an ISO time was: 3d, 5h, 12m, 40s."""
-    if not stamp:
-        return "-"
-    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(stamp)).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+def _age_option(text: str | None) -> object:
+    try:
+        return parse_age(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--older-than") from None
 
 
 @click.group()
@@ -61,7 +46,7 @@ def list_(ctx: click.Context, reason: str | None, objecttype: str | None, custom
     """Failed messages, oldest first, with how many dead letters each has in the queue."""
     service = _service(ctx)
     records = service.records([s.strip() for s in status.split(",") if s.strip()], reason, objecttype, customerno,
-                              parse_age(older_than))
+                              _age_option(older_than))
     in_queue: dict[int, int] = {}
     for letter in service.letters():
         if letter.record_id is not None:
@@ -106,8 +91,8 @@ def show(ctx: click.Context, record_id: int) -> None:
     click.echo(f"  {'error:':<15} {record.get('error')}")
     click.echo(f"dead letters in the queue: {len(letters)}")
     for letter in letters:
-        click.echo(f"  from {letter.headers.get('x-bfus-source-queue', '-')}, failed at "
-                   f"{letter.headers.get('x-bfus-failed-at', '-')}, attempts {letter.headers.get('x-bfus-attempts')}")
+        click.echo(f"  from {letter.headers.get(headers.SOURCE_QUEUE, '-')}, failed at "
+                   f"{letter.headers.get(headers.FAILED_AT, '-')}, attempts {letter.headers.get(headers.ATTEMPTS)}")
     click.echo("payload:")
     click.echo(pretty_payload(record.get("payload") or ""))
 

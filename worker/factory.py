@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from shared.config import Config, ConfigError
 from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
+from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.logs import get_logger
-from shared.mapping import MappingSetupError, ObjectMapper, build_mappers
 from shared.publisher import ConfirmedPublisher
 from shared.topology import Topology
 from worker.apply import Applier
@@ -20,53 +19,6 @@ from worker.handle import LimeErrors, MessageHandler
 from worker.records import LogWriter
 
 log = get_logger(component="worker")
-
-LOG_PROPERTIES = {
-    "processed": ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "processedtime",
-                  "outcome", "limetype", "limeobjectid", "company"),
-    "failed": ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",
-               "reason", "error", "payload", "attempts", "status", "company"),
-}
-
-
-def fetch_limetypes(lime: LimeClient, wait: float | None = 0.0, stop: threading.Event | None = None) -> dict[str, Any]:
-    """Lime's limetype metadata; waits up to ``wait`` seconds (None: until ``stop``)
-    for Lime to answer."""
-    deadline = None if wait is None else time.monotonic() + wait
-    pause = 0.5
-    stop = stop or threading.Event()
-    while True:
-        try:
-            return lime.limetypes()
-        except LimeUnavailable as err:
-            if (deadline is not None and time.monotonic() + pause > deadline) or stop.is_set():
-                raise
-            log.warning("lime_not_ready", error=str(err), retry_in=pause)
-            if stop.wait(pause):
-                raise
-            pause = min(pause * 2, 30)
-
-
-def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, ObjectMapper]:
-    """Mappers for the configuration, or MappingSetupError listing every misfit,
-    including the two log limetypes."""
-    problems: list[str] = []
-    for kind, limetype in (("processed", config.lime.processed_limetype), ("failed", config.lime.failed_limetype)):
-        lt = limetypes.get(limetype)
-        if lt is None:
-            problems.append(f"lime.{kind}_limetype: Lime has no limetype '{limetype}'.")
-            continue
-        missing = [p for p in LOG_PROPERTIES[kind] if p not in lt["properties"]]
-        if missing:
-            problems.append(f"lime.{kind}_limetype: '{limetype}' lacks properties {', '.join(missing)}.")
-    try:
-        mappers = build_mappers(config.mapping, limetypes)
-    except MappingSetupError as err:
-        problems.extend(err.problems)
-        mappers = {}
-    if problems:
-        raise MappingSetupError(problems)
-    return mappers
 
 
 @dataclass
@@ -89,7 +41,7 @@ class WorkerProcess:
     def _retention(self) -> None:
         """Purge old log records every retention.interval_hours: done by whichever
         worker owns partition 0, so by one worker at a time."""
-        from shared.retention import purge_logs
+        from worker.retention import purge_logs
 
         config = self.worker.config
         interval = config.retention.interval_hours * 3600

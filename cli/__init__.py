@@ -1,0 +1,1 @@
+"""The ``bfus-lime`` command line: the composition root, imported by nothing."""

@@ -1,0 +1,23 @@
+"""Loading the configuration for a command: the file the command line names (or
+BFUSLIME_CONFIG), environment overrides, validated once; a bad key ends the command
+with a message naming it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from shared.config import Config, ConfigError, load_config
+from shared.logs import configure_logging
+
+
+def load(ctx: click.Context, need: tuple[str, ...] = ()) -> Config:
+    """The configuration, with ``need`` (keys such as ``lime.api_key``) required to be set."""
+    try:
+        config = load_config(ctx.obj["config_path"], need=need)
+    except ConfigError as err:
+        click.echo(f"bfus-lime: {err}", err=True)
+        sys.exit(2)
+    configure_logging(config.log.level, config.log.format)
+    return config

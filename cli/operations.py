@@ -1,0 +1,109 @@
+"""Operations on a running installation: checking the configuration, the broker's
+topology, purging old log records."""
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import urlsplit
+
+import click
+
+from cli.config import load
+
+
+@click.command("check-config")
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate the configuration and check the mapping against Lime's metadata."""
+    from shared.lime import LimeClient, LimeError
+    from shared.mapping import MappingSetupError
+    from shared.limemeta import check_against_lime
+
+    config = load(ctx, need=("lime.api_key",))
+    click.echo(f"configuration {config.source}: valid")
+    try:
+        limetypes = LimeClient(config.lime).limetypes()
+        mappers = check_against_lime(config, limetypes)
+    except LimeError as err:
+        click.echo(f"Lime at {config.lime.url}: {err}", err=True)
+        sys.exit(1)
+    except MappingSetupError as err:
+        click.echo(str(err), err=True)
+        sys.exit(2)
+    for objecttype, mapper in sorted(mappers.items()):
+        click.echo(f"  {objecttype} -> {mapper.limetype} by {mapper.key_property}: {len(mapper.fields)} fields")
+        fields = ", ".join(f if f == r.property else f"{f}->{r.property}" for f, r in mapper.fields.items())
+        click.echo(f"      fields: {fields}")
+        for prop, rule in mapper.relations.items():
+            click.echo(f"      {prop}: the {rule.objecttype} whose key is {rule.field}")
+        sd = mapper.spec.soft_delete
+        rule = {"option": f"{sd.property} = {sd.value}", "yesno": f"{sd.property} = yes",
+                "date": f"{sd.property} = day deleted", "none": "nothing"}[sd.kind]
+        click.echo(f"      deleted in BFUS: {rule}")
+    skipped = sorted(t for t, o in config.mapping.objects.items() if not o.sync)
+    if skipped:
+        click.echo(f"  not synced (logged as skipped_not_configured): {', '.join(skipped)}")
+    if config.mapping.exclude_personal_data:
+        click.echo("  personal data: left out")
+    click.echo("mapping fits Lime")
+
+
+@click.command()
+@click.pass_context
+def topology(ctx: click.Context) -> None:
+    """Declare the topology (idempotent) and show partitions, owners, consumers and depths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.inspect import describe
+    from shared.topology import declare_topology
+
+    config = load(ctx)
+    try:
+        declare_topology(config.broker)
+        views = describe(config.broker, config.broker.management_url or None)
+    except Exception as err:
+        click.echo(f"bfus-lime topology: RabbitMQ at {_public(config.broker.url)}: {err or type(err).__name__}", err=True)
+        sys.exit(1)
+    table = Table(title=f"{config.broker.partitions} partitions at {_public(config.broker.url)}")
+    for column in ("queue", "owner", "consumers", "ready", "unacked"):
+        table.add_column(column, justify="right" if column in ("consumers", "ready", "unacked") else "left")
+    for i, view in enumerate(views):
+        owner = (view.owner or "free") if i < config.broker.partitions else "-"
+        table.add_row(view.name, owner, str(view.consumers), str(view.ready),
+                      "?" if view.unacked is None else str(view.unacked))
+    Console(width=120).print(table)
+    owners = {v.owner for v in views[: config.broker.partitions] if v.owner}
+    click.echo(f"workers owning partitions: {len(owners) if '(held)' not in owners else 'unknown (no management_url)'}; "
+               f"free partitions: {sum(1 for v in views[: config.broker.partitions] if v.owner is None)}")
+
+
+def _public(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+@click.command("purge-logs")
+@click.option("--older-than", "days", type=click.IntRange(min=1), required=True, help="Days.")
+@click.pass_context
+def purge_logs_command(ctx: click.Context, days: int) -> None:
+    """Delete old log records in Lime (unresolved failed messages are kept)."""
+    from shared.lime import LimeClient
+    from worker.retention import purge_logs
+
+    config = load(ctx, need=("lime.api_key",))
+    deleted = [0]
+
+    def tick() -> None:
+        deleted[0] += 1
+        if deleted[0] % 500 == 0:
+            click.echo(f"  {deleted[0]} deleted ...", err=True)
+
+    result = purge_logs(LimeClient(config.lime), config.lime, days, on_delete=tick)
+    click.echo(result.summary())
+
+
+COMMANDS = (check_config, topology, purge_logs_command)
