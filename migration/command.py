@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import threading
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
                TaskProgressColumn(show_speed=True), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         try:
-            migration = Migration(config, options, lime, BfusClient(config.bfus), mappers, progress)
+            stop = threading.Event()
+            migration = Migration(config, options, lime, BfusClient(config.bfus, stop=stop), mappers, progress, stop)
         except MigrationError as err:
             console.print(f"bfus-lime migrate: {err}")
             return 2

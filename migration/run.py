@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import threading
 import time
 from collections import Counter, defaultdict
@@ -41,6 +40,7 @@ from shared.envelope import partition_key
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.logs import get_logger
 from shared.mapping import BFUS_KEY_FIELDS, MappingError, ObjectMapper
+from shared.retry import Backoff, retry, until
 from shared.topology import Topology, connection_parameters
 
 log = get_logger(component="migration")
@@ -244,7 +244,7 @@ class PartitionHold:
 
 class Migration:
     def __init__(self, config: Config, options: MigrationOptions, lime: LimeClient, bfus: BfusClient,
-                 mappers: dict[str, ObjectMapper], progress: Any = None):
+                 mappers: dict[str, ObjectMapper], progress: Any = None, stop: threading.Event | None = None):
         self.config = config
         self.options = options
         self.lime = lime
@@ -259,7 +259,7 @@ class Migration:
         self.types = tuple(t for t in ORDER if t in types) + tuple(t for t in types if t not in ORDER)
         self.index: dict[str, dict[str, Known]] = {}
         self.ambiguous: dict[str, set[str]] = defaultdict(set)
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()  # set: finish the writes in flight, then stop
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ reading
@@ -382,19 +382,18 @@ class Migration:
         return self.lime.update(mapper.limetype, existing.id, values)
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
-        attempt = 0
-        while True:
-            if self.stop.is_set():
-                raise Stopped()
-            try:
-                return call()
-            except LimeUnavailable as err:
-                attempt += 1
-                pause = err.retry_after or min(self.config.worker.retry_max,
-                                               self.config.worker.retry_initial * 2 ** min(attempt, 20))
-                log.warning("lime_unavailable_waiting", attempt=attempt, pause=round(pause, 2), error=str(err))
-                if self.stop.wait(pause * random.uniform(0.8, 1.0)):
-                    raise Stopped() from None
+        """``call`` through Lime outages and 429s; Stopped when the migration is asked to stop."""
+        if self.stop.is_set():
+            raise Stopped()
+        backoff = Backoff(self.config.worker.retry_initial, self.config.worker.retry_max)
+
+        def on_retry(err: Exception, pause: float) -> None:
+            log.warning("lime_unavailable_waiting", attempt=backoff.attempt, pause=round(pause, 2), error=str(err))
+
+        try:
+            return retry(call, (LimeUnavailable,), backoff, until(self.stop), on_retry)
+        except LimeUnavailable:
+            raise Stopped() from None
 
     def _failed(self, item: Item, reason: str, error: str, checkpoint: Checkpoint, report: Report) -> None:
         checkpoint.record(item, "failed", reason, error)

@@ -4,8 +4,7 @@ connection trouble and 5xx."""
 
 from __future__ import annotations
 
-import random
-import time
+import threading
 from typing import Any, Iterator
 from urllib.parse import urljoin
 
@@ -13,6 +12,7 @@ import requests
 
 from shared.config import BfusConfig
 from shared.lime import USER_AGENT
+from shared.retry import Backoff, retry, until
 
 PLURALS = {"customer": "customers", "contract": "contracts", "facility": "facilities", "meter": "meters"}
 
@@ -21,33 +21,43 @@ class BfusError(Exception):
     pass
 
 
+class BfusUnavailable(BfusError):
+    """Try again later: BFUS unreachable, 5xx or 429."""
+
+
 class BfusClient:
-    def __init__(self, config: BfusConfig, timeout: tuple[float, float] = (3.05, 60.0), attempts: int = 8):
+    def __init__(self, config: BfusConfig, timeout: tuple[float, float] = (3.05, 60.0), attempts: int = 8,
+                 stop: threading.Event | None = None):
+        """``stop`` cuts a wait between retries short (BfusError then)."""
         self.base_url = config.url if config.url.endswith("/") else config.url + "/"
         self.timeout = timeout
         self.attempts = attempts
+        self.stop = stop or threading.Event()
         self.session = requests.Session()
         self.session.headers.update({"Authorization": f"Bearer {config.token}", "User-Agent": USER_AGENT,
                                      "Accept": "application/json"})
         self.calls = 0
 
     def _get(self, url: str, params: dict[str, Any] | None = None) -> Any:
-        for attempt in range(1, self.attempts + 1):
-            self.calls += 1
-            try:
-                response = self.session.get(url, params=params, timeout=self.timeout)
-            except requests.RequestException as err:
-                problem = f"BFUS unreachable: {type(err).__name__}"
-            else:
-                if response.status_code < 300:
-                    return response.json()
-                if response.status_code < 500 and response.status_code != 429:
-                    raise BfusError(f"BFUS answered {response.status_code} for {url}: {response.text[:300]}")
-                problem = f"BFUS answered {response.status_code}"
-            if attempt == self.attempts:
-                raise BfusError(f"{problem} ({attempt} attempts)")
-            time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
+        backoff = Backoff(0.5, 30.0)
+        stopped = until(self.stop)
+        try:
+            return retry(lambda: self._get_once(url, params), (BfusUnavailable,), backoff,
+                         lambda pause: backoff.attempt < self.attempts and stopped(pause))
+        except BfusUnavailable as err:
+            raise BfusError(f"{err} ({backoff.attempt} attempts)") from None
+
+    def _get_once(self, url: str, params: dict[str, Any] | None) -> Any:
+        self.calls += 1
+        try:
+            response = self.session.get(url, params=params, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise BfusUnavailable(f"BFUS unreachable: {type(err).__name__}") from None
+        if response.status_code < 300:
+            return response.json()
+        if response.status_code < 500 and response.status_code != 429:
+            raise BfusError(f"BFUS answered {response.status_code} for {url}: {response.text[:300]}")
+        raise BfusUnavailable(f"BFUS answered {response.status_code}")
 
     def list(self, objecttype: str, params: dict[str, Any] | None = None,
              page_size: int = 1000) -> Iterator[tuple[dict[str, Any], int]]:

@@ -23,6 +23,7 @@ from requests.adapters import HTTPAdapter
 from shared import __version__
 from shared.config import LimeConfig
 from shared.ratelimit import TokenBucket
+from shared.retry import Backoff
 
 USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; python-requests/{requests.__version__})"
 
@@ -54,11 +55,9 @@ class CircuitBreaker:
 
     def __init__(self, threshold: int = 3, initial: float = 0.5, ceiling: float = 30.0):
         self.threshold = threshold
-        self.initial = initial
-        self.ceiling = ceiling
         self._failures = 0
         self._open_until: float | None = None
-        self._pause = initial
+        self._backoff = Backoff(initial, ceiling, jitter=0.0)
         self._probing = False
         self._lock = threading.Lock()
         self.opened = 0  # times it opened (for logs and tests)
@@ -87,18 +86,17 @@ class CircuitBreaker:
             self._failures = 0
             self._probing = False
             self._open_until = None
-            self._pause = self.initial
+            self._backoff.reset()
 
     def failure(self) -> None:
         with self._lock:
             self._failures += 1
             if self._open_until is not None:
                 self._probing = False
-                self._pause = min(self._pause * 2, self.ceiling)
-                self._open_until = time.monotonic() + self._pause
+                self._open_until = time.monotonic() + self._backoff.pause()
             elif self._failures >= self.threshold:
                 self.opened += 1
-                self._open_until = time.monotonic() + self._pause
+                self._open_until = time.monotonic() + self._backoff.pause()
 
 
 def option_key(value: Any) -> Any:

@@ -13,6 +13,7 @@ from shared.lime import LimeClient, LimeUnavailable
 from shared.logrecords import FAILED_PROPERTIES, PROCESSED_PROPERTIES
 from shared.logs import get_logger
 from shared.mapping import MappingSetupError, ObjectMapper, build_mappers
+from shared.retry import Backoff, retry, until
 
 log = get_logger(component="lime")
 LOG_PROPERTIES = {"processed": PROCESSED_PROPERTIES, "failed": FAILED_PROPERTIES}
@@ -22,18 +23,15 @@ def fetch_limetypes(lime: LimeClient, wait: float | None = 0.0, stop: threading.
     """Lime's limetype metadata; waits up to ``wait`` seconds (None: until ``stop``)
     for Lime to answer."""
     deadline = None if wait is None else time.monotonic() + wait
-    pause = 0.5
-    stop = stop or threading.Event()
-    while True:
-        try:
-            return lime.limetypes()
-        except LimeUnavailable as err:
-            if (deadline is not None and time.monotonic() + pause > deadline) or stop.is_set():
-                raise
-            log.warning("lime_not_ready", error=str(err), retry_in=pause)
-            if stop.wait(pause):
-                raise
-            pause = min(pause * 2, 30)
+    stopped = until(stop or threading.Event())
+
+    def wait_more(pause: float) -> bool:
+        return (deadline is None or time.monotonic() + pause <= deadline) and stopped(pause)
+
+    def on_retry(err: Exception, pause: float) -> None:
+        log.warning("lime_not_ready", error=str(err), retry_in=round(pause, 2))
+
+    return retry(lime.limetypes, (LimeUnavailable,), Backoff(0.5, 30.0), wait_more, on_retry)
 
 
 def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, ObjectMapper]:

@@ -33,6 +33,7 @@ from pika.channel import Channel
 from shared import headers as h
 from shared.config import BrokerConfig
 from shared.logs import get_logger
+from shared.retry import Backoff
 from shared.topology import connection_parameters
 
 log = get_logger(component="publisher")
@@ -168,7 +169,7 @@ class ConfirmedPublisher:
     # ------------------------------------------------------------------ loop thread
 
     def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not self._stopping.is_set():
             try:
                 if self._on_connect is not None:
@@ -192,11 +193,10 @@ class ConfirmedPublisher:
             self._fail_pending(BrokerUnavailable("RabbitMQ connection lost before confirm"))
             if self._was_ready:
                 self._was_ready = False
-                delay = 0.2
+                backoff.reset()
                 log.warning("broker_connection_lost")
-            if self._stopping.wait(delay):
+            if self._stopping.wait(backoff.pause()):
                 break
-            delay = min(delay * 2, 5.0)
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)

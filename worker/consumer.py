@@ -41,6 +41,7 @@ from shared import headers
 from shared.config import Config
 from shared.lime import LimeClient
 from shared.logs import get_logger
+from shared.retry import Backoff
 from shared.topology import Topology, connection_parameters
 from worker.apply import IdCache
 from worker.handle import Delivery, MessageHandler, Settle
@@ -167,19 +168,20 @@ class Worker:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         log.info("worker_starting", worker=self.name, partitions=self.topology.partitions)
         while not self._stop.is_set():
             try:
                 self._consume()
-                delay = 0.5
+                backoff.reset()
             except (pika.exceptions.AMQPError, OSError) as err:
                 log.warning("broker_connection_lost", worker=self.name, error=str(err) or type(err).__name__)
             finally:
+                if self._connected.is_set():
+                    backoff.reset()  # it was connected: the first pause is short again
                 self._connection_gone()
-            if self._stop.wait(delay):
+            if self._stop.wait(backoff.pause()):
                 break
-            delay = min(delay * 2, 10.0)
         self._abandon.set()
         for lane in self._lanes.values():
             lane.close()

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import random
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Callable, TypeVar
 
 import pika
@@ -28,6 +27,7 @@ from shared.jsonbody import loads_or_none
 from shared.lime import LimeClient, LimeUnavailable
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
+from shared.retry import Backoff, retry
 from shared.topology import Topology
 from worker.apply import Applier, IdCache, Outcome, PermanentFailure
 from worker.records import LogWriter, MessageFacts
@@ -104,7 +104,7 @@ class Delivery:
         """The failed-message record of a requeued message (set by `dlq requeue`)."""
         return h.integer((self.properties.headers or {}).get(h.FAILED_RECORD))
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Names the message across redeliveries (for :class:`LimeErrors`)."""
         return hashlib.blake2b(self.body, digest_size=16).hexdigest()
@@ -113,12 +113,6 @@ class Delivery:
     def delivery_count(self) -> int:
         """How often the broker delivered it before (quorum queues count)."""
         return int((self.properties.headers or {}).get("x-delivery-count", 0))
-
-
-def backoff(attempt: int, initial: float, ceiling: float) -> float:
-    """Exponential backoff with jitter: about initial * 2^(attempt-1), at most ceiling."""
-    base = min(ceiling, initial * (2 ** min(attempt - 1, 30)))
-    return base * random.uniform(0.5, 1.0)
 
 
 class MessageHandler:
@@ -292,9 +286,8 @@ class MessageHandler:
                     self._retrying(partial(self.records.failed_again, requeued, reason, text, attempts),
                                    "log_failed", sleep, key, give_up_on_5xx=probe)
                 break
-            except (LimeKeepsFailing, LimeUnavailable) as err:
-                status = err.error.status if isinstance(err, LimeKeepsFailing) else err.status
-                log.warning("failed_record_refused", version=name, status=status)
+            except LimeKeepsFailing as err:
+                log.warning("failed_record_refused", version=name, status=err.error.status)
         else:
             if probe:
                 return False
@@ -333,26 +326,26 @@ class MessageHandler:
         delivery must still be ours (its channel open): a worker that lost it leaves
         the rest to the next owner instead of writing behind its back. With ``key``,
         5xx answers count against the message (:class:`LimeErrors`), which raises
-        LimeKeepsFailing when they are too many; ``give_up_on_5xx`` raises the first."""
-        attempt = 0
-        while True:
+        LimeKeepsFailing when they are too many; ``give_up_on_5xx`` raises it at the first."""
+        backoff = Backoff(self.config.retry_initial, self.config.retry_max)
+
+        def attempt() -> T:
             if not sleep(0):
                 raise Abandoned()
-            try:
-                result = step()
-            except (LimeUnavailable, BrokerUnavailable) as err:
-                if isinstance(err, LimeUnavailable) and (err.status or 0) >= 500:
-                    if give_up_on_5xx:
-                        raise
-                    if key is not None:
-                        self.lime_errors.strike(key, err)
-                attempt += 1
-                retry_after = getattr(err, "retry_after", None)
-                pause = retry_after if retry_after else backoff(attempt, self.config.retry_initial, self.config.retry_max)
-                log.warning("waiting_to_retry", step=what, attempt=attempt, pause=round(pause, 2), error=str(err))
-                if not sleep(pause):
-                    raise Abandoned() from None
-                continue
+            result = step()
             if key is not None:
                 self.lime_errors.forget(key)
             return result
+
+        def on_retry(err: Exception, pause: float) -> None:
+            if isinstance(err, LimeUnavailable) and (err.status or 0) >= 500:
+                if give_up_on_5xx:
+                    raise LimeKeepsFailing(err, 1)
+                if key is not None:
+                    self.lime_errors.strike(key, err)
+            log.warning("waiting_to_retry", step=what, attempt=backoff.attempt, pause=round(pause, 2), error=str(err))
+
+        try:
+            return retry(attempt, (LimeUnavailable, BrokerUnavailable), backoff, sleep, on_retry)
+        except (LimeUnavailable, BrokerUnavailable):
+            raise Abandoned() from None  # the wait was cut short: the delivery is no longer ours
