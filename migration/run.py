@@ -34,12 +34,12 @@ from typing import Any, Callable, Iterable
 import pika
 
 from shared.bfus import BfusClient
-from shared import headers
 from shared.config import Config
 from shared.envelope import partition_key
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.logs import get_logger
 from shared.mapping import BFUS_KEY_FIELDS, MappingError, ObjectMapper
+from shared.partitions import ControlChannel, PartitionLocks
 from shared.retry import Backoff, retry, until
 from shared.topology import Topology, connection_parameters
 
@@ -96,7 +96,7 @@ class Item:
 
 
 @dataclass
-class Known:
+class Indexed:
     id: int
     watermark: int | None
     values: dict[str, Any]
@@ -185,37 +185,27 @@ class Checkpoint:
 
 class PartitionHold:
     """Holds partitions in RabbitMQ the way a worker does, after asking the workers to
-    give them up, so that no live change is applied to a partition's objects while
-    the migration writes them."""
+    give them up (shared/partitions.py), so that no live change is applied to a
+    partition's objects while the migration writes them."""
 
     def __init__(self, config: Config, wait: float = 300.0):
         self.topology = Topology.from_config(config.broker)
         self.wait = wait
         self.connection = pika.BlockingConnection(connection_parameters(config.broker, "bfus-lime migration"))
-        self.channel = self.connection.channel()
+        self.locks = PartitionLocks(ControlChannel(self.connection), self.topology, "migration")
         self.held: set[int] = set()
-        if not self._declare_exclusive(self.topology.migration_marker):
+        if not self.locks.start_migration():
             self.connection.close()
             raise MigrationError("another migration is running (it holds the migration marker in RabbitMQ)")
-
-    def _declare_exclusive(self, queue: str) -> bool:
-        try:
-            self.channel.queue_declare(queue, exclusive=True, auto_delete=False, arguments={headers.OWNER: "migration"})
-            return True
-        except pika.exceptions.ChannelClosedByBroker as err:
-            self.channel = self.connection.channel()
-            if err.reply_code != 405:
-                raise
-            return False
 
     def take(self, partitions: Iterable[int], stop: threading.Event) -> None:
         """Ask the workers to give these partitions up, then hold every one of them."""
         partitions = list(partitions)
         for partition in partitions:
-            self._declare_exclusive(self.topology.reservation_queue(partition))
+            self.locks.reserve(partition)
         deadline = time.monotonic() + self.wait
         for partition in partitions:
-            while not self._declare_exclusive(self.topology.lock_queue(partition)):
+            while not self.locks.take(partition):
                 if stop.is_set():
                     raise Stopped()
                 if time.monotonic() > deadline:
@@ -226,9 +216,7 @@ class PartitionHold:
 
     def give_back(self, partition: int) -> None:
         # Nothing is in flight: the next worker need not wait for a dead owner's request.
-        self.channel.queue_declare(self.topology.handover_marker(partition), durable=True)
-        self.channel.queue_delete(self.topology.lock_queue(partition))
-        self.channel.queue_delete(self.topology.reservation_queue(partition))
+        self.locks.give_back(partition)
         self.held.discard(partition)
 
     def close(self) -> None:
@@ -237,7 +225,7 @@ class PartitionHold:
             try:
                 for partition in sorted(self.held):
                     self.give_back(partition)
-                self.channel.queue_delete(self.topology.migration_marker)
+                self.locks.end_migration()
             finally:
                 self.connection.close()
 
@@ -257,7 +245,7 @@ class Migration:
         if unknown:
             raise MigrationError(f"not synced by the mapping configuration: {', '.join(unknown)}")
         self.types = tuple(t for t in ORDER if t in types) + tuple(t for t in types if t not in ORDER)
-        self.index: dict[str, dict[str, Known]] = {}
+        self.index: dict[str, dict[str, Indexed]] = {}
         self.ambiguous: dict[str, set[str]] = defaultdict(set)
         self.stop = stop or threading.Event()  # set: finish the writes in flight, then stop
         self._lock = threading.Lock()
@@ -304,7 +292,7 @@ class Migration:
                 limetypes.setdefault(target.limetype, target)
         for limetype, mapper in limetypes.items():
             props = set(mapper.properties) - {"_links"}
-            entries: dict[str, Known] = {}
+            entries: dict[str, Indexed] = {}
             for obj in self.lime.iterate(limetype, {"_sort": "_id"}, self.options.lime_page_size, self._retrying):
                 key = obj.get(mapper.key_property)
                 if key in (None, ""):
@@ -313,13 +301,13 @@ class Migration:
                 if key in entries:
                     self.ambiguous[limetype].add(key)
                 watermark = obj.get(mapper.spec.watermark) if mapper.spec.watermark else None
-                entries[key] = Known(obj["_id"], watermark if isinstance(watermark, int) else None,
+                entries[key] = Indexed(obj["_id"], watermark if isinstance(watermark, int) else None,
                                      {p: option_key(v) for p, v in obj.items() if p in props})
             self.index[limetype] = entries
 
     # ------------------------------------------------------------------ writing
 
-    def _plan(self, item: Item) -> tuple[str, dict[str, Any], Known | None]:
+    def _plan(self, item: Item) -> tuple[str, dict[str, Any], Indexed | None]:
         """(outcome, values to write, the Lime object) for one item; raises
         MappingError or a (reason, error) ValueError for a failure."""
         mapper = self.mappers[item.objecttype]
@@ -358,7 +346,7 @@ class Migration:
             return self._failed(item, err.reason, err.error, checkpoint, report)
         if outcome == "created" and self.options.dry_run:
             with self._lock:  # children planned later in the dry run find their parent
-                self.index[mapper.limetype][item.key] = Known(-1, None, values)
+                self.index[mapper.limetype][item.key] = Indexed(-1, None, values)
         if outcome in ("created", "updated") and not self.options.dry_run:
             if mapper.spec.watermark:
                 values[mapper.spec.watermark] = item.queueid
@@ -368,7 +356,7 @@ class Migration:
                 return self._failed(item, "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}",
                                     checkpoint, report)
             with self._lock:
-                known = self.index[mapper.limetype].get(item.key) or Known(written["_id"], None, {})
+                known = self.index[mapper.limetype].get(item.key) or Indexed(written["_id"], None, {})
                 known.values.update(values)
                 known.watermark = item.queueid if mapper.spec.watermark else None
                 self.index[mapper.limetype][item.key] = known
@@ -376,7 +364,7 @@ class Migration:
         with self._lock:
             report.counts[item.objecttype][outcome] += 1
 
-    def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: Known | None) -> dict[str, Any]:
+    def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: Indexed | None) -> dict[str, Any]:
         if existing is None:
             return self.lime.create(mapper.limetype, values)
         return self.lime.update(mapper.limetype, existing.id, values)

@@ -12,6 +12,7 @@ import requests
 
 from shared import headers
 from shared.config import BrokerConfig
+from shared.partitions import ControlChannel, PartitionLocks
 from shared.topology import Topology, connection_parameters
 
 HELD = "(held)"  # owned, owner's name not known without the management API
@@ -67,17 +68,11 @@ def _amqp_views(broker: BrokerConfig, topology: Topology, names: list[str]) -> l
     connection = pika.BlockingConnection(connection_parameters(broker, "bfus-lime topology"))
     try:
         channel = connection.channel()
+        locks = PartitionLocks(ControlChannel(connection), topology, "bfus-lime topology")
         views = []
         for i, name in enumerate(names):
             ok = channel.queue_declare(name, passive=True).method
-            owner = None
-            if i < topology.partitions:
-                try:
-                    channel.queue_declare(topology.lock_queue(i), passive=True)
-                    owner = HELD
-                except pika.exceptions.ChannelClosedByBroker as err:
-                    owner = HELD if err.reply_code == 405 else None  # 405: exclusive to its owner; 404: free
-                    channel = connection.channel()
+            owner = (HELD if locks.is_held(i) else None) if i < topology.partitions else None
             views.append(QueueView(name, ok.message_count, None, ok.consumer_count, owner))
         return views
     finally:
