@@ -20,7 +20,9 @@ from shared.config import Config
 from shared.lime import CircuitBreaker, LimeClient, LimeError
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.mapping import MappingSetupError
-from migration.run import OUTCOMES, Migration, MigrationError, MigrationOptions, Report
+from migration.errors import MigrationError
+from migration.report import OUTCOMES, Report
+from migration.run import Migration, MigrationOptions
 
 
 @click.command()

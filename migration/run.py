@@ -22,40 +22,30 @@ twice; failures never stop it and can be retried with ``--retry-failed``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import pika
-
+from migration.checkpoint import Checkpoint
+from migration.errors import MigrationError, Stopped
+from migration.hold import PartitionHold
+from migration.report import DONE, Report
 from shared.bfus import BfusClient
 from shared.config import Config
 from shared.envelope import partition_key
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.logs import get_logger
 from shared.mapping import BFUS_KEY_FIELDS, MappingError, ObjectMapper
-from shared.partitions import ControlChannel, PartitionLocks
 from shared.retry import Backoff, retry, until
-from shared.topology import Topology, connection_parameters
+from shared.topology import Topology
 
 log = get_logger(component="migration")
 
 ORDER = ("customer", "facility", "contract", "meter")  # parents before children
-OUTCOMES = ("created", "updated", "unchanged", "newer_in_lime", "failed")
-DONE = {"created", "updated", "unchanged", "newer_in_lime"}
-
-
-class MigrationError(Exception):
-    pass
-
-
-class Stopped(Exception):
-    pass
 
 
 @dataclass
@@ -100,134 +90,6 @@ class Indexed:
     id: int
     watermark: int | None
     values: dict[str, Any]
-
-
-@dataclass
-class Report:
-    started: str
-    dry_run: bool
-    counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    failures: list[dict[str, str]] = field(default_factory=list)
-    resumed: int = 0
-    lime_calls: int = 0
-    bfus_calls: int = 0
-    seconds: float = 0.0
-    stopped: bool = False
-
-    @property
-    def objects(self) -> int:
-        return sum(sum(c.values()) for c in self.counts.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "dry_run": self.dry_run,
-            "stopped_before_the_end": self.stopped,
-            "seconds": round(self.seconds, 1),
-            "objects": self.objects,
-            "already_done_before_this_run": self.resumed,
-            "counts": {t: dict(c) for t, c in self.counts.items()},
-            "lime_calls": self.lime_calls,
-            "lime_calls_per_object": round(self.lime_calls / self.objects, 4) if self.objects else None,
-            "bfus_calls": self.bfus_calls,
-            "failures": self.failures,
-        }
-
-
-class Checkpoint:
-    """Append-only JSON lines: a header with the options, then one line per object
-    outcome. The last line for an object wins."""
-
-    def __init__(self, path: Path, identity: dict[str, Any], fresh: bool, dry_run: bool):
-        self.path = path
-        self.dry_run = dry_run
-        self.outcomes: dict[tuple[str, str], dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._file: Any = None
-        if dry_run:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fresh and path.exists():
-            path.unlink()
-        if path.exists():
-            lines = path.read_text().splitlines()
-            header = json.loads(lines[0]) if lines else {}
-            if header.get("options") != identity:
-                raise MigrationError(
-                    f"checkpoint {path} belongs to a migration with other options ({header.get('options')}); "
-                    "run with the same options, or with --fresh to start over"
-                )
-            for line in lines[1:]:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash: that object is simply done again
-                self.outcomes[(entry["t"], entry["k"])] = entry
-        self._file = path.open("a", encoding="utf-8")
-        if not self.outcomes and path.stat().st_size == 0:
-            self._file.write(json.dumps({"options": identity}) + "\n")
-            self._file.flush()
-
-    def record(self, item: Item, outcome: str, reason: str = "", error: str = "") -> None:
-        entry = {"t": item.objecttype, "k": item.key, "o": outcome}
-        if reason:
-            entry.update(r=reason, e=error)
-        with self._lock:
-            self.outcomes[(item.objecttype, item.key)] = entry
-            if self._file is not None:
-                self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-class PartitionHold:
-    """Holds partitions in RabbitMQ the way a worker does, after asking the workers to
-    give them up (shared/partitions.py), so that no live change is applied to a
-    partition's objects while the migration writes them."""
-
-    def __init__(self, config: Config, wait: float = 300.0):
-        self.topology = Topology.from_config(config.broker)
-        self.wait = wait
-        self.connection = pika.BlockingConnection(connection_parameters(config.broker, "bfus-lime migration"))
-        self.locks = PartitionLocks(ControlChannel(self.connection), self.topology, "migration")
-        self.held: set[int] = set()
-        if not self.locks.start_migration():
-            self.connection.close()
-            raise MigrationError("another migration is running (it holds the migration marker in RabbitMQ)")
-
-    def take(self, partitions: Iterable[int], stop: threading.Event) -> None:
-        """Ask the workers to give these partitions up, then hold every one of them."""
-        partitions = list(partitions)
-        for partition in partitions:
-            self.locks.reserve(partition)
-        deadline = time.monotonic() + self.wait
-        for partition in partitions:
-            while not self.locks.take(partition):
-                if stop.is_set():
-                    raise Stopped()
-                if time.monotonic() > deadline:
-                    raise MigrationError(f"partition {partition} was not given up by its worker within "
-                                         f"{self.wait:.0f}s")
-                self.connection.process_data_events(time_limit=0.2)
-            self.held.add(partition)
-
-    def give_back(self, partition: int) -> None:
-        # Nothing is in flight: the next worker need not wait for a dead owner's request.
-        self.locks.give_back(partition)
-        self.held.discard(partition)
-
-    def close(self) -> None:
-        """Give back what is still held (a stopped migration) and end the hold."""
-        if self.connection.is_open:
-            try:
-                for partition in sorted(self.held):
-                    self.give_back(partition)
-                self.locks.end_migration()
-            finally:
-                self.connection.close()
 
 
 class Migration:
@@ -309,7 +171,7 @@ class Migration:
 
     def _plan(self, item: Item) -> tuple[str, dict[str, Any], Indexed | None]:
         """(outcome, values to write, the Lime object) for one item; raises
-        MappingError or a (reason, error) ValueError for a failure."""
+        MappingError or a _Failure (reason, error) for a failure."""
         mapper = self.mappers[item.objecttype]
         if item.key in self.ambiguous[mapper.limetype]:
             raise _Failure("ambiguous_key", f"Lime has several {mapper.limetype} objects with "

@@ -21,7 +21,8 @@ from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
-from migration.run import Migration, MigrationOptions, Report
+from migration.report import Report
+from migration.run import Migration, MigrationOptions
 
 TYPES = ("customer", "facility", "contract", "meter")
 

@@ -1,0 +1,9 @@
+"""How a migration ends early."""
+
+
+class MigrationError(Exception):
+    """The migration cannot run or go on (its message says why)."""
+
+
+class Stopped(Exception):
+    """The migration was asked to stop (Ctrl-C, SIGTERM)."""
