@@ -28,7 +28,7 @@ from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.jsonbody import storable
 from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, status_of
-from shared.lime import LimeClient
+from shared.lime import LimeClient, LimeRejected, LimeUnavailable
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
 
 
@@ -199,8 +199,11 @@ class DeadLetters:
             for record_id in record_ids:
                 try:
                     record = self.record(record_id)
-                except Exception:
-                    actions.append(Action(record_id, None, "no such failed-message record"))
+                except LimeRejected as err:
+                    actions.append(Action(record_id, None, f"no such failed-message record ({err.status})"))
+                    continue
+                except LimeUnavailable as err:
+                    actions.append(Action(record_id, None, f"left as it is: Lime did not answer ({err})"))
                     continue
                 if status_of(record) not in OPEN:
                     actions.append(Action(record_id, record.get("messageid"), f"left as it is: {status_of(record)}"))

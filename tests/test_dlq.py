@@ -200,3 +200,17 @@ def test_requeue_killed_midway_is_finished_by_reconcile(stack: Stack) -> None:
     wait_for(lambda: failed(stack)[ids[1]]["status"]["key"] == "resolved", 30, "the second one applied")
     assert dead_letters(stack) == 1
     assert len(failed(stack)) == 3 and len(stack.log_records()[0]) == 3
+
+
+def test_discard_while_lime_is_down_says_so_and_keeps_the_message(stack: Stack) -> None:
+    """Before: 'no such failed-message record' when Lime was merely down."""
+    ids = fail_three(stack)
+    stack.lime.faults.configure({"down": True})
+    try:
+        result = cli(stack, "dlq", "discard", str(ids[0]), "--why", "test")
+    finally:
+        stack.lime.faults.configure({"down": False})
+    assert "Lime did not answer" in result.output and "no such" not in result.output
+    assert "0 discarded" in result.output
+    assert failed(stack)[ids[0]]["status"]["key"] == "failed" and dead_letters(stack) == 3
+    assert "no such failed-message record (404)" in cli(stack, "dlq", "discard", "999999", "--why", "x").output
