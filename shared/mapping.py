@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from shared.config import FieldRule, MappingConfig, ObjectMapping, ProblemsError, RelationRule
 
@@ -326,68 +326,23 @@ def convert(bfus_field: str, value: Any, prop: Mapping[str, Any], truncate: bool
 def _convert(bfus_field: str, value: Any, prop: Mapping[str, Any], truncate: bool) -> Any:
     ptype = prop.get("type")
     if ptype in TEXT_TYPES:
-        text = "" if value is None else value if isinstance(value, str) else _scalar_text(bfus_field, value)
-        length = prop.get("length")
-        if length and len(text) > length:
-            if truncate:
-                return text[:length]
-            raise MappingError(bfus_field, value, f"longer than {prop['name']} allows ({len(text)} > {length} characters)")
-        return text
+        return _to_text(bfus_field, value, prop, truncate)
     if value is None:
-        if ptype == "yesno":
-            return False
-        return None
-    if ptype == "yesno":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise MappingError(bfus_field, value, "not a yes/no value")
-    if ptype == "integer":
-        try:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            number = int(value)
-        except (TypeError, ValueError, OverflowError):
-            raise MappingError(bfus_field, value, "not an integer") from None
-        if not -(2**63) <= number < 2**63:
-            raise MappingError(bfus_field, value, "an integer too large for Lime")
-        return number
-    if ptype in ("decimal", "percent"):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise MappingError(bfus_field, value, "not a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise MappingError(bfus_field, value, "not a finite number")
-        return number
-    if ptype == "option":
-        key = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-        if key not in _option_keys(prop):
-            raise MappingError(bfus_field, value, f"not an option of {prop['name']} ({', '.join(sorted(_option_keys(prop)))})")
-        return key
-    if ptype == "date":
-        if isinstance(value, str) and _DATE.match(value):
-            try:
-                dt.date.fromisoformat(value)
-                return value
-            except ValueError:
-                pass
-        raise MappingError(bfus_field, value, "not a date (YYYY-MM-DD)")
-    if ptype == "time":
-        try:
-            parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            parsed = None
-        if parsed is None:
-            raise MappingError(bfus_field, value, "not an ISO 8601 time")
-        return parsed.isoformat()
-    raise MappingError(bfus_field, value, f"Lime property type '{ptype}' cannot be mapped from a BFUS field")
+        return False if ptype == "yesno" else None
+    converter = _CONVERTERS.get(str(ptype))
+    if converter is None:
+        raise MappingError(bfus_field, value, f"Lime property type '{ptype}' cannot be mapped from a BFUS field")
+    return converter(bfus_field, value, prop)
+
+
+def _to_text(bfus_field: str, value: Any, prop: Mapping[str, Any], truncate: bool) -> str:
+    text = "" if value is None else value if isinstance(value, str) else _scalar_text(bfus_field, value)
+    length = prop.get("length")
+    if length and len(text) > length:
+        if truncate:
+            return text[:length]
+        raise MappingError(bfus_field, value, f"longer than {prop['name']} allows ({len(text)} > {length} characters)")
+    return text
 
 
 def _scalar_text(bfus_field: str, value: Any) -> str:
@@ -396,3 +351,72 @@ def _scalar_text(bfus_field: str, value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     raise MappingError(bfus_field, value, "not a text value")
+
+
+def _to_yesno(bfus_field: str, value: Any, _prop: Mapping[str, Any]) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise MappingError(bfus_field, value, "not a yes/no value")
+
+
+def _to_integer(bfus_field: str, value: Any, _prop: Mapping[str, Any]) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MappingError(bfus_field, value, "not an integer") from None
+    if not -(2**63) <= number < 2**63:
+        raise MappingError(bfus_field, value, "an integer too large for Lime")
+    return number
+
+
+def _to_decimal(bfus_field: str, value: Any, _prop: Mapping[str, Any]) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MappingError(bfus_field, value, "not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise MappingError(bfus_field, value, "not a finite number")
+    return number
+
+
+def _to_option(bfus_field: str, value: Any, prop: Mapping[str, Any]) -> str:
+    key = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if key is None or key not in _option_keys(prop):
+        raise MappingError(bfus_field, value, f"not an option of {prop['name']} ({', '.join(sorted(_option_keys(prop)))})")
+    return key
+
+
+def _to_date(bfus_field: str, value: Any, _prop: Mapping[str, Any]) -> str:
+    if isinstance(value, str) and _DATE.match(value):
+        try:
+            dt.date.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    raise MappingError(bfus_field, value, "not a date (YYYY-MM-DD)")
+
+
+def _to_time(bfus_field: str, value: Any, _prop: Mapping[str, Any]) -> str:
+    try:
+        parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise MappingError(bfus_field, value, "not an ISO 8601 time")
+    return parsed.isoformat()
+
+
+# One converter per Lime property type (text-like types: _to_text).
+_CONVERTERS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
+    "yesno": _to_yesno, "integer": _to_integer, "decimal": _to_decimal, "percent": _to_decimal,
+    "option": _to_option, "date": _to_date, "time": _to_time,
+}
