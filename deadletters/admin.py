@@ -33,7 +33,8 @@ def _config() -> Config:
 def _service() -> DeadLetters:
     service = current_app.extensions.get("dead_letters")
     if service is None:
-        service = current_app.extensions["dead_letters"] = DeadLetters(_config(), LimeClient(_config().lime))
+        service = current_app.extensions["dead_letters"] = DeadLetters(_config().broker, LimeClient(_config().lime),
+                                                                        _config().lime.failed_limetype)
     return service
 
 

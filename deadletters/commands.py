@@ -19,7 +19,7 @@ def _service(ctx: click.Context) -> DeadLetters:
     """The service for this command, on the configuration the command line named
     (``ctx.obj["load"]`` is set by the ``bfus-lime`` group)."""
     config = ctx.obj["load"](("lime.api_key",))
-    return DeadLetters(config, LimeClient(config.lime))
+    return DeadLetters(config.broker, LimeClient(config.lime), config.lime.failed_limetype)
 
 
 def _age_option(text: str | None) -> object:

@@ -24,7 +24,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from shared import headers
-from shared.config import Config
+from shared.config import BrokerConfig
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.jsonbody import storable
 from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, status_of
@@ -80,11 +80,11 @@ class Taken:
 
 
 class DeadLetters:
-    def __init__(self, config: Config, lime: LimeClient):
-        self.config = config
+    def __init__(self, broker: BrokerConfig, lime: LimeClient, failed_limetype: str):
+        self.broker = broker
         self.lime = lime
-        self.topology = Topology.from_config(config.broker)
-        self.limetype = config.lime.failed_limetype
+        self.topology = Topology.from_config(broker)
+        self.limetype = failed_limetype
 
     # ------------------------------------------------------------------ Lime side
 
@@ -115,7 +115,7 @@ class DeadLetters:
     # ------------------------------------------------------------------ queue side
 
     def _connect(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(connection_parameters(self.config.broker, "bfus-lime dead letters"))
+        return pika.BlockingConnection(connection_parameters(self.broker, "bfus-lime dead letters"))
 
     def take_all(self, connection: pika.BlockingConnection) -> Taken:
         channel = connection.channel()

@@ -107,7 +107,7 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
     with Progress(*columns, console=console, transient=False) as progress:
         try:
             stop = threading.Event()
-            migration = Migration(config, options, lime, BfusClient(config.bfus, stop=stop), mappers, progress, stop)
+            migration = Migration(config.broker, config.worker, options, lime, BfusClient(config.bfus, stop=stop), mappers, progress, stop)
         except MigrationError as err:
             console.print(f"bfus-lime migrate: {err}")
             return 2

@@ -9,7 +9,7 @@ from typing import Iterable
 import pika
 
 from migration.errors import MigrationError, Stopped
-from shared.config import Config
+from shared.config import BrokerConfig
 from shared.partitions import ControlChannel, PartitionLocks
 from shared.topology import Topology, connection_parameters
 
@@ -19,10 +19,10 @@ class PartitionHold:
     give them up (shared/partitions.py), so that no live change is applied to a
     partition's objects while the migration writes them."""
 
-    def __init__(self, config: Config, wait: float = 300.0):
-        self.topology = Topology.from_config(config.broker)
+    def __init__(self, broker: BrokerConfig, wait: float = 300.0):
+        self.topology = Topology.from_config(broker)
         self.wait = wait
-        self.connection = pika.BlockingConnection(connection_parameters(config.broker, "bfus-lime migration"))
+        self.connection = pika.BlockingConnection(connection_parameters(broker, "bfus-lime migration"))
         self.locks = PartitionLocks(ControlChannel(self.connection), self.topology, "migration")
         self.held: set[int] = set()
         if not self.locks.start_migration():

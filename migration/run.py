@@ -35,7 +35,7 @@ from migration.errors import MigrationError, Stopped
 from migration.hold import PartitionHold
 from migration.report import DONE, Report
 from shared.bfus import BfusClient
-from shared.config import Config
+from shared.config import BrokerConfig, WorkerConfig
 from shared.envelope import partition_key
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.logs import get_logger
@@ -93,15 +93,18 @@ class Indexed:
 
 
 class Migration:
-    def __init__(self, config: Config, options: MigrationOptions, lime: LimeClient, bfus: BfusClient,
-                 mappers: dict[str, ObjectMapper], progress: Any = None, stop: threading.Event | None = None):
-        self.config = config
+    def __init__(self, broker: BrokerConfig, retries: WorkerConfig, options: MigrationOptions, lime: LimeClient,
+                 bfus: BfusClient, mappers: dict[str, ObjectMapper], progress: Any = None,
+                 stop: threading.Event | None = None):
+        """``retries``: the worker's backoff settings, used through Lime outages."""
+        self.broker = broker
+        self.retries = retries
         self.options = options
         self.lime = lime
         self.bfus = bfus
         self.mappers = mappers
         self.progress = progress
-        self.topology = Topology.from_config(config.broker)
+        self.topology = Topology.from_config(broker)
         types = options.objecttypes or tuple(t for t in ORDER if t in mappers)
         unknown = [t for t in types if t not in mappers]
         if unknown:
@@ -235,7 +238,7 @@ class Migration:
         """``call`` through Lime outages and 429s; Stopped when the migration is asked to stop."""
         if self.stop.is_set():
             raise Stopped()
-        backoff = Backoff(self.config.worker.retry_initial, self.config.worker.retry_max)
+        backoff = Backoff(self.retries.retry_initial, self.retries.retry_max)
 
         def on_retry(err: Exception, pause: float) -> None:
             log.warning("lime_unavailable_waiting", attempt=backoff.attempt, pause=round(pause, 2), error=str(err))
@@ -266,7 +269,7 @@ class Migration:
         hold: PartitionHold | None = None
         try:
             if self.options.coordinate and not self.options.dry_run:
-                hold = PartitionHold(self.config)
+                hold = PartitionHold(self.broker)
                 hold.take(range(self.topology.partitions), self.stop)
             partitions = self._by_partition(self._todo(self.read(), checkpoint, report))
             for idle in set(range(self.topology.partitions)) - set(partitions) if hold is not None else ():

@@ -43,7 +43,7 @@ def migrate(stack: Stack, tmp_path: Path, lime: LimeStandIn | None = None, **opt
     mappers = check_against_lime(config, fetch_limetypes(client, wait=30))
     options.setdefault("checkpoint", tmp_path / "checkpoint.jsonl")
     options.setdefault("report", tmp_path / "report.json")
-    return Migration(config, MigrationOptions(**options), client, BfusClient(config.bfus), mappers).run()
+    return Migration(config.broker, config.worker, MigrationOptions(**options), client, BfusClient(config.bfus), mappers).run()
 
 
 def check_all(stack: Stack, lime: LimeStandIn | None = None, keys: dict[str, set[str]] | None = None) -> CheckReport:

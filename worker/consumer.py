@@ -16,7 +16,7 @@ from functools import partial
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from shared.config import Config
+from shared.config import BrokerConfig, LimeConfig, WorkerConfig
 from shared.lime import LimeClient
 from shared.logs import get_logger
 from shared.partitions import ControlChannel, PartitionLocks
@@ -31,14 +31,16 @@ log = get_logger(component="worker")
 
 
 class Worker:
-    def __init__(self, config: Config, handler: MessageHandler, name: str = "worker",
-                 lime: LimeClient | None = None):
-        self.config = config
+    def __init__(self, broker: BrokerConfig, settings: WorkerConfig, lime_config: LimeConfig, handler: MessageHandler,
+                 name: str = "worker", lime: LimeClient | None = None):
+        self.broker = broker
+        self.settings = settings
+        self.lime_config = lime_config
         self.handler = handler
         self.name = name
         self.lime = lime
-        self.topology = Topology.from_config(config.broker)
-        self._params = connection_parameters(config.broker, f"bfus-lime {name}")
+        self.topology = Topology.from_config(broker)
+        self._params = connection_parameters(broker, f"bfus-lime {name}")
         self._lanes: dict[str, Lane] = {}
         self._ownership: Ownership | None = None  # of the current connection
         self._connection: pika.BlockingConnection | None = None
@@ -46,7 +48,7 @@ class Worker:
         self._stop = threading.Event()  # stop taking messages
         self._abandon = threading.Event()  # give up on in-flight retries
         self._connected = threading.Event()
-        self._slots = threading.BoundedSemaphore(config.worker.concurrency)
+        self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._lock = threading.Lock()
         self.settled = 0
         self.max_delivery_count = 0
@@ -114,13 +116,13 @@ class Worker:
             locks = PartitionLocks(ControlChannel(connection), self.topology, self.name)
             ownership = self._ownership = Ownership(
                 self.name, self.topology, locks, self.lime, partial(self._subscribe_partition, connection, generation),
-                self._lane, self.config.lime.processed_limetype)
+                self._lane, self.lime_config.processed_limetype)
             connection.channel().basic_consume(self.topology.presence_queue, lambda *_: None, auto_ack=True)
             self._subscribe(connection, self.topology.invalid_queue, None, generation)
             self._connected.set()
             log.info("worker_consuming", worker=self.name)
             next_tick = 0.0
-            interval = self.config.worker.rebalance_interval
+            interval = self.settings.rebalance_interval
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=min(0.1, interval))
                 if time.monotonic() >= next_tick:
@@ -141,7 +143,7 @@ class Worker:
     def _subscribe(self, connection: pika.BlockingConnection, queue: str, owned: Owned | None,
                    generation: int) -> BlockingChannel:
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.config.worker.prefetch)
+        channel.basic_qos(prefetch_count=self.settings.prefetch)
         channel.basic_consume(queue, on_message_callback=partial(self._on_message, queue, owned, generation))
         return channel
 
@@ -150,7 +152,7 @@ class Worker:
         run here), then return so the connection closes."""
         ownership.release_all()
         self._lane(self.topology.invalid_queue).drop_queued()
-        deadline = time.monotonic() + self.config.worker.shutdown_timeout
+        deadline = time.monotonic() + self.settings.shutdown_timeout
         log.info("worker_draining", worker=self.name)
         while time.monotonic() < deadline:
             if ownership.let_go_idle() and self._lane(self.topology.invalid_queue).idle:
@@ -188,7 +190,7 @@ class Worker:
             owned.needs_grace = False
             # The head of a partition taken over may still be in the works at its previous
             # owner (a request to Lime sent just before that worker died): let it land first.
-            delivery.grace = self.config.lime.read_timeout + self.config.lime.connect_timeout if method.redelivered else 0.0
+            delivery.grace = self.lime_config.read_timeout + self.lime_config.connect_timeout if method.redelivered else 0.0
         self.max_delivery_count = max(self.max_delivery_count, delivery.delivery_count)
         self._lane(owned.index if owned is not None else queue).put(delivery)
 

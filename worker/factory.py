@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from shared.config import Config, ConfigError
+from shared.config import Config, ConfigError, LimeConfig, RetentionConfig
 from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.logs import get_logger
@@ -17,6 +17,7 @@ from worker.apply import Applier
 from worker.consumer import Worker
 from worker.handle import LimeErrors, MessageHandler
 from worker.records import LogWriter
+from worker.retention import purge_on_schedule
 
 log = get_logger(component="worker")
 
@@ -26,36 +27,19 @@ class WorkerProcess:
     worker: Worker
     publisher: ConfirmedPublisher
     lime: LimeClient
+    lime_config: LimeConfig
+    retention: RetentionConfig
     thread: threading.Thread | None = None
 
     def run(self) -> None:
-        retention = None
-        if self.worker.config.retention.days > 0:
-            retention = threading.Thread(target=self._retention, name="retention", daemon=True)
-            retention.start()
+        if self.retention.days > 0:
+            threading.Thread(target=purge_on_schedule, name="retention", daemon=True, args=(
+                self.lime, self.lime_config, self.retention, lambda: 0 in self.worker.owned_partitions(),
+                self.worker.stopping)).start()
         try:
             self.worker.run()
         finally:
             self.publisher.stop()
-
-    def _retention(self) -> None:
-        """Purge old log records every retention.interval_hours: done by whichever
-        worker owns partition 0, so by one worker at a time."""
-        from worker.retention import purge_logs
-
-        config = self.worker.config
-        interval = config.retention.interval_hours * 3600
-        wait = min(60.0, interval)
-        while not self.worker.stopping.wait(wait):
-            wait = interval
-            if 0 not in self.worker.owned_partitions():
-                continue
-            try:
-                result = purge_logs(self.lime, config.lime, config.retention.days)
-                log.info("log_records_purged", deleted_processed=result.processed, deleted_failed=result.failed,
-                         kept_unresolved=result.kept_unresolved)
-            except Exception as err:  # Lime away: next time
-                log.warning("log_purge_failed", error=str(err))
 
     def start_thread(self) -> threading.Thread:
         self.thread = threading.Thread(target=self.run, name=f"worker:{self.worker.name}", daemon=True)
@@ -92,7 +76,8 @@ def build_worker(
         config.worker,
         LimeErrors(lime, config.worker.lime_error_attempts),
     )
-    return WorkerProcess(Worker(config, handler, name, lime), publisher, lime)
+    worker = Worker(config.broker, config.worker, config.lime, handler, name, lime)
+    return WorkerProcess(worker, publisher, lime, config.lime, config.retention)
 
 
 def run_worker(config: Config, name: str = "worker") -> None:

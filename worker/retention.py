@@ -6,12 +6,16 @@ page through the Lime client, within its rate limit."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from shared.config import LimeConfig
+from shared.config import LimeConfig, RetentionConfig
 from shared.lime import LimeClient
 from shared.logrecords import CLOSED, OPEN
+from shared.logs import get_logger
+
+log = get_logger(component="worker")
 
 
 @dataclass
@@ -57,3 +61,21 @@ def purge_logs(lime: LimeClient, config: LimeConfig, older_than_days: int, now: 
         result.kept_unresolved += sum(1 for _ in lime.iterate(
             config.failed_limetype, {"status": status, "max-failedtime": cutoff}, page_size=page))
     return result
+
+
+def purge_on_schedule(lime: LimeClient, lime_config: LimeConfig, retention: RetentionConfig,
+                      owns_partition_0: Callable[[], bool], stop: threading.Event) -> None:
+    """Purge every ``retention.interval_hours`` (the first time after a minute), while
+    this worker owns partition 0, so one worker at a time does it. Runs until ``stop``."""
+    interval = retention.interval_hours * 3600
+    wait = min(60.0, interval)
+    while not stop.wait(wait):
+        wait = interval
+        if not owns_partition_0():
+            continue
+        try:
+            result = purge_logs(lime, lime_config, retention.days)
+            log.info("log_records_purged", deleted_processed=result.processed, deleted_failed=result.failed,
+                     kept_unresolved=result.kept_unresolved)
+        except Exception as err:  # Lime away: next time
+            log.warning("log_purge_failed", error=str(err))
