@@ -24,8 +24,8 @@ from sandbox.broker import exit_on_sigterm, provide_broker
 from sandbox.stack import Stack, config_environment
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
-from shared.logs import configure_logging
 from shared.limemeta import check_against_lime
+from shared.logs import configure_logging
 
 TYPES = "customer,facility,contract"
 

@@ -16,8 +16,8 @@ from cli.config import load
 def check_config(ctx: click.Context) -> None:
     """Validate the configuration and check the mapping against Lime's metadata."""
     from shared.lime import LimeClient, LimeError
-    from shared.mapping import MappingSetupError
     from shared.limemeta import check_against_lime
+    from shared.mapping import MappingSetupError
 
     config = load(ctx, need=("lime.api_key",))
     click.echo(f"configuration {config.source}: valid")
@@ -63,7 +63,8 @@ def topology(ctx: click.Context) -> None:
         declare_topology(config.broker)
         views = describe(config.broker, config.broker.management_url or None)
     except Exception as err:
-        click.echo(f"bfus-lime topology: RabbitMQ at {_public(config.broker.url)}: {err or type(err).__name__}", err=True)
+        click.echo(f"bfus-lime topology: RabbitMQ at {_public(config.broker.url)}: {err or type(err).__name__}",
+                   err=True)
         sys.exit(1)
     table = Table(title=f"{config.broker.partitions} partitions at {_public(config.broker.url)}")
     for column in ("queue", "owner", "consumers", "ready", "unacked"):
@@ -74,7 +75,8 @@ def topology(ctx: click.Context) -> None:
                       "?" if view.unacked is None else str(view.unacked))
     Console(width=120).print(table)
     owners = {v.owner for v in views[: config.broker.partitions] if v.owner}
-    click.echo(f"workers owning partitions: {len(owners) if '(held)' not in owners else 'unknown (no management_url)'}; "
+    owning = len(owners) if "(held)" not in owners else "unknown (no management_url)"
+    click.echo(f"workers owning partitions: {owning}; "
                f"free partitions: {sum(1 for v in views[: config.broker.partitions] if v.owner is None)}")
 
 

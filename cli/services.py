@@ -95,7 +95,8 @@ def sandbox_lime(ctx: click.Context, host: str, port: int | None, db_path: str, 
 @click.option("--admin-key", default="dev-bfus-admin", show_default=True)
 @click.option("--target-url", help="Where the queue posts. Default: the receiver of this configuration.")
 @click.option("--seed-customers", type=int, default=0, help="Customers BFUS has before the first change.")
-@click.option("--retry-pause", type=float, default=1.0, show_default=True, help="Seconds before posting a refused message again.")
+@click.option("--retry-pause", type=float, default=1.0, show_default=True,
+              help="Seconds before posting a refused message again.")
 @click.option("--seed", type=int, default=None, help="Random seed for generated data.")
 @click.pass_context
 def sandbox_bfus(ctx: click.Context, host: str, port: int | None, db_path: str, admin_key: str,
@@ -136,8 +137,8 @@ def receiver(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.pass_context
 def worker(ctx: click.Context, name: str) -> None:
     """Run a worker until SIGTERM / Ctrl-C."""
-    from shared.mapping import MappingSetupError
     from shared.lime import LimeUnavailable
+    from shared.mapping import MappingSetupError
     from worker.factory import run_worker
 
     config = load(ctx, need=("lime.api_key",))

@@ -69,7 +69,8 @@ def helpers() -> dict[str, Any]:
 
 @bp.get("/")
 def index() -> str:
-    filters = {name: request.args.get(name, "").strip() for name in ("reason", "objecttype", "customerno", "older_than")}
+    filters = {name: request.args.get(name, "").strip() for name in ("reason", "objecttype", "customerno",
+                                                                     "older_than")}
     status = request.args.get("status", "failed")
     statuses = STATUSES if status == "all" else (status,) if status in STATUSES else ("failed",)
     error = None
@@ -144,7 +145,7 @@ def _per_hour(hours: int = 12) -> list[tuple[str, int, int]]:
     """Processed and failed messages per hour, newest hour first (from Lime's log)."""
     config = _config()
     lime = _service().lime
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     since = (now - dt.timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
     buckets: dict[str, list[int]] = {}
     for i in range(hours + 1):
@@ -153,7 +154,7 @@ def _per_hour(hours: int = 12) -> list[tuple[str, int, int]]:
                                                 (config.lime.failed_limetype, "failedtime"))):
         for record in lime.iterate(limetype, {f"min-{stamp}": since.isoformat()}, page_size=500):
             if record.get(stamp):
-                hour = dt.datetime.fromisoformat(record[stamp]).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:00")
+                hour = dt.datetime.fromisoformat(record[stamp]).astimezone(dt.UTC).strftime("%Y-%m-%d %H:00")
                 if hour in buckets:
                     buckets[hour][column] += 1
     return [(hour, p, f) for hour, (p, f) in sorted(buckets.items(), reverse=True)]

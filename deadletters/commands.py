@@ -39,7 +39,8 @@ def dlq() -> None:
 @click.option("--objecttype")
 @click.option("--customerno")
 @click.option("--older-than", help="e.g. 2d, 12h, 30m")
-@click.option("--status", default="failed", show_default=True, help="Comma-separated: failed,requeued,resolved,discarded")
+@click.option("--status", default="failed", show_default=True,
+              help="Comma-separated: failed,requeued,resolved,discarded")
 @click.pass_context
 def list_(ctx: click.Context, reason: str | None, objecttype: str | None, customerno: str | None,
           older_than: str | None, status: str) -> None:

@@ -27,7 +27,7 @@ def age(stamp: str | None) -> str:
     """How long ago an ISO time was: 3d, 5h, 12m, 40s."""
     if not stamp:
         return "-"
-    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(stamp)).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp)).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

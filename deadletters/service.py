@@ -17,8 +17,9 @@ removed (acked) only after its message is safely published elsewhere.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -27,10 +28,9 @@ from shared import headers
 from shared.config import BrokerConfig
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.jsonbody import storable
-from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, status_of
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable
+from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, status_of
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
-
 
 
 @dataclass
@@ -102,7 +102,7 @@ class DeadLetters:
             if customerno:
                 params["customerno"] = customerno
             if older_than is not None:
-                params["max-failedtime"] = (dt.datetime.now(dt.timezone.utc) - older_than).isoformat()
+                params["max-failedtime"] = (dt.datetime.now(dt.UTC) - older_than).isoformat()
             out.extend(self.lime.iterate(self.limetype, params, page_size=500))
         return sorted(out, key=lambda r: r["_id"])
 
@@ -272,7 +272,7 @@ class DeadLetters:
             "objecttype": headers.text(h.get(headers.OBJECTTYPE, ""), 32),
             "key": "",
             "customerno": headers.text(h.get(headers.CUSTOMERNO, ""), 64),
-            "failedtime": headers.text(h.get(headers.FAILED_AT) or dt.datetime.now(dt.timezone.utc).isoformat()),
+            "failedtime": headers.text(h.get(headers.FAILED_AT) or dt.datetime.now(dt.UTC).isoformat()),
             "reason": headers.text(h.get(headers.REASON, "unknown"), 64),
             "error": headers.text(h.get(headers.ERROR, "")),
             "payload": storable(letter.body.decode("utf-8", errors="replace")),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
-import threading
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from migration.errors import MigrationError
+from migration.report import OUTCOMES, Report
+from migration.run import Migration, MigrationOptions
 from shared.bfus import BfusClient, BfusError
 from shared.config import Config
 from shared.lime import CircuitBreaker, LimeClient, LimeError
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.mapping import MappingSetupError
-from migration.errors import MigrationError
-from migration.report import OUTCOMES, Report
-from migration.run import Migration, MigrationOptions
 
 
 @click.command()
@@ -32,7 +32,8 @@ from migration.run import Migration, MigrationOptions
 @click.option("--changed-since", type=click.DateTime(["%Y-%m-%d"]), help="Only objects BFUS changed on or after DATE.")
 @click.option("--customer-category", help="Only customers of this category (and their objects).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N customers (and their objects).")
-@click.option("--dry-run", is_flag=True, help="Count what would be created, updated, unchanged or failed; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Count what would be created, updated, unchanged or failed; write nothing.")
 @click.option("--retry-failed", is_flag=True, help="Only the objects that failed in the checkpoint's run.")
 @click.option("--fresh", is_flag=True, help="Forget the checkpoint and start over.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True, help="Writes in flight at once.")
@@ -107,7 +108,8 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
     with Progress(*columns, console=console, transient=False) as progress:
         try:
             stop = threading.Event()
-            migration = Migration(config.broker, config.worker, options, lime, BfusClient(config.bfus, stop=stop), mappers, progress, stop)
+            migration = Migration(config.broker, config.worker, options, lime, BfusClient(config.bfus, stop=stop),
+                                  mappers, progress, stop)
         except MigrationError as err:
             console.print(f"bfus-lime migrate: {err}")
             return 2

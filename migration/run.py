@@ -25,10 +25,11 @@ import datetime as dt
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from migration.checkpoint import Checkpoint
 from migration.errors import MigrationError, Stopped
@@ -262,7 +263,7 @@ class Migration:
         back the partitions with nothing to migrate; index Lime; then write partition by
         partition, giving each back as soon as it is done."""
         started = time.monotonic()
-        report = Report(started=dt.datetime.now(dt.timezone.utc).isoformat(), dry_run=self.options.dry_run)
+        report = Report(started=dt.datetime.now(dt.UTC).isoformat(), dry_run=self.options.dry_run)
         calls_before = self.lime.calls
         checkpoint = Checkpoint(self.options.checkpoint, self.options.identity(), self.options.fresh,
                                 self.options.dry_run)

@@ -7,7 +7,8 @@ from typing import Any
 from flask import Response, jsonify
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> Response:
     response = jsonify({"error": code, "message": message, **extra})
     response.status_code = status
     for name, value in (headers or {}).items():

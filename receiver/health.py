@@ -15,6 +15,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     ready = current_app.extensions["publisher"].ready
-    response = jsonify({"status": "ready" if ready else "unavailable", "broker": "connected" if ready else "disconnected"})
+    response = jsonify({"status": "ready" if ready else "unavailable",
+                        "broker": "connected" if ready else "disconnected"})
     response.status_code = 200 if ready else 503
     return response

@@ -10,13 +10,13 @@ import hmac
 import pika
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from receiver.errors import error_response
 from shared import headers as h
 from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher, MessageUnencodable
 from shared.topology import INVALID_ROUTING_KEY, Topology
-from receiver.errors import error_response
 
 bp = Blueprint("bfus_messages", __name__)
 log = get_logger(component="receiver")

@@ -97,7 +97,7 @@ class BrokerHandle:
     url: str
     management_url: str | None
     kind: str
-    node: "PrivateNode | None" = None
+    node: PrivateNode | None = None
     container: object | None = None
     _vhosts: list[str] = field(default_factory=list)
 
@@ -271,7 +271,7 @@ class PrivateNode:
             for path in [self.base, *self.base.rglob("*")]:
                 os.chown(path, self.user.pw_uid, self.user.pw_gid)
 
-    def start(self, timeout: float = 90.0) -> "PrivateNode":
+    def start(self, timeout: float = 90.0) -> PrivateNode:
         self._prepare()
         self._log = open(self.base / "server.out", "wb")
         self.process = subprocess.Popen(

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from shared.lime import option_key
 from shared.mapping import ObjectMapper

@@ -189,7 +189,8 @@ def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Pr
     processes.start("bfus", [*cfg, "sandbox-bfus", "--db", str(workdir / "bfus.db"), "--admin-key", BFUS_ADMIN,
                              "--retry-pause", "0.5", "--seed", "2026"])
     bfus = f"http://127.0.0.1:{ports['bfus']}/"
-    _wait_until(lambda: _get(f"{bfus}_admin/queue", headers={"X-Admin-Key": BFUS_ADMIN}), 30, "BFUS stand-in", processes)
+    _wait_until(lambda: _get(f"{bfus}_admin/queue", headers={"X-Admin-Key": BFUS_ADMIN}), 30, "BFUS stand-in",
+                processes)
     _wait_until(lambda: _consumers(broker) >= options.workers, 60, "workers", processes)
 
     print(f"""
@@ -258,7 +259,8 @@ def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processe
             last_print = now
         if applied + failed >= options.changes and not done_reported:
             done_reported = True
-            print(f"\nAll {options.changes} changes are in Lime ({applied} processed, {failed} failed) after {elapsed:.1f}s.",
+            print(f"\nAll {options.changes} changes are in Lime ({applied} processed, {failed} failed) "
+                  f"after {elapsed:.1f}s.",
                   flush=True)
             if options.until_done:
                 return 0 if failed == 0 else 1

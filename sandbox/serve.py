@@ -33,7 +33,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         if self._server is not None:
             return self
         self._server = waitress.create_server(self.app, host=self.host, port=self.port, **self.options)
@@ -49,7 +49,7 @@ class ServerThread:
             server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
         self._thread = None  # its loop ends within a second, once it sees nothing left to serve
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

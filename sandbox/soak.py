@@ -19,9 +19,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from sandbox.broker import BrokerHandle, exit_on_sigterm, provide_broker
 from sandbox.check import CheckReport, check_customers

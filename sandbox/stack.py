@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -95,14 +96,14 @@ class Stack:
         self.workers.append(process)
         return process
 
-    def spawn_worker(self, name: str | None = None) -> "WorkerChild":
+    def spawn_worker(self, name: str | None = None) -> WorkerChild:
         """A worker in a process of its own (``bfus-lime worker``), configured by
         environment variables, so that it can be SIGKILLed."""
         child = WorkerChild(name or f"proc-{len(self.children) + 1}", config_environment(self.raw), self.workdir)
         self.children.append(child)
         return child
 
-    def spawn_receiver(self, processes: int = 2, threads: int = 2, **receiver: Any) -> "ReceiverChild":
+    def spawn_receiver(self, processes: int = 2, threads: int = 2, **receiver: Any) -> ReceiverChild:
         """The receiver as production runs it (``bfus-lime receiver``: gunicorn
         processes), on this stack's receiver port, configured by environment."""
         raw = deep_merge(self.raw, {"receiver": {"processes": processes, "threads": threads, **receiver}})
@@ -112,7 +113,7 @@ class Stack:
         child.wait_ready()
         return child
 
-    def start(self, workers: int = 1, post: bool = True) -> "Stack":
+    def start(self, workers: int = 1, post: bool = True) -> Stack:
         self.start_receiver()
         for _ in range(workers):
             self.start_worker()

@@ -5,7 +5,8 @@ connection trouble and 5xx."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urljoin
 
 import requests

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urljoin
 
 import requests

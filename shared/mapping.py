@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from shared.config import FieldRule, MappingConfig, ObjectMapping, ProblemsError, RelationRule
 
@@ -301,14 +302,16 @@ def _check_options(where: str, spec: ObjectMapping, fields: Mapping[str, FieldRu
             continue
         missing = sorted({str(v) for v in rule.values.values()} - _option_keys(prop))
         if missing:
-            problems.append(f"{where}.fields.{bfus_field}.values: option key(s) {', '.join(missing)} not in {spec.limetype}.{rule.property}.")
+            problems.append(f"{where}.fields.{bfus_field}.values: option key(s) {', '.join(missing)} "
+                            f"not in {spec.limetype}.{rule.property}.")
     sd = spec.soft_delete
     if sd.kind in ("option", "yesno", "date") and sd.property in props:
         ptype = props[sd.property].get("type")
         if ptype != sd.kind:
             problems.append(f"{where}.soft_delete.property: '{sd.property}' has type {ptype}, not {sd.kind}.")
         elif sd.kind == "option" and sd.value not in _option_keys(props[sd.property]):
-            problems.append(f"{where}.soft_delete.value: '{sd.value}' is not an option of {spec.limetype}.{sd.property}.")
+            problems.append(f"{where}.soft_delete.value: '{sd.value}' is not an option of "
+                            f"{spec.limetype}.{sd.property}.")
     return problems
 
 
@@ -391,7 +394,8 @@ def _to_decimal(bfus_field: str, value: Any, _prop: Mapping[str, Any]) -> float:
 def _to_option(bfus_field: str, value: Any, prop: Mapping[str, Any]) -> str:
     key = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
     if key is None or key not in _option_keys(prop):
-        raise MappingError(bfus_field, value, f"not an option of {prop['name']} ({', '.join(sorted(_option_keys(prop)))})")
+        raise MappingError(bfus_field, value,
+                           f"not an option of {prop['name']} ({', '.join(sorted(_option_keys(prop)))})")
     return key
 
 

@@ -21,7 +21,8 @@ exclusive to another connection, i.e. held elsewhere; 404: it does not exist).""
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
-from typing import Callable
 
 import pika
 from pika import frame, spec
@@ -92,7 +92,7 @@ class ConfirmedPublisher:
 
     # ------------------------------------------------------------------ public
 
-    def start(self) -> "ConfirmedPublisher":
+    def start(self) -> ConfirmedPublisher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"publisher:{self._name}", daemon=True)
             self._thread.start()

@@ -42,7 +42,7 @@ class Topology:
     partitions: int
 
     @classmethod
-    def from_config(cls, broker: BrokerConfig) -> "Topology":
+    def from_config(cls, broker: BrokerConfig) -> Topology:
         return cls(prefix=broker.prefix, partitions=broker.partitions)
 
     @property

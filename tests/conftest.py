@@ -3,8 +3,9 @@ or a private node from the Debian package), a fresh virtual host per test."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -13,7 +14,6 @@ from sandbox.broker import BrokerHandle, provide_broker
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.stack import Stack
 from shared.logs import configure_logging
-
 
 # Hypothesis: a few hundred examples in `make test`; `--hypothesis-profile=long` for a
 # longer run. Tests that set max_examples themselves keep it.

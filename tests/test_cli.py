@@ -11,9 +11,9 @@ from pathlib import Path
 import pika
 from click.testing import CliRunner
 
+from cli.main import main
 from sandbox.broker import BrokerHandle
 from sandbox.lime.app import LimeStandIn
-from cli.main import main
 
 
 def write(tmp_path: Path, text: str) -> Path:

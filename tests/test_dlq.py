@@ -7,14 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pika
 import pytest
 from click.testing import CliRunner, Result
 
-from sandbox.stack import Stack, config_environment, wait_for
 from cli.main import main
+from sandbox.stack import Stack, config_environment, wait_for
 from shared.topology import Topology
 
 

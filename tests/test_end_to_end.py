@@ -5,7 +5,7 @@ with the messages BFUS delivered."""
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

@@ -4,12 +4,12 @@ of writes only, still fails nothing."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pika
 import pytest
-
 from builders import message
+
 from sandbox.stack import Stack, wait_for
 from shared import headers as h
 

@@ -21,7 +21,8 @@ class Api:
         self.headers = {"X-API-Key": lime.api_key}
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(path if path.startswith("http") else self.base + path, headers=self.headers, timeout=10, **kw)
+        return requests.get(path if path.startswith("http") else self.base + path, headers=self.headers, timeout=10,
+                            **kw)
 
     def post(self, path: str, body: Any) -> requests.Response:
         return requests.post(self.base + path, json=body, headers=self.headers, timeout=10)
@@ -132,10 +133,11 @@ def test_belongsto_is_related_id(api: Api) -> None:
 
 
 def test_times_and_dates(api: Api) -> None:
-    record = api.post("limeobject/bfusprocessedmessage/", {"messageid": 1, "bfustimestamp": "2026-11-24T09:15:02.123+01:00"})
+    record = api.post("limeobject/bfusprocessedmessage/", {"messageid": 1,
+                                                           "bfustimestamp": "2026-11-24T09:15:02.123+01:00"})
     assert record.status_code == 201
     stamp = dt.datetime.fromisoformat(record.json()["bfustimestamp"])
-    assert stamp == dt.datetime(2026, 11, 24, 8, 15, 2, 123000, tzinfo=dt.timezone.utc)
+    assert stamp == dt.datetime(2026, 11, 24, 8, 15, 2, 123000, tzinfo=dt.UTC)
     assert api.company(bfuscreateddate="2020-02-29")["bfuscreateddate"] == "2020-02-29"
     assert api.post("limeobject/company/", {"name": "x", "bfuscreateddate": "29/02/2020"}).status_code == 400
 
@@ -240,7 +242,8 @@ def test_rate_limit_answers_429_with_retry_after(api: Api) -> None:
 
 
 def test_admin_needs_its_own_key_and_rejects_unknown_faults(api: Api) -> None:
-    assert requests.put(f"{api.root}_admin/faults", json={"down": True}, headers=api.headers, timeout=10).status_code == 401
+    assert requests.put(f"{api.root}_admin/faults", json={"down": True}, headers=api.headers,
+                        timeout=10).status_code == 401
     response = api.faults(explode=True)
     assert response.status_code == 400 and "explode" in response.json()["message"]
     assert api.faults(error_rate=2).status_code == 400

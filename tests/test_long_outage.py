@@ -9,8 +9,8 @@ everything applied in order once Lime is back."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -60,7 +60,8 @@ def test_outage_far_longer_than_the_consumer_timeout_loses_nothing(strict_broker
         assert dead.get("messages", 0) == 0
         mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
         report = CheckReport()
-        check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"), stack.lime_objects("company"))
+        check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"),
+                      stack.lime_objects("company"))
         processed, failed = stack.log_records()
         check_log(report, stack.bfus.store.delivered_ids(), processed, failed)
         assert report.ok, report.details()

@@ -149,7 +149,8 @@ def mappers_for(limetypes: dict[str, Any], mapping: dict | None = None):
     return build_mappers(build_config({"mapping": mapping or {}}, {}).mapping, limetypes)
 
 
-def test_private_name_is_replaced_and_company_name_kept_when_personal_data_is_left_out(limetypes: dict[str, Any]) -> None:
+def test_private_name_is_replaced_and_company_name_kept_when_personal_data_is_left_out(limetypes: dict[str,
+                                                                                                       Any]) -> None:
     m = mapper(limetypes, {"exclude_personal_data": True, "anonymous_name": "Kund {customerno}"})
     assert m.map(CUSTOMER)["name"] == "Kund 100234"
     company = {**CUSTOMER, "customertype": "company", "name": "Öbergs El AB", "orgno": "556677-8899"}
@@ -189,7 +190,8 @@ def test_default_relations_of_every_object_type(limetypes: dict[str, Any]) -> No
 
 
 def test_truncate_rule_cuts_instead_of_failing(limetypes: dict[str, Any]) -> None:
-    m = mapper(limetypes, {"objects": {"customer": {"fields": {"category": {"property": "category", "truncate": True}}}}})
+    m = mapper(limetypes, {"objects": {"customer": {"fields": {"category": {"property": "category",
+                                                                            "truncate": True}}}}})
     assert m.map({"category": "x" * 100})["category"] == "x" * 64
 
 
@@ -197,7 +199,8 @@ def test_truncate_rule_cuts_instead_of_failing(limetypes: dict[str, Any]) -> Non
     "value, ptype, expected",
     [
         ("42", "integer", 42), (42.0, "integer", 42), ("3,5", "decimal", None), ("3.5", "decimal", 3.5),
-        (True, "string", "true"), (7, "string", "7"), ("2026-11-24T09:15:02+01:00", "time", "2026-11-24T09:15:02+01:00"),
+        (True, "string", "true"), (7, "string", "7"), ("2026-11-24T09:15:02+01:00", "time",
+                                                       "2026-11-24T09:15:02+01:00"),
         ("nej", "yesno", False), (0, "yesno", False), (None, "yesno", False), (None, "integer", None),
     ],
 )
@@ -224,9 +227,11 @@ def test_relation_misfits_are_listed(limetypes: dict[str, Any]) -> None:
     text = "\n".join(caught.value.problems)
     assert "mapping.objects.contract.relations.company: objecttype 'customer' is not synced" in text
     assert "mapping.objects.facility.relations.company: objecttype 'customer' is not synced" in text
-    assert "mapping.objects.meter.relations.bfuslastmessageid: 'bfuslastmessageid' has type integer, not belongsto." in text
+    assert ("mapping.objects.meter.relations.bfuslastmessageid: 'bfuslastmessageid' has type integer, "
+            "not belongsto.") in text
     assert "mapping.objects.meter.relations.nowhere: limetype 'meter' has no property 'nowhere'." in text
-    assert "mapping.objects.meter.fields.facilityno: 'facility' has type belongsto; map relations under 'relations'." in text
+    assert ("mapping.objects.meter.fields.facilityno: 'facility' has type belongsto; "
+            "map relations under 'relations'.") in text
     assert "mapping.objects.meter.watermark: 'meterno' must be an integer property." in text
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pika
 import pytest
@@ -13,9 +14,9 @@ import pytest
 from sandbox.check import CheckReport, check_log, check_objects
 from sandbox.stack import Stack, wait_for
 from shared.lime import LimeClient
+from shared.limemeta import check_against_lime
 from shared.mapping import MappingSetupError
 from shared.topology import Topology
-from shared.limemeta import check_against_lime
 from worker.factory import build_worker
 
 ALL_TYPES = ("customer", "contract", "facility", "meter")

@@ -26,7 +26,8 @@ values = st.one_of(
     st.text(max_size=300),
     st.sampled_from(OPTION_WORDS),
     st.dates(min_value=dt.date(1900, 1, 1)).map(dt.date.isoformat),
-    st.sampled_from(["2026-02-30", "24/11/2026", "20261124", "ja", "nej", "true", "1", "0", "2026-11-24T09:15:02+01:00"]),
+    st.sampled_from(["2026-02-30", "24/11/2026", "20261124", "ja", "nej", "true", "1", "0",
+                     "2026-11-24T09:15:02+01:00"]),
     st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )

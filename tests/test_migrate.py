@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+from migration.report import Report
+from migration.run import Migration, MigrationOptions
 from sandbox.check import CheckReport, check_objects
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.stack import Stack, config_environment, wait_for
@@ -21,8 +24,6 @@ from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
-from migration.report import Report
-from migration.run import Migration, MigrationOptions
 
 TYPES = ("customer", "facility", "contract", "meter")
 
@@ -43,7 +44,8 @@ def migrate(stack: Stack, tmp_path: Path, lime: LimeStandIn | None = None, **opt
     mappers = check_against_lime(config, fetch_limetypes(client, wait=30))
     options.setdefault("checkpoint", tmp_path / "checkpoint.jsonl")
     options.setdefault("report", tmp_path / "report.json")
-    return Migration(config.broker, config.worker, MigrationOptions(**options), client, BfusClient(config.bfus), mappers).run()
+    return Migration(config.broker, config.worker, MigrationOptions(**options), client, BfusClient(config.bfus),
+                     mappers).run()
 
 
 def check_all(stack: Stack, lime: LimeStandIn | None = None, keys: dict[str, set[str]] | None = None) -> CheckReport:
@@ -89,7 +91,8 @@ def test_prefilled_lime_is_overwritten_and_foreign_companies_stay_untouched(stac
         if i % 3 == 0:
             values.update(name="Gammalt Namn AB", phone="+46800000000")  # stale in Lime
         stack.lime.store.create("company", values)
-    foreign = [stack.lime.store.create("company", {"name": f"Lime-only {i}", "customerno": f"L-{i}"}) for i in range(20)]
+    foreign = [stack.lime.store.create("company", {"name": f"Lime-only {i}",
+                                                   "customerno": f"L-{i}"}) for i in range(20)]
     foreign.append(stack.lime.store.create("company", {"name": "No number AB"}))
     stack.lime.faults.reset_stats()
     report = migrate(stack, tmp_path, objecttypes=("customer",))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Callable
-
+from collections.abc import Callable
+from typing import Any
 
 from sandbox.broker import BrokerHandle
 from sandbox.check import check_customers

@@ -4,7 +4,8 @@ every later confirm matched to the wrong message (issue 9)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pika
 import pytest

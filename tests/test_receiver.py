@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import requests
-
 from builders import message, take_all
+
 from sandbox.broker import BrokerHandle
 from sandbox.stack import Stack, wait_for
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
-
 from builders import message, take_all
+
 from sandbox.stack import RECEIVER_KEY, Stack, wait_for
 from sandbox.tcpproxy import FreezableProxy
 

@@ -14,13 +14,14 @@ import json
 import math
 import re
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import requests
+from builders import message
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from builders import message
 from sandbox.stack import RECEIVER_KEY, Stack, wait_for
 from shared.topology import Topology
 
@@ -72,7 +73,8 @@ keys = st.one_of(st.from_regex(r"[0-9]{1,8}", fullmatch=True), any_text, json_va
 field_names = st.sampled_from(["customerno", "name", "firstname", "street", "zipcode", "city", "status", "email",
                                 "contractno", "facilityno", "meterno", "einvoice", "startdate", "category"])
 plausible = {
-    "timestamp": st.sampled_from(["2026-11-24T09:15:02.123+01:00", "2026-01-01T00:00:00Z", "1999-12-31T23:59:59-05:00"]),
+    "timestamp": st.sampled_from(["2026-11-24T09:15:02.123+01:00", "2026-01-01T00:00:00Z",
+                                  "1999-12-31T23:59:59-05:00"]),
     "objecttype": st.sampled_from(["customer", "contract", "facility", "meter", "invoice"]),
     "operation": st.sampled_from(["created", "updated", "deleted"]),
     "key": st.from_regex(r"[0-9]{1,8}", fullmatch=True),
@@ -122,9 +124,11 @@ def bodies(draw: st.DrawFn) -> tuple[str, Any, str]:
 
 content_types = st.sampled_from(
     ["application/json"] * 20 + ["application/json; charset=utf-8", "application/json;charset=UTF8", "APPLICATION/JSON",
-                                 "application/json; charset=iso-8859-1", "text/plain", "application/x-www-form-urlencoded",
+                                 "application/json; charset=iso-8859-1", "text/plain",
+                                 "application/x-www-form-urlencoded",
                                  "", "application/problem+json", "application/json; charset", "application/json;;=",
-                                 "multipart/form-data; boundary=x", "application/json\u00e5".encode().decode("latin-1")])
+                                 "multipart/form-data; boundary=x",
+                                 "application/json\u00e5".encode().decode("latin-1")])
 
 
 def encode(text: str, encoding: str) -> bytes:

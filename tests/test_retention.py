@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from click.testing import CliRunner
 
-from sandbox.stack import Stack, config_environment, wait_for
 from cli.main import main
+from sandbox.stack import Stack, config_environment, wait_for
 
-OLD = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)).isoformat()
-NEW = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=5)).isoformat()
+OLD = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).isoformat()
+NEW = (dt.datetime.now(dt.UTC) - dt.timedelta(days=5)).isoformat()
 
 
 def seed(stack: Stack) -> dict[str, list[int]]:
@@ -24,7 +25,8 @@ def seed(stack: Stack) -> dict[str, list[int]]:
     for i in range(230):  # more than one page
         add("old processed", "bfusprocessedmessage", {"messageid": i, "processedtime": OLD, "outcome": "applied"})
     for i in range(5):
-        add("new processed", "bfusprocessedmessage", {"messageid": 1000 + i, "processedtime": NEW, "outcome": "applied"})
+        add("new processed", "bfusprocessedmessage", {"messageid": 1000 + i, "processedtime": NEW,
+                                                      "outcome": "applied"})
     for status in ("resolved", "discarded"):
         add(f"old {status}", "bfusfailedmessage", {"messageid": 2000, "failedtime": OLD, "status": status})
         add(f"new {status}", "bfusfailedmessage", {"messageid": 2001, "failedtime": NEW, "status": status})

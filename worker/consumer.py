@@ -190,7 +190,8 @@ class Worker:
             owned.needs_grace = False
             # The head of a partition taken over may still be in the works at its previous
             # owner (a request to Lime sent just before that worker died): let it land first.
-            delivery.grace = self.lime_config.read_timeout + self.lime_config.connect_timeout if method.redelivered else 0.0
+            timeout = self.lime_config.read_timeout + self.lime_config.connect_timeout
+            delivery.grace = timeout if method.redelivered else 0.0
         self.max_delivery_count = max(self.max_delivery_count, delivery.delivery_count)
         self._lane(owned.index if owned is not None else queue).put(delivery)
 

@@ -12,10 +12,11 @@ import datetime as dt
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cached_property, partial
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pika
 import structlog
@@ -227,7 +228,8 @@ class MessageHandler:
         if outcome.outcome == "skipped_duplicate" and delivery.redelivered:
             # Our own write before a crash or lost connection: applied, only not yet logged.
             outcome = replace(outcome, outcome="applied")
-        elif outcome.outcome in ("skipped_duplicate", "skipped_stale") and not delivery.redelivered and requeued is None:
+        elif outcome.outcome in ("skipped_duplicate",
+                                 "skipped_stale") and not delivery.redelivered and requeued is None:
             # BFUS sent it again, or an old one came back: one log record per message id.
             existing = retrying(lambda: self.records.existing(env.id), "find_log_record")
             if existing is not None:
@@ -303,7 +305,7 @@ class MessageHandler:
             h.ERROR: h.text(error),
             h.ATTEMPTS: attempts,
             h.SOURCE_QUEUE: delivery.queue,
-            h.FAILED_AT: dt.datetime.now(dt.timezone.utc).isoformat(),
+            h.FAILED_AT: dt.datetime.now(dt.UTC).isoformat(),
             h.OBJECTTYPE: h.text(facts.objecttype, 64),
             h.CUSTOMERNO: h.text(facts.customerno, 64),
             h.FAILED_RECORD: record_id,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pika.adapters.blocking_connection import BlockingChannel
 

@@ -18,7 +18,7 @@ from worker.apply import Outcome
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ class MessageFacts:
     bfustimestamp: str | None = None
 
     @classmethod
-    def of(cls, env: Envelope) -> "MessageFacts":
+    def of(cls, env: Envelope) -> MessageFacts:
         return cls(env.id, env.objecttype, env.operation, env.key, env.customerno or "", env.timestamp.isoformat())
 
     @classmethod
-    def guess(cls, message: Any) -> "MessageFacts":
+    def guess(cls, message: Any) -> MessageFacts:
         """Best effort from a raw message that failed validation."""
         if not isinstance(message, dict):
             return cls(None)

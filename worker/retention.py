@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from shared.config import LimeConfig, RetentionConfig
 from shared.lime import LimeClient
@@ -49,7 +49,7 @@ def purge_logs(lime: LimeClient, config: LimeConfig, older_than_days: int, now: 
                page: int = 200, on_delete: Callable[[], None] = lambda: None) -> PurgeResult:
     if older_than_days < 1:
         raise ValueError("older_than_days must be at least 1")
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     cutoff = (now - dt.timedelta(days=older_than_days)).isoformat()
     result = PurgeResult(cutoff=cutoff)
     result.processed = _delete_matching(lime, config.processed_limetype, {"max-processedtime": cutoff}, page,

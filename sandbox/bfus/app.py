@@ -61,7 +61,7 @@ class BfusStandIn:
         self._feeds: list[threading.Thread] = []
         self._stop_feeds = threading.Event()
 
-    def start(self) -> "BfusStandIn":
+    def start(self) -> BfusStandIn:
         self.server.start()
         if self._post:
             self.poster.start()

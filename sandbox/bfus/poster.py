@@ -30,7 +30,7 @@ class QueuePoster:
         self._thread: threading.Thread | None = None
         self.last_status: str | None = None
 
-    def start(self) -> "QueuePoster":
+    def start(self) -> QueuePoster:
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="bfus-poster", daemon=True)

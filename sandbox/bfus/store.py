@@ -17,7 +17,7 @@ from sandbox.sqlite import ThreadLocalDB
 try:
     BFUS_TZ: dt.tzinfo = ZoneInfo("Europe/Stockholm")
 except Exception:  # no tz database: UTC is still a valid offset
-    BFUS_TZ = dt.timezone.utc
+    BFUS_TZ = dt.UTC
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -99,7 +99,8 @@ class BfusStore:
         }
 
     def change(
-        self, objecttype: str, operation: str, key: str, customerno: str | None, data: dict[str, Any], notify: bool = True
+        self, objecttype: str, operation: str, key: str, customerno: str | None, data: dict[str, Any],
+        notify: bool = True
     ) -> int:
         """Write the object's new state and queue its change message; returns the queue id."""
         stamp = now()

@@ -34,10 +34,12 @@ CITIES = [
     ("Stockholm", "11", "08", "Södermalm"), ("Stockholm", "12", "08", "Enskede"), ("Göteborg", "41", "031", "Majorna"),
     ("Malmö", "21", "040", "Limhamn"), ("Uppsala", "75", "018", "Luthagen"), ("Västerås", "72", "021", "Bäckby"),
     ("Örebro", "70", "019", "Adolfsberg"), ("Linköping", "58", "013", "Ryd"), ("Helsingborg", "25", "042", "Tågaborg"),
-    ("Jönköping", "55", "036", "Huskvarna"), ("Norrköping", "60", "011", "Klingsberg"), ("Lund", "22", "046", "Norra Fäladen"),
+    ("Jönköping", "55", "036", "Huskvarna"), ("Norrköping", "60", "011", "Klingsberg"), ("Lund", "22", "046",
+                                                                                         "Norra Fäladen"),
     ("Umeå", "90", "090", "Ålidhem"), ("Gävle", "80", "026", "Sätra"), ("Borås", "50", "033", "Norrby"),
     ("Sundsvall", "85", "060", "Skönsberg"), ("Luleå", "97", "0920", "Porsön"), ("Kalmar", "39", "0480", "Berga"),
-    ("Karlstad", "65", "054", "Herrhagen"), ("Växjö", "35", "0470", "Teleborg"), ("Östersund", "83", "063", "Odenslund"),
+    ("Karlstad", "65", "054", "Herrhagen"), ("Växjö", "35", "0470", "Teleborg"), ("Östersund", "83", "063",
+                                                                                  "Odenslund"),
 ]
 COMPANY_WORDS = [
     "Bygg", "Fastighets", "Måleri", "El", "Rör", "VVS", "Bageri", "Konsult", "Transport", "Handels", "Gård",
@@ -170,7 +172,8 @@ FACILITY_CATEGORIES = ["villa", "apartment", "holiday_home", "commercial", "farm
 
 
 def _property_designation(rng: random.Random, city: str) -> str:
-    return f"{city.upper()} {rng.choice(['BJÖRKEN', 'EKEN', 'LÖNNEN', 'SVALAN', 'KRONAN', 'HAGEN'])} {rng.randrange(1, 40)}:{rng.randrange(1, 300)}"
+    block = rng.choice(["BJÖRKEN", "EKEN", "LÖNNEN", "SVALAN", "KRONAN", "HAGEN"])
+    return f"{city.upper()} {block} {rng.randrange(1, 40)}:{rng.randrange(1, 300)}"
 
 
 class SwedishFacilities:

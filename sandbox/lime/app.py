@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from sandbox.lime.faults import Faults, FaultInjector
+from sandbox.lime.faults import FaultInjector, Faults
 from sandbox.lime.schema import load_schema
 from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
 
@@ -292,7 +292,7 @@ class LimeStandIn:
     def api_key(self) -> str:
         return self.settings.api_keys[0]
 
-    def start(self) -> "LimeStandIn":
+    def start(self) -> LimeStandIn:
         self.server.start()
         return self
 

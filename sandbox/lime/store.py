@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sandbox.lime.schema import TEXT_TYPES, Limetype, Property
 from sandbox.sqlite import ThreadLocalDB
@@ -31,7 +32,7 @@ def bad_request(message: str, code: str = "bad_request") -> LimeRequestError:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="microseconds")
+    return dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="microseconds")
 
 
 def _parse_time(value: str) -> str:
@@ -91,7 +92,8 @@ class LimeStore:
                 )
                 for p in lt.stored_properties:
                     db.execute(
-                        f'CREATE INDEX IF NOT EXISTS "ix_{lt.name}_{p.name}" ON {self._table(lt.name)} ({self._col(p.name)})'
+                        f'CREATE INDEX IF NOT EXISTS "ix_{lt.name}_{p.name}" '
+                        f"ON {self._table(lt.name)} ({self._col(p.name)})"
                     )
             # Lime object ids are unique across limetypes and start at 1001.
             db.execute("CREATE TABLE IF NOT EXISTS _ids (id INTEGER PRIMARY KEY AUTOINCREMENT)")
@@ -155,15 +157,18 @@ class LimeStore:
             try:
                 return _parse_time(value) if isinstance(value, str) else _fail()
             except ValueError:
-                raise bad_request(f"Property '{where}' expects an ISO 8601 time, got {value!r}.", "invalid_value") from None
+                raise bad_request(f"Property '{where}' expects an ISO 8601 time, got {value!r}.",
+                                  "invalid_value") from None
         if prop.type == "date":
             try:
                 return _parse_date(value) if isinstance(value, str) else _fail()
             except ValueError:
-                raise bad_request(f"Property '{where}' expects a date (YYYY-MM-DD), got {value!r}.", "invalid_value") from None
+                raise bad_request(f"Property '{where}' expects a date (YYYY-MM-DD), got {value!r}.",
+                                  "invalid_value") from None
         if prop.type == "belongsto":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise bad_request(f"Property '{where}' expects the related object's id, got {value!r}.", "invalid_value")
+                raise bad_request(f"Property '{where}' expects the related object's id, got {value!r}.",
+                                  "invalid_value")
             if self._get_row(prop.related or "", value) is None:
                 raise bad_request(f"Property '{where}': {prop.related} {value} does not exist.", "invalid_relation")
             return value
@@ -190,7 +195,8 @@ class LimeStore:
             if prop is None:
                 raise bad_request(f"Limetype '{lt.name}' has no property '{name}'.", "unknown_property")
             if not prop.stored:
-                raise bad_request(f"Property '{lt.name}.{name}' is a hasmany relation and cannot be written.", "read_only")
+                raise bad_request(f"Property '{lt.name}.{name}' is a hasmany relation and cannot be written.",
+                                  "read_only")
             out[name] = self._to_db(lt, prop, value)
         if creating:
             missing = [p.name for p in lt.stored_properties if p.required and p.name not in out]
@@ -309,7 +315,8 @@ class LimeStore:
             if prop.type == "date":
                 return name, _parse_date(raw)
         except ValueError:
-            raise bad_request(f"Filter on '{name}' expects an ISO 8601 {prop.type}, got {raw!r}.", "invalid_filter") from None
+            raise bad_request(f"Filter on '{name}' expects an ISO 8601 {prop.type}, got {raw!r}.",
+                              "invalid_filter") from None
         return name, raw
 
     def sort_column(self, lt: Limetype, spec: str) -> str:
