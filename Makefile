@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test soak bench rabbitmq chromium clean
+.PHONY: run test lint soak bench rabbitmq chromium clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed; installing python3-venv"; \
@@ -38,8 +38,13 @@ chromium:
 run: $(STAMP) rabbitmq
 	$(BIN)/bfus-lime run
 
-test: $(STAMP) rabbitmq chromium
+test: $(STAMP) rabbitmq chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy, configured in pyproject.toml; make test runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # 20,000 changes over 2,000 customers through 3-4 worker processes while workers are
 # killed, the broker restarts and Lime fails; the checker's counts and the wall time

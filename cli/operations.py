@@ -37,9 +37,9 @@ def check_config(ctx: click.Context) -> None:
         for prop, rule in mapper.relations.items():
             click.echo(f"      {prop}: the {rule.objecttype} whose key is {rule.field}")
         sd = mapper.spec.soft_delete
-        rule = {"option": f"{sd.property} = {sd.value}", "yesno": f"{sd.property} = yes",
+        mark = {"option": f"{sd.property} = {sd.value}", "yesno": f"{sd.property} = yes",
                 "date": f"{sd.property} = day deleted", "none": "nothing"}[sd.kind]
-        click.echo(f"      deleted in BFUS: {rule}")
+        click.echo(f"      deleted in BFUS: {mark}")
     skipped = sorted(t for t, o in config.mapping.objects.items() if not o.sync)
     if skipped:
         click.echo(f"  not synced (logged as skipped_not_configured): {', '.join(skipped)}")

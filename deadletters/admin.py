@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from deadletters.format import age, parse_age, pretty_payload
 from deadletters.service import DeadLetters
@@ -100,13 +101,13 @@ def detail(record_id: int) -> str:
 
 
 @bp.post("/failed/<int:record_id>/requeue")
-def requeue(record_id: int) -> Response:
+def requeue(record_id: int) -> BaseResponse:
     actions = _service().requeue([record_id])
     return redirect(url_for("admin.detail", record_id=record_id, done="; ".join(a.what for a in actions)))
 
 
 @bp.post("/failed/<int:record_id>/discard")
-def discard(record_id: int) -> Response:
+def discard(record_id: int) -> BaseResponse:
     why = request.form.get("why", "").strip()
     if not why:
         return redirect(url_for("admin.detail", record_id=record_id, done="say why it is discarded"))
@@ -115,7 +116,7 @@ def discard(record_id: int) -> Response:
 
 
 @bp.post("/requeue")
-def requeue_reason() -> Response:
+def requeue_reason() -> BaseResponse:
     reason = request.form.get("reason", "").strip()
     if not reason:
         return redirect(url_for("admin.index", done="name a reason to requeue"))

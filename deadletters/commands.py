@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 
 import click
@@ -22,7 +23,7 @@ def _service(ctx: click.Context) -> DeadLetters:
     return DeadLetters(config.broker, LimeClient(config.lime), config.lime.failed_limetype)
 
 
-def _age_option(text: str | None) -> object:
+def _age_option(text: str | None) -> dt.timedelta | None:
     try:
         return parse_age(text)
     except ValueError as err:

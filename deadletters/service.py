@@ -92,7 +92,7 @@ class DeadLetters:
                 objecttype: str | None = None, customerno: str | None = None,
                 older_than: dt.timedelta | None = None) -> list[dict[str, Any]]:
         """Failed-message records, oldest first, filtered."""
-        out = []
+        out: list[dict[str, Any]] = []
         for status in statuses:
             params: dict[str, Any] = {"status": status, "_sort": "_id"}
             if reason:

@@ -273,8 +273,9 @@ class Migration:
                 hold = PartitionHold(self.broker)
                 hold.take(range(self.topology.partitions), self.stop)
             partitions = self._by_partition(self._todo(self.read(), checkpoint, report))
-            for idle in set(range(self.topology.partitions)) - set(partitions) if hold is not None else ():
-                hold.give_back(idle)
+            if hold is not None:
+                for idle in set(range(self.topology.partitions)) - set(partitions):
+                    hold.give_back(idle)
             self.build_index()
             self._write_all(partitions, checkpoint, report, hold)
         except Stopped:
@@ -302,8 +303,8 @@ class Migration:
         for objecttype, found in items.items():
             keep = []
             for item in found:
-                entry = checkpoint.outcomes.get((objecttype, item.key))
-                previous = entry["o"] if entry else None
+                entry = checkpoint.outcomes.get((objecttype, item.key)) or {}
+                previous = entry.get("o")
                 if self.options.retry_failed:
                     if previous == "failed":
                         keep.append(item)

@@ -108,7 +108,7 @@ class BrokerHandle:
             raise BrokerSetupError("this broker has no management API")
         parts = urlsplit(self.management_url)
         auth = (parts.username or "guest", parts.password or "guest")
-        base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), "", "", ""))
+        base = urlunsplit((parts.scheme, (parts.hostname or "") + (f":{parts.port}" if parts.port else ""), "", "", ""))
         response = requests.request(method, f"{base}/api/{path}", auth=auth, timeout=10, **kwargs)
         response.raise_for_status()
         return response

@@ -95,7 +95,8 @@ def _relation_diffs(mapper: ObjectMapper, snapshot: dict[str, Any], obj: dict[st
     diffs = []
     for prop, key in mapper.relation_keys(snapshot["data"]).items():
         target = mappers[mapper.relations[prop].objecttype]
-        related = lime_by_id.get(obj.get(prop)) if obj.get(prop) is not None else None
+        related_id = obj.get(prop)
+        related = lime_by_id.get(related_id) if isinstance(related_id, int) else None
         actual = None if related is None else str(related.get(target.key_property))
         if actual != key:
             diffs.append(f"{prop}: points at {target.objecttype} {actual}, bfus says {key}")

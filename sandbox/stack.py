@@ -68,7 +68,7 @@ class Stack:
         }
         self.raw = deep_merge(raw, config or {})
         self.config: Config = build_config(self.raw, environ={})
-        self.children: list[WorkerChild] = []
+        self.children: list[ChildProcess] = []
         self.bfus = BfusStandIn(
             BfusSandboxSettings(
                 db_path=self.workdir / "bfus.db",

@@ -57,7 +57,7 @@ class FreezableProxy:
                 for key, _ in selector.select(timeout=0.1):
                     if not self._flowing.is_set():
                         break  # frozen while waiting: hold what has not been read
-                    data = key.fileobj.recv(65536)
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]  # registered sockets
                     if not data:
                         return
                     key.data.sendall(data)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ class _Strict(Schema):
         unknown = RAISE
 
 
-def _url_with_scheme(*schemes: str) -> validate.Validator:
+def _url_with_scheme(*schemes: str) -> Callable[[str], None]:
     def check(value: str) -> None:
         if not any(value.startswith(f"{s}://") for s in schemes) or "://" == value[-3:]:
             raise ValidationError(f"Must be a URL starting with {' or '.join(s + '://' for s in schemes)}.")
@@ -339,7 +339,7 @@ class ObjectMappingSchema(_Strict):
     limetype = fields.String(required=True, validate=_name)
     key = fields.String(required=True)
     watermark = fields.String(load_default=None)
-    exclude = fields.List(fields.String(), load_default=list)
+    exclude = fields.List(fields.String(), load_default=list)  # type: ignore[assignment]  # a field, not Meta
     rename = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     fields_ = fields.Dict(keys=fields.String(), values=FieldRuleField(), data_key="fields", load_default=dict)
     soft_delete = fields.Nested(SoftDeleteSchema, required=True)

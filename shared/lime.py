@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import urljoin
 
@@ -248,7 +249,7 @@ class LimeClient:
         objects, next_url = attempt(lambda: self.list_page(limetype, {**(params or {}), "_limit": page_size}))
         yield from objects
         while next_url:
-            body = attempt(lambda url=next_url: self.request("GET", url))
+            body = attempt(partial(self.request, "GET", next_url))
             yield from body.get("_embedded", {}).get("limeobjects", [])
             next_url = body.get("_links", {}).get("next", {}).get("href")
 

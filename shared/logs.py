@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from functools import partial
 from typing import Any
 
 import structlog
@@ -31,10 +33,14 @@ PERSONAL_KEYS = frozenset(
 )
 
 
-def redact_personal(_logger: Any, _method: str, event: dict) -> dict:
+def redact_personal(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in PERSONAL_KEYS.intersection(event):
         event[key] = "[redacted]"
     return event
+
+
+def _add_fields(fields: dict[str, Any], _logger: Any, _method: str, event: Any) -> Any:
+    return {**fields, **event}
 
 
 def configure_logging(level: str = "info", fmt: str = "console", stream: Any = None,
@@ -50,7 +56,7 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: Any = N
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            *([lambda _logger, _method, event: {**extra, **event}] if extra else []),
+            *([partial(_add_fields, extra)] if extra else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_personal,

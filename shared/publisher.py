@@ -71,7 +71,7 @@ class ConfirmedPublisher:
         self,
         broker: BrokerConfig,
         name: str,
-        on_connect: Callable[[], None] | None = None,
+        on_connect: Callable[[], object] | None = None,
     ) -> None:
         self._params = connection_parameters(broker, name)
         self._timeout = broker.confirm_timeout

@@ -133,7 +133,7 @@ def _api_blueprint() -> Blueprint:
         except ValueError as err:
             return _error(400, "invalid_parameter", str(err))
         args = request.args
-        items, total, queueid = _standin().store.list(
+        items, total, queueid = _standin().store.page(
             objecttype, offset, limit, args.get("status"), args.get("changedsince"), args.get("category"),
             args.get("customerno"),
         )

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sandbox.bfus.store import BfusStore, now
 from sandbox.bfus.swedish import SwedishData, SwedishFacilities
@@ -60,7 +61,7 @@ class ChangeMaker:
         metered facility, as (objecttype, key, data)."""
         today = now().date()
         customerno = customer["customerno"]
-        objects = []
+        objects: list[tuple[str, str, dict[str, Any]]] = []
         for _ in range(self.rng.choice((1, 1, 1, 2))):
             facilityno = str(self.store.next_number("facilityno", FIRST_FACILITYNO))
             address = {k: customer[k] for k in ("street", "zipcode", "city")} if not objects else self.data.address()

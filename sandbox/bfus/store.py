@@ -111,6 +111,7 @@ class BfusStore:
                 (stamp.isoformat(timespec="milliseconds"), objecttype, operation, key, customerno, text),
             )
             queue_id = cur.lastrowid
+            assert queue_id is not None
             db.execute(
                 "INSERT INTO objects (objecttype, key, customerno, data, status, deleted, changed, queueid) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (objecttype, key) DO UPDATE SET "
@@ -133,7 +134,7 @@ class BfusStore:
                  now().date().isoformat()),
             )
 
-    def list(
+    def page(
         self, objecttype: str, offset: int, limit: int, status: str | None = None, changedsince: str | None = None,
         category: str | None = None, customerno: str | None = None,
     ) -> tuple[list[dict[str, Any]], int, int]:

@@ -257,6 +257,7 @@ class LimeStore:
                 f"VALUES ({', '.join('?' for _ in cols)})",
                 (new_id, stamp, stamp, *checked.values()),
             )
+        assert new_id is not None
         return self.get(limetype, new_id)
 
     def update(self, limetype: str, object_id: int, values: dict[str, Any]) -> dict[str, Any]:
