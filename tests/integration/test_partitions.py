@@ -45,7 +45,8 @@ def test_partitions_spread_rebalance_and_fail_over(make_stack: Callable[..., Sta
 
 
 def test_killed_worker_partitions_are_taken_over_within_seconds(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(partitions=16).start(workers=0)
+    # A short Lime timeout: the new owner waits that long for a dead owner's last request.
+    stack = make_stack(partitions=16, config={"lime": {"read_timeout": 1.0, "connect_timeout": 0.5}}).start(workers=0)
     first, second = stack.spawn_worker("first"), stack.spawn_worker("second")
     first.wait_log("worker_consuming")
     second.wait_log("worker_consuming")

@@ -99,6 +99,6 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 
 
 def test_the_documented_example_configuration_is_valid() -> None:
-    example = Path(__file__).resolve().parent.parent / "docs" / "bfus-lime.example.toml"
+    example = Path(__file__).resolve().parents[2] / "docs" / "bfus-lime.example.toml"
     config = load_config(example, environ={})
     assert config.retention.days == 90 and config.lime.url.startswith("https://")

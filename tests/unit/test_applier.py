@@ -1,0 +1,76 @@
+"""Applying one change to Lime (store-backed Lime, no HTTP): the id cache, the
+staleness guard, a 404 on update, an ambiguous key, a missing parent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builders import message
+from fakes import StoreLime
+from shared.config import build_config
+from shared.envelope import validate_envelope
+from shared.limemeta import check_against_lime
+from worker.apply import Applier, IdCache, Known, PermanentFailure
+
+
+@pytest.fixture
+def lime(tmp_path: Path) -> StoreLime:
+    return StoreLime(tmp_path / "lime.db")
+
+
+@pytest.fixture
+def applier(lime: StoreLime, limetypes: dict[str, Any]) -> Applier:
+    return Applier(lime, check_against_lime(build_config({}, environ={}), limetypes))  # type: ignore[arg-type]
+
+
+def change(mid: int, name: str = "Ebba Lund AB", **extra: Any) -> Any:
+    return validate_envelope(message(mid, data={"customerno": "100234", "name": name, "customertype": "company"},
+                                     **extra))
+
+
+def test_the_id_cache_keeps_the_newest_entries() -> None:
+    cache = IdCache(size=2)
+    for i in range(3):
+        cache.put("company", str(i), Known(i, None))
+    assert cache.get("company", "0") is None and cache.get("company", "2") == Known(2, None)
+    cache.get("company", "1")  # used: now the newest
+    cache.put("company", "3", Known(3, None))
+    assert cache.get("company", "1") is not None and cache.get("company", "2") is None
+
+
+def test_older_and_equal_messages_are_skipped_not_written(applier: Applier, lime: StoreLime) -> None:
+    cache = IdCache()
+    assert applier.apply(change(10), cache).outcome == "applied"
+    writes = lime.calls["POST"] + lime.calls["PUT"]
+    assert applier.apply(change(9, "Older AB"), cache).outcome == "skipped_stale"
+    assert applier.apply(change(10, "Same AB"), cache).outcome == "skipped_duplicate"
+    assert lime.calls["POST"] + lime.calls["PUT"] == writes
+    assert lime.objects("company")[0]["name"] == "Ebba Lund AB"
+
+
+def test_a_company_removed_in_lime_since_it_was_cached_is_created_again(applier: Applier, lime: StoreLime) -> None:
+    cache = IdCache()
+    first = applier.apply(change(1), cache)
+    lime.store.delete("company", first.object_id)
+    second = applier.apply(change(2), cache)
+    assert second.outcome == "applied" and second.object_id != first.object_id
+    assert len(lime.objects("company")) == 1
+
+
+def test_two_lime_objects_with_one_key_fail_as_ambiguous(applier: Applier, lime: StoreLime) -> None:
+    for name in ("A", "B"):
+        lime.store.create("company", {"name": name, "customerno": "100234"})
+    with pytest.raises(PermanentFailure) as caught:
+        applier.apply(change(1), IdCache())
+    assert caught.value.reason == "ambiguous_key"
+
+
+def test_a_contract_of_a_customer_lime_lacks_fails_as_missing_related(applier: Applier) -> None:
+    contract = validate_envelope(message(1, "300001", objecttype="contract", key="5000010", data={
+        "contractno": "5000010", "customerno": "300001", "product": "water", "status": "active"}))
+    with pytest.raises(PermanentFailure) as caught:
+        applier.apply(contract, IdCache())
+    assert caught.value.reason == "missing_related" and "300001" in caught.value.error

@@ -1,0 +1,121 @@
+"""The small machinery under the worker: lanes, the circuit breaker, the token bucket,
+retries and the publisher's encoding check."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pika
+import pytest
+
+from shared.lime import CircuitBreaker, LimeUnavailable
+from shared.publisher import MessageUnencodable, check_encodable
+from shared.ratelimit import TokenBucket
+from shared.retry import Backoff, compute_backoff, retry
+from worker.lanes import Lane
+
+
+def test_a_lane_applies_in_order_and_survives_an_error() -> None:
+    seen: list[int] = []
+    done = threading.Event()
+
+    def work(item: Any) -> None:
+        if item == 2:
+            raise RuntimeError("a bug")
+        seen.append(item)
+        if item == 4:
+            done.set()
+
+    lane = Lane("test", work)
+    for item in range(5):
+        lane.put(item)  # type: ignore[arg-type]
+    assert done.wait(5)
+    assert seen == [0, 1, 3, 4]
+    lane.close()
+    lane.join(5)
+
+
+def test_a_lane_forgets_what_it_has_not_started() -> None:
+    started, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def work(item: Any) -> None:
+        started.set()
+        release.wait(5)
+        seen.append(item)
+
+    lane = Lane("test", work)
+    for item in range(3):
+        lane.put(item)  # type: ignore[arg-type]
+    assert started.wait(5)
+    assert not lane.idle and lane.drop_queued() == 2
+    release.set()
+    lane.close()
+    lane.join(5)
+    assert seen == [0]
+
+
+def test_the_breaker_opens_after_the_threshold_and_one_probe_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("shared.lime.time.monotonic", lambda: now[0])
+    breaker = CircuitBreaker(threshold=3, initial=1.0, ceiling=4.0)
+    for _ in range(3):
+        breaker.before_call()
+        breaker.failure()
+    assert breaker.is_open and not breaker.probe_due()
+    with pytest.raises(LimeUnavailable):
+        breaker.before_call()
+    now[0] += 1.0
+    assert breaker.probe_due()
+    breaker.before_call()  # the probe
+    with pytest.raises(LimeUnavailable):
+        breaker.before_call()  # one probe at a time
+    breaker.failure()  # probe failed: wait twice as long
+    now[0] += 1.5
+    assert not breaker.probe_due()
+    now[0] += 0.5
+    breaker.before_call()
+    breaker.success()
+    assert not breaker.is_open
+    breaker.before_call()
+
+
+def test_the_token_bucket_spaces_calls_after_its_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [50.0]
+    monkeypatch.setattr("shared.ratelimit.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("shared.ratelimit.time.sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    bucket = TokenBucket(rate=200.0, burst=2)
+    waited = [bucket.acquire() for _ in range(6)]
+    assert waited[:2] == [0.0, 0.0]
+    assert waited[2:] == pytest.approx([0.005] * 4)
+    clock[0] += 1.0  # a quiet second refills the burst, no more
+    assert [bucket.acquire() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.005])
+
+
+def test_backoff_doubles_to_its_ceiling_with_jitter_below() -> None:
+    for attempt, base in ((1, 0.5), (2, 1.0), (3, 2.0), (10, 8.0)):
+        for _ in range(20):
+            assert base * 0.5 <= compute_backoff(attempt, 0.5, 8.0) <= base
+    backoff = Backoff(0.5, 8.0)
+    assert backoff.pause(retry_after=7.0) == 7.0 and backoff.attempt == 1
+
+
+def test_retry_stops_when_the_wait_is_cut_short() -> None:
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise LimeUnavailable("down", retry_after=0.01)
+
+    with pytest.raises(LimeUnavailable):
+        retry(failing, (LimeUnavailable,), Backoff(1.0, 1.0), wait=lambda seconds: len(calls) < 3)
+    assert len(calls) == 3
+    assert retry(lambda: 42, (LimeUnavailable,), Backoff(1.0, 1.0), wait=lambda s: True) == 42
+
+
+@pytest.mark.parametrize("headers", [{"n": 10**40}, {"t": "\ud800"}, {"k" * 300: 1}])
+def test_a_publish_that_cannot_be_encoded_is_refused_before_it_is_sent(headers: dict[str, Any]) -> None:
+    with pytest.raises(MessageUnencodable):
+        check_encodable("bfus.changes", "p000", b"{}", pika.BasicProperties(headers=headers))
+    check_encodable("bfus.changes", "p000", b"{}", pika.BasicProperties(headers={"n": 2**63 - 1, "t": "Å"}))
