@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pika
 import pytest
-from builders import message
 
+from builders import message
 from sandbox.stack import Stack, wait_for
 from shared import headers as h
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from builders import message, take_all
 
+from builders import message, take_all
 from sandbox.broker import BrokerHandle
 from sandbox.stack import Stack, wait_for
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from builders import message, take_all
 
+from builders import message, take_all
 from sandbox.stack import RECEIVER_KEY, Stack, wait_for
 from sandbox.tcpproxy import FreezableProxy
 

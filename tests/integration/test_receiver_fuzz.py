@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from builders import message
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from builders import message
 from sandbox.stack import RECEIVER_KEY, Stack, wait_for
 from shared.topology import Topology
 
