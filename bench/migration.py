@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from sandbox.broker import exit_on_sigterm, provide_broker
-from sandbox.stack import Stack, config_environment
+from sandbox.stack import BFUS_LIME, Stack, config_environment
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
 from shared.limemeta import check_against_lime
@@ -49,7 +49,7 @@ def run_case(broker_url: str, management_url: str, customers: int, prefill: floa
         started = time.monotonic()
         log = open(workdir / "migrate.log", "w+")
         child = subprocess.Popen(
-            [sys.executable, "-m", "cli", "migrate", "--objecttypes", TYPES, "--parallel", str(parallel),
+            [*BFUS_LIME, "migrate", "--objecttypes", TYPES, "--parallel", str(parallel),
              "--checkpoint", str(workdir / "cp.jsonl"), "--report", str(workdir / "report.json")],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from sandbox.broker import BrokerHandle, BrokerSetupError, free_port, provide_broker
+from sandbox.stack import BFUS_LIME
 
 LIME_KEY = "dev-lime-key"
 LIME_ADMIN = "dev-lime-admin"
@@ -92,7 +93,7 @@ class Processes:
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "ab")
         child = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*BFUS_LIME, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.children.append((name, child))
         return child

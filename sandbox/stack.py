@@ -24,6 +24,7 @@ from shared.config import Config, build_config, deep_merge
 from worker.factory import WorkerProcess, build_worker
 
 RECEIVER_KEY = "dev-receiver-key"
+BFUS_LIME = [sys.executable, "-m", "cli"]  # the bfus-lime command, run by this Python
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -199,7 +200,7 @@ class ChildProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BFUSLIME_", "RABBITMQ_URL"))}
         env.update(config_env)
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, stdout=self._log,
+        self.process = subprocess.Popen([*BFUS_LIME, *args], env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:

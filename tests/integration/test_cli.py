@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pika
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 from cli.main import main
 from sandbox.broker import BrokerHandle
 from sandbox.lime.app import LimeStandIn
+from sandbox.stack import BFUS_LIME
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -55,7 +55,7 @@ def test_check_config_says_when_lime_is_unreachable(tmp_path: Path) -> None:
 
 def test_broker_command_starts_a_private_node_and_removes_it() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-    child = subprocess.Popen([sys.executable, "-m", "cli", "broker"], stdout=subprocess.PIPE,
+    child = subprocess.Popen([*BFUS_LIME, "broker"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
     try:
         line = ""
@@ -78,7 +78,7 @@ def test_broker_command_starts_a_private_node_and_removes_it() -> None:
 def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:
     env = {**os.environ, "RABBITMQ_URL": amqp_url, "RABBITMQ_MANAGEMENT_URL": rabbitmq.management_url or ""}
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "run", "--changes", "60", "--customers", "15", "--rate", "200",
+        [*BFUS_LIME, "run", "--changes", "60", "--customers", "15", "--rate", "200",
          "--until-done", "--workdir", str(tmp_path / "run")],
         env=env, capture_output=True, text=True, timeout=240,
     )

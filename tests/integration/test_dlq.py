@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import main
-from sandbox.stack import Stack, config_environment, wait_for
+from sandbox.stack import BFUS_LIME, Stack, config_environment, wait_for
 from shared.topology import Topology
 
 
@@ -183,7 +182,7 @@ def test_requeue_killed_midway_is_finished_by_reconcile(stack: Stack) -> None:
     stack.lime.faults.configure({"latency_ms": 1500})
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ", "BFUSLIME"))},
            **config_environment(stack.raw)}
-    child = subprocess.Popen([sys.executable, "-m", "cli", "dlq", "requeue", str(ids[0]), str(ids[1])],
+    child = subprocess.Popen([*BFUS_LIME, "dlq", "requeue", str(ids[0]), str(ids[1])],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # Killed while Lime is marking the first record requeued, before the message moves.
     wait_for(lambda: stack.lime.faults.stats()["requests"].get("PUT bfusfailedmessage", 0) >= 1, 60,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from migration.report import Report
 from migration.run import Migration, MigrationOptions
 from sandbox.check import CheckReport, check_objects
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
-from sandbox.stack import Stack, config_environment, wait_for
+from sandbox.stack import BFUS_LIME, Stack, config_environment, wait_for
 from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
 from shared.lime import LimeClient
@@ -182,7 +181,7 @@ def _migrate_command(stack: Stack, tmp_path: Path) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ", "BFUSLIME"))},
            **config_environment(stack.raw)}
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "migrate", "--parallel", "2", "--checkpoint", str(tmp_path / "cp.jsonl"),
+        [*BFUS_LIME, "migrate", "--parallel", "2", "--checkpoint", str(tmp_path / "cp.jsonl"),
          "--report", str(tmp_path / "report.json")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

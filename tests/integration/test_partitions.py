@@ -10,7 +10,7 @@ from typing import Any
 
 from sandbox.broker import BrokerHandle
 from sandbox.check import check_customers
-from sandbox.stack import Stack, wait_for
+from sandbox.stack import BFUS_LIME, Stack, wait_for
 
 
 def spread(stack: Stack, workers: int, partitions: int = 16) -> dict[str, int]:
@@ -200,7 +200,6 @@ def test_graceful_sigterm_finishes_in_flight_and_exits_0(make_stack: Callable[..
 def test_topology_command_shows_owners_and_depths(make_stack: Callable[..., Stack], tmp_path: Any) -> None:
     import os
     import subprocess
-    import sys
 
     from sandbox.stack import config_environment
 
@@ -212,7 +211,7 @@ def test_topology_command_shows_owners_and_depths(make_stack: Callable[..., Stac
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ")}, **config_environment(stack.raw)}
 
     def topology() -> tuple[str, list[str], int | None]:
-        result = subprocess.run([sys.executable, "-m", "cli", "topology"], env=env, capture_output=True,
+        result = subprocess.run([*BFUS_LIME, "topology"], env=env, capture_output=True,
                                 text=True)
         assert result.returncode == 0, result.stderr
         lines = [line for line in result.stdout.splitlines() if "bfus.changes.p" in line]
