@@ -119,3 +119,56 @@ def test_a_publish_that_cannot_be_encoded_is_refused_before_it_is_sent(headers: 
     with pytest.raises(MessageUnencodable):
         check_encodable("bfus.changes", "p000", b"{}", pika.BasicProperties(headers=headers))
     check_encodable("bfus.changes", "p000", b"{}", pika.BasicProperties(headers={"n": 2**63 - 1, "t": "Å"}))
+
+
+class FakeChannel:
+    """A channel that records publishes, or raises for the ones told to."""
+
+    is_open = True
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.raise_for: set[bytes] = set()
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes, properties: Any, mandatory: bool) -> None:
+        if body in self.raise_for:
+            raise RuntimeError("the socket went away half-way")
+        self.sent.append(body)
+
+
+def confirm(tag: int, multiple: bool = False, ack: bool = True) -> Any:
+    method = pika.spec.Basic.Ack(tag, multiple) if ack else pika.spec.Basic.Nack(tag, multiple)
+    return type("Frame", (), {"method": method})()
+
+
+def test_the_publisher_matches_confirms_to_what_the_channel_really_sent() -> None:
+    """The channel numbers what it published 1, 2, 3 ...; a publish that raised was not
+    sent, so it must not take a number (issue 9), and the publisher resets."""
+    from concurrent.futures import Future
+
+    from shared.config import build_config
+    from shared.publisher import BrokerUnavailable, ConfirmedPublisher, PublishRejected
+
+    publisher = ConfirmedPublisher(build_config({}, environ={}).broker, "unit")
+    channel = FakeChannel()
+    publisher._channel = channel  # type: ignore[assignment]
+    first, second = Future(), Future()
+    publisher._publish_in_loop(first, "x", "k", b"1", pika.BasicProperties(headers={}))
+    channel.raise_for = {b"2"}
+    publisher._publish_in_loop(second, "x", "k", b"2", pika.BasicProperties(headers={}))
+    assert channel.sent == [b"1"] and publisher._seq == 1  # the failed one took no number
+    with pytest.raises(BrokerUnavailable, match="publish failed"):
+        second.result(0)
+    with pytest.raises(BrokerUnavailable, match="reset"):
+        first.result(0)  # in flight when the publisher reset: failed, so the caller answers 503
+    assert not publisher.ready
+    # On the next channel the confirms name the messages by what that channel sent.
+    publisher._seq = 0
+    fresh = [Future(), Future(), Future()]
+    for i, future in enumerate(fresh, start=3):
+        publisher._publish_in_loop(future, "x", "k", str(i).encode(), pika.BasicProperties(headers={}))
+    publisher._on_confirm(confirm(2, multiple=True))
+    publisher._on_confirm(confirm(3, ack=False))
+    assert fresh[0].result(0) is None and fresh[1].result(0) is None
+    with pytest.raises(PublishRejected):
+        fresh[2].result(0)
