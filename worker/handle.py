@@ -167,8 +167,11 @@ class MessageHandler:
             return Settle.ABANDON
         except Exception:  # failing it failed too: keep the message as a dead letter at least
             log.exception("message_failing_failed", queue=delivery.queue)
-            self._retrying(lambda: self._dead_letter(delivery, facts, "internal_error", error, 1, None),
-                           "dead_letter", sleep)
+            try:
+                self._retrying(lambda: self._dead_letter(delivery, facts, "internal_error", error, 1, None),
+                               "dead_letter", sleep)
+            except Abandoned:
+                return Settle.ABANDON
         return Settle.ACK
 
     def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
@@ -178,7 +181,7 @@ class MessageHandler:
             env = parse_envelope(delivery.body)
         except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
             facts = MessageFacts.guess(loads_or_none(delivery.body))
-            self._fail(delivery, facts, err.reason, err.message, raw, None, sleep, detail=err.message)
+            self._fail(delivery, facts, err.reason, err.message, raw, None, sleep, detail=err.message[:200])
             return
         structlog.contextvars.bind_contextvars(message_id=env.id, customerno=env.customerno or "")
         facts = MessageFacts.of(env)
