@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,7 @@ class Stack:
         processes), on this stack's receiver port, configured by environment."""
         raw = deep_merge(self.raw, {"receiver": {"processes": processes, "threads": threads, **receiver}})
         child = ReceiverChild(f"receiver-{len(self.children) + 1}", config_environment(raw), self.workdir,
-                              self.receiver_url)
+                              self.receiver_url, processes)
         self.children.append(child)
         child.wait_ready()
         return child
@@ -232,14 +233,22 @@ class WorkerChild(ChildProcess):
 class ReceiverChild(ChildProcess):
     """``bfus-lime receiver``: a gunicorn master and its processes."""
 
-    def __init__(self, name: str, config_env: dict[str, str], workdir: Path, url: str):
+    def __init__(self, name: str, config_env: dict[str, str], workdir: Path, url: str, count: int):
         super().__init__(name, ["receiver"], config_env, workdir)
         self.url = url
+        self.count = count  # serving processes
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Until every serving process is connected to RabbitMQ (each logs it with its
+        pid) and ``/readyz`` answers 200."""
+
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{self.log_text()[-2000:]}")
+            pids = self.processes()
+            connected = set(re.findall(r"event='broker_connected' pid=(\d+)", self.log_text()))
+            if len(pids) != self.count or not {str(p) for p in pids} <= connected:
+                return False
             try:
                 return requests.get(f"{self.url}readyz", timeout=2).status_code == 200
             except requests.RequestException:
