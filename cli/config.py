@@ -20,4 +20,18 @@ def load(ctx: click.Context, need: tuple[str, ...] = ()) -> Config:
         click.echo(f"bfus-lime: {err}", err=True)
         sys.exit(2)
     configure_logging(config.log.level, config.log.format)
+    ctx.obj["config"] = config  # for the messages of cli/failures.py
     return config
+
+
+def remember_config_path(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """``--config`` given after a subcommand: it counts as if given before."""
+    if value is not None:
+        ctx.ensure_object(dict)["config_path"] = value
+
+
+def config_option() -> click.Option:
+    return click.Option(["--config", "config_path"], type=click.Path(dir_okay=False), expose_value=False,
+                        callback=remember_config_path, is_eager=True,
+                        help="Configuration file (TOML); also accepted before the command. Environment: "
+                             "BFUSLIME_CONFIG.")

@@ -3,33 +3,23 @@ topology, purging old log records."""
 
 from __future__ import annotations
 
-import sys
-from urllib.parse import urlsplit
-
 import click
 
 from cli.config import load
+from cli.failures import public
 
 
 @click.command("check-config")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
     """Validate the configuration and check the mapping against Lime's metadata."""
-    from shared.lime import LimeClient, LimeError
+    from shared.lime import LimeClient
     from shared.limemeta import check_against_lime
-    from shared.mapping import MappingSetupError
 
     config = load(ctx, need=("lime.api_key",))
-    click.echo(f"configuration {config.source}: valid")
-    try:
-        limetypes = LimeClient(config.lime).limetypes()
-        mappers = check_against_lime(config, limetypes)
-    except LimeError as err:
-        click.echo(f"Lime at {config.lime.url}: {err}", err=True)
-        sys.exit(1)
-    except MappingSetupError as err:
-        click.echo(str(err), err=True)
-        sys.exit(2)
+    click.echo(f"configuration {config.source}: every key valid; checking the mapping against Lime at "
+               f"{config.lime.url} ...")
+    mappers = check_against_lime(config, LimeClient(config.lime).limetypes())
     for objecttype, mapper in sorted(mappers.items()):
         click.echo(f"  {objecttype} -> {mapper.limetype} by {mapper.key_property}: {len(mapper.fields)} fields")
         fields = ", ".join(f if f == r.property else f"{f}->{r.property}" for f, r in mapper.fields.items())
@@ -59,14 +49,9 @@ def topology(ctx: click.Context) -> None:
     from shared.topology import declare_topology
 
     config = load(ctx)
-    try:
-        declare_topology(config.broker)
-        views = describe(config.broker, config.broker.management_url or None)
-    except Exception as err:
-        click.echo(f"bfus-lime topology: RabbitMQ at {_public(config.broker.url)}: {err or type(err).__name__}",
-                   err=True)
-        sys.exit(1)
-    table = Table(title=f"{config.broker.partitions} partitions at {_public(config.broker.url)}")
+    declare_topology(config.broker)
+    views = describe(config.broker, config.broker.management_url or None)
+    table = Table(title=f"{config.broker.partitions} partitions at {public(config.broker.url)}")
     for column in ("queue", "owner", "consumers", "ready", "unacked"):
         table.add_column(column, justify="right" if column in ("consumers", "ready", "unacked") else "left")
     for i, view in enumerate(views):
@@ -78,14 +63,6 @@ def topology(ctx: click.Context) -> None:
     owning = len(owners) if "(held)" not in owners else "unknown (no management_url)"
     click.echo(f"workers owning partitions: {owning}; "
                f"free partitions: {sum(1 for v in views[: config.broker.partitions] if v.owner is None)}")
-
-
-def _public(url: str) -> str:
-    """A URL without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
 
 
 @click.command("purge-logs")

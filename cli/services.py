@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 import click
 
 from cli.config import load
-from shared.config import ConfigError
 from shared.logs import configure_logging
 
 
@@ -137,19 +136,9 @@ def receiver(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.pass_context
 def worker(ctx: click.Context, name: str) -> None:
     """Run a worker until SIGTERM / Ctrl-C."""
-    from shared.lime import LimeUnavailable
-    from shared.mapping import MappingSetupError
     from worker.factory import run_worker
 
-    config = load(ctx, need=("lime.api_key",))
-    try:
-        run_worker(config, name)
-    except (MappingSetupError, ConfigError) as err:
-        click.echo(f"bfus-lime worker: {err}", err=True)
-        sys.exit(2)
-    except LimeUnavailable as err:
-        click.echo(f"bfus-lime worker: Lime is not reachable at {config.lime.url}: {err}", err=True)
-        sys.exit(1)
+    run_worker(load(ctx, need=("lime.api_key",)), name)
 
 
 @click.command()

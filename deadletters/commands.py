@@ -13,7 +13,9 @@ from deadletters.format import age, parse_age, pretty_payload
 from deadletters.service import DeadLetters
 from shared import headers
 from shared.lime import LimeClient
-from shared.logrecords import status_of
+from shared.logrecords import STATUSES, status_of
+
+FAILURES = 1  # exit code: done, with failures (cli/failures.py)
 
 
 def _service(ctx: click.Context) -> DeadLetters:
@@ -21,6 +23,17 @@ def _service(ctx: click.Context) -> DeadLetters:
     (``ctx.obj["load"]`` is set by the ``bfus-lime`` group)."""
     config = ctx.obj["load"](("lime.api_key",))
     return DeadLetters(config.broker, LimeClient(config.lime), config.lime.failed_limetype)
+
+
+def _statuses(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    """``--status``: one or more of the statuses, comma-separated, or ``all``."""
+    wanted = tuple(s.strip() for s in value.split(",") if s.strip())
+    if wanted == ("all",):
+        return STATUSES
+    unknown = [s for s in wanted if s not in STATUSES]
+    if unknown or not wanted:
+        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'} is not one of {', '.join(STATUSES)}, all")
+    return wanted
 
 
 def _age_option(text: str | None) -> dt.timedelta | None:
@@ -40,20 +53,19 @@ def dlq() -> None:
 @click.option("--objecttype")
 @click.option("--customerno")
 @click.option("--older-than", help="e.g. 2d, 12h, 30m")
-@click.option("--status", default="failed", show_default=True,
-              help="Comma-separated: failed,requeued,resolved,discarded")
+@click.option("--status", default="failed", show_default=True, callback=_statuses,
+              help=f"{', '.join(STATUSES)} or all; several comma-separated")
 @click.pass_context
 def list_(ctx: click.Context, reason: str | None, objecttype: str | None, customerno: str | None,
-          older_than: str | None, status: str) -> None:
+          older_than: str | None, status: tuple[str, ...]) -> None:
     """Failed messages, oldest first, with how many dead letters each has in the queue."""
     service = _service(ctx)
-    records = service.records([s.strip() for s in status.split(",") if s.strip()], reason, objecttype, customerno,
-                              _age_option(older_than))
+    records = service.records(status, reason, objecttype, customerno, _age_option(older_than))
     in_queue: dict[int, int] = {}
     for letter in service.letters():
         if letter.record_id is not None:
             in_queue[letter.record_id] = in_queue.get(letter.record_id, 0) + 1
-    table = Table(title=f"{len(records)} message(s), status {status}")
+    table = Table(title=f"{len(records)} message(s), status {','.join(status)}")
     for column in ("id", "message", "objecttype", "key", "customer", "reason", "attempts", "status", "age", "queued"):
         table.add_column(column, justify="right" if column in ("id", "message", "attempts", "queued") else "left")
     for r in records:
@@ -111,7 +123,13 @@ def requeue(ctx: click.Context, record_ids: tuple[int, ...], reason: str | None,
     actions = _service(ctx).requeue(record_ids or None, reason)
     for action in actions:
         click.echo(str(action))
-    click.echo(f"{sum(1 for a in actions if a.what.startswith('requeued'))} requeued")
+    requeued = sum(1 for a in actions if a.what.startswith("requeued"))
+    if not actions:
+        click.echo("no failed message" + (f" with reason {reason}" if reason else "") + ": nothing to requeue")
+        return
+    click.echo(f"{requeued} requeued")
+    if requeued < len(actions):
+        sys.exit(FAILURES)
 
 
 @dlq.command()
@@ -123,7 +141,10 @@ def discard(ctx: click.Context, record_ids: tuple[int, ...], why: str) -> None:
     actions = _service(ctx).discard(record_ids, why)
     for action in actions:
         click.echo(str(action))
-    click.echo(f"{sum(1 for a in actions if a.what == 'discarded')} discarded")
+    discarded = sum(1 for a in actions if a.what == "discarded")
+    click.echo(f"{discarded} discarded")
+    if discarded < len(actions):
+        sys.exit(FAILURES)
 
 
 @dlq.command()

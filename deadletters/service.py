@@ -53,9 +53,12 @@ class Action:
     record_id: int | None
     messageid: int | None
     what: str
+    found: bool = True  # False: no such failed record, so nothing is known of its message
 
     def __str__(self) -> str:
         record = f"record {self.record_id}" if self.record_id is not None else "no record"
+        if not self.found:
+            return f"{record}: {self.what}"
         message = f"message {self.messageid}" if self.messageid is not None else "message without id"
         return f"{record} ({message}): {self.what}"
 
@@ -165,8 +168,8 @@ class DeadLetters:
         ``record_ids`` and ``reason``: every failed message."""
         wanted = set(record_ids) if record_ids is not None else None
         candidates = [r for r in self.records((FAILED,), reason=reason) if wanted is None or r["_id"] in wanted]
-        actions = [Action(i, None, "not a failed message (unknown, or resolved, discarded or requeued already)")
-                   for i in sorted((wanted or set()) - {r["_id"] for r in candidates})]
+        actions = [Action(i, None, "not a failed message (unknown, or resolved, discarded or requeued already)",
+                          found=False) for i in sorted((wanted or set()) - {r["_id"] for r in candidates})]
         candidates.sort(key=lambda r: (r.get("messageid") is None, r.get("messageid") or 0, r["_id"]))
         connection = self._connect()
         try:
@@ -200,10 +203,12 @@ class DeadLetters:
                 try:
                     record = self.record(record_id)
                 except LimeRejected as err:
-                    actions.append(Action(record_id, None, f"no such failed-message record ({err.status})"))
+                    actions.append(Action(record_id, None, f"no such failed-message record ({err.status})",
+                                          found=False))
                     continue
                 except LimeUnavailable as err:
-                    actions.append(Action(record_id, None, f"left as it is: Lime did not answer ({err})"))
+                    actions.append(Action(record_id, None, f"left as it is: Lime did not answer ({err})",
+                                          found=False))
                     continue
                 if status_of(record) not in OPEN:
                     actions.append(Action(record_id, record.get("messageid"), f"left as it is: {status_of(record)}"))

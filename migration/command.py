@@ -18,11 +18,10 @@ from rich.table import Table
 from migration.errors import MigrationError
 from migration.report import OUTCOMES, Report
 from migration.run import Migration, MigrationOptions
-from shared.bfus import BfusClient, BfusError
+from shared.bfus import BfusClient
 from shared.config import Config
-from shared.lime import CircuitBreaker, LimeClient, LimeError
+from shared.lime import CircuitBreaker, LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
-from shared.mapping import MappingSetupError
 
 
 @click.command()
@@ -89,20 +88,17 @@ def print_report(report: Report, console: Console) -> None:
                   + (f"; {report.resumed} already done before this run" if report.resumed else ""))
 
 
+LIME_WAIT = 10.0  # seconds to wait for Lime to answer at the start
+
+
 def run_migration(config: Config, options: MigrationOptions) -> int:
-    """Run it with progress bars on stderr; the exit code (0 done, 1 failures or
-    trouble, 2 configuration, 130 stopped)."""
+    """Run it with progress bars on stderr; the exit code (0 done, 1 failures, 2 usage
+    or configuration, 130 stopped). Lime, BFUS or RabbitMQ unreachable raise (the
+    command line says so, exit 3)."""
     console = Console(stderr=True)
     breaker = CircuitBreaker(config.worker.breaker_threshold, config.worker.retry_initial, config.worker.retry_max)
     lime = LimeClient(config.lime, pool_size=options.parallel + 2, breaker=breaker)
-    try:
-        mappers = check_against_lime(config, fetch_limetypes(lime, wait=60))
-    except MappingSetupError as err:
-        console.print(str(err))
-        return 2
-    except LimeError as err:
-        console.print(f"Lime at {config.lime.url}: {err}")
-        return 1
+    mappers = check_against_lime(config, fetch_limetypes(lime, wait=LIME_WAIT))
     columns = (TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                TaskProgressColumn(show_speed=True), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -124,7 +120,7 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         try:
             report = migration.run()
-        except (MigrationError, BfusError) as err:
+        except MigrationError as err:
             console.print(f"bfus-lime migrate: {err}")
             return 1
     print_report(report, console)

@@ -101,6 +101,25 @@ class CircuitBreaker:
                 self._open_until = time.monotonic() + self._backoff.pause()
 
 
+def socket_error(err: BaseException) -> str:
+    """The socket's own reason inside a requests error (``Connection refused``), else
+    the error's type: requests' own texts are long and repeat the URL."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        stack.extend(e for e in (current.__cause__, current.__context__, *current.args) if isinstance(e, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return type(err).__name__
+
+
 def option_key(value: Any) -> Any:
     """An option as Lime reads it (``{"id", "key", "text"}``) as its key, the form
     Lime takes on writes; any other value as it is."""
@@ -181,7 +200,7 @@ class LimeClient:
         except requests.Timeout:
             raise LimeUnavailable(f"Lime did not answer {method} in time") from None
         except requests.ConnectionError as err:
-            raise LimeUnavailable(f"Lime unreachable: {type(err).__name__}") from None
+            raise LimeUnavailable(f"Lime unreachable: {socket_error(err)}") from None
         status = response.status_code
         if status < 500:
             with self._lock:

@@ -50,7 +50,7 @@ def test_check_config_against_lime(tmp_path: Path, lime: LimeStandIn) -> None:
 def test_check_config_says_when_lime_is_unreachable(tmp_path: Path) -> None:
     path = write(tmp_path, '[lime]\nurl = "http://127.0.0.1:9/lime/api/v1/"\napi_key = "k"\n')
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
-    assert result.exit_code == 1 and "Lime unreachable" in result.output
+    assert result.exit_code == 3 and "Lime unreachable" in result.output  # 3: a service unreachable
 
 
 def test_broker_command_starts_a_private_node_and_removes_it() -> None:

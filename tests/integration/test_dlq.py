@@ -214,3 +214,19 @@ def test_discard_while_lime_is_down_says_so_and_keeps_the_message(stack: Stack) 
     assert "0 discarded" in result.output
     assert failed(stack)[ids[0]]["status"]["key"] == "failed" and dead_letters(stack) == 3
     assert "no such failed-message record (404)" in cli(stack, "dlq", "discard", "999999", "--why", "x").output
+
+
+def test_requeue_of_an_unknown_id_says_so_and_exits_1(stack: Stack) -> None:
+    ids = fail_three(stack)
+    result = CliRunner().invoke(main, ["dlq", "requeue", "99999", str(ids[0])], env=config_environment(stack.raw))
+    assert result.exit_code == 1
+    assert "record 99999: not a failed message" in result.output and "1 requeued" in result.output
+    nothing = CliRunner().invoke(main, ["dlq", "requeue", "--reason", "no_such_reason"],
+                                 env=config_environment(stack.raw))
+    assert nothing.exit_code == 0 and "no failed message with reason no_such_reason" in nothing.output
+
+
+def test_list_takes_all_statuses(stack: Stack) -> None:
+    fail_three(stack)
+    result = cli(stack, "dlq", "list", "--status", "all")
+    assert result.exit_code == 0 and "3 message(s), status failed,requeued,resolved,discarded" in result.output

@@ -1,0 +1,61 @@
+"""What a command says when something it needs fails: one line naming what failed and
+what to do, and an exit code (README "Exit codes"):
+
+    0 done    1 done, with failures    2 usage or configuration    3 a service unreachable    130 stopped
+
+A failure not listed here is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pika
+import requests
+
+from shared.bfus import BfusError
+from shared.config import Config, ProblemsError
+from shared.lime import LimeRejected, LimeUnavailable
+from shared.publisher import BrokerUnavailable
+
+DONE, FAILURES, USAGE, UNREACHABLE, STOPPED = 0, 1, 2, 3, 130
+
+
+def public(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
+
+
+def _reason(err: BaseException) -> str:
+    """Why, in words: pika wraps the socket's own error (``Connection refused``) in
+    errors whose text is only a class name."""
+    inner = getattr(err, "exception", None)  # pika's connector errors
+    if isinstance(inner, BaseException):
+        return _reason(inner)
+    if err.args and isinstance(err.args[0], BaseException):
+        return _reason(err.args[0])
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return text if text and text not in ("()", "''") else type(err).__name__
+
+
+def explain(err: BaseException, config: Config | None) -> tuple[str, int] | None:
+    """(message, exit code) for an expected failure, None for a bug."""
+    broker = public(config.broker.url) if config else "the configured broker"
+    lime = config.lime.url if config else "the configured Lime"
+    if isinstance(err, ProblemsError):
+        return str(err), USAGE
+    if isinstance(err, (pika.exceptions.AMQPError, BrokerUnavailable, ConnectionError)):
+        return (f"RabbitMQ at {broker} is not reachable ({_reason(err)}). Is it running? "
+                "It is set by broker.url or RABBITMQ_URL."), UNREACHABLE
+    if isinstance(err, LimeUnavailable):
+        return f"Lime at {lime} did not answer ({err}). Is it running? It is set by lime.url.", UNREACHABLE
+    if isinstance(err, LimeRejected):
+        return f"Lime at {lime} refused the request: {err.message} ({err.status} {err.code}).", FAILURES
+    if isinstance(err, BfusError):
+        bfus = config.bfus.url if config else "the configured BFUS"
+        return f"BFUS at {bfus}: {err}. It is set by bfus.url.", UNREACHABLE
+    if isinstance(err, requests.RequestException):
+        return f"{_reason(err)} (is the service at that address running?)", UNREACHABLE
+    return None
