@@ -148,12 +148,15 @@ def worker(ctx: click.Context, name: str) -> None:
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--until-done", is_flag=True, help="Exit once every change is logged in Lime (exit 1 if any failed).")
 @click.option("--workdir", default=".run", show_default=True, type=click.Path(file_okay=False))
-def run(changes: int, customers: int, rate: float, workers: int, until_done: bool, workdir: str) -> None:
+@click.option("--seed-customers", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Customers BFUS had before the integration (with their objects): for a migration to bring over.")
+def run(changes: int, customers: int, rate: float, workers: int, until_done: bool, workdir: str,
+        seed_customers: int) -> None:
     """Everything on this machine: broker, stand-ins, receiver, workers, and a stream of changes."""
     from sandbox.run import RunOptions, run_all
 
     configure_logging()
-    sys.exit(run_all(RunOptions(Path(workdir), changes, customers, rate, workers, until_done)))
+    sys.exit(run_all(RunOptions(Path(workdir), changes, customers, rate, workers, until_done, seed_customers)))
 
 
 COMMANDS = (broker, sandbox_lime, sandbox_bfus, receiver, worker, run)

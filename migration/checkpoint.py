@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from migration.errors import MigrationError
+from migration.errors import OptionsMismatch
 
 
 class Checkpoint:
@@ -30,9 +30,9 @@ class Checkpoint:
             lines = path.read_text().splitlines()
             header = json.loads(lines[0]) if lines else {}
             if header.get("options") != identity:
-                raise MigrationError(
-                    f"checkpoint {path} belongs to a migration with other options ({header.get('options')}); "
-                    "run with the same options, or with --fresh to start over"
+                raise OptionsMismatch(
+                    f"checkpoint {path} belongs to a migration run with {identity_flags(header.get('options'))}, "
+                    f"not {identity_flags(identity)}: run with those, or add --fresh to start over"
                 )
             for line in lines[1:]:
                 try:
@@ -58,3 +58,21 @@ class Checkpoint:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def identity_flags(identity: dict[str, Any] | None) -> str:
+    """A checkpoint's options as the flags that give them (``(none)`` for the defaults)."""
+    if not identity:
+        return "(unknown)"
+    flags = []
+    if identity.get("objecttypes"):
+        flags.append(f"--objecttypes {','.join(identity['objecttypes'])}")
+    if identity.get("only_active_contract"):
+        flags.append("--only active-contract")
+    if identity.get("changed_since"):
+        flags.append(f"--changed-since {identity['changed_since']}")
+    if identity.get("customer_category"):
+        flags.append(f"--customer-category {identity['customer_category']}")
+    if identity.get("limit") is not None:
+        flags.append(f"--limit {identity['limit']}")
+    return " ".join(flags) or "(no filters)"

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from migration.errors import MigrationError
+from migration.errors import MigrationError, OptionsMismatch
 from migration.report import OUTCOMES, Report
-from migration.run import Migration, MigrationOptions
+from migration.run import FOLDER, Migration, MigrationOptions
 from shared.bfus import BfusClient
 from shared.config import Config
 from shared.lime import CircuitBreaker, LimeClient
@@ -36,9 +36,10 @@ from shared.limemeta import check_against_lime, fetch_limetypes
 @click.option("--retry-failed", is_flag=True, help="Only the objects that failed in the checkpoint's run.")
 @click.option("--fresh", is_flag=True, help="Forget the checkpoint and start over.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True, help="Writes in flight at once.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default="migration-checkpoint.jsonl", show_default=True)
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default="migration-report.json",
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(FOLDER / "checkpoint.jsonl"),
               show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help=f"Default: {FOLDER / 'report.json'} ({FOLDER / 'report.dry-run.json'} for a dry run).")
 @click.option("--no-broker", is_flag=True, help="Do not hold partitions in RabbitMQ (only when no worker runs).")
 @click.pass_context
 def migrate(ctx: click.Context, **flags: Any) -> None:
@@ -49,7 +50,7 @@ def migrate(ctx: click.Context, **flags: Any) -> None:
 
 def options_from_flags(only: str | None, objecttypes: str | None, changed_since: dt.datetime | None,
                        customer_category: str | None, limit: int | None, dry_run: bool, retry_failed: bool,
-                       fresh: bool, parallel: int, checkpoint: str, report_path: str,
+                       fresh: bool, parallel: int, checkpoint: str, report_path: str | None,
                        no_broker: bool) -> MigrationOptions:
     """The command line's flags as the migration's options."""
     return MigrationOptions(
@@ -63,7 +64,7 @@ def options_from_flags(only: str | None, objecttypes: str | None, changed_since:
         fresh=fresh,
         parallel=parallel,
         checkpoint=Path(checkpoint),
-        report=Path(report_path),
+        report=Path(report_path) if report_path else FOLDER / ("report.dry-run.json" if dry_run else "report.json"),
         coordinate=not no_broker,
     )
 
@@ -73,9 +74,14 @@ def print_report(report: Report, console: Console) -> None:
     table.add_column("objecttype")
     for outcome in OUTCOMES:
         table.add_column(outcome.replace("_", " "), justify="right")
-    for objecttype, counts in report.counts.items():
+    totals = report.totals()
+    for objecttype, counts in totals.items():
         table.add_row(objecttype, *(str(counts.get(o, 0)) for o in OUTCOMES))
+    if report.resumed:
+        table.caption = f"with {report.resumed} objects done by the earlier runs this one continued"
     console.print(table)
+    if not totals:
+        console.print(f"Nothing to migrate: BFUS has no objects matching {report.options}.", soft_wrap=True)
     if report.failures:
         console.print(f"[bold red]{len(report.failures)} failed[/] (retry them with --retry-failed once fixed):")
         for failure in report.failures[:20]:
@@ -89,6 +95,7 @@ def print_report(report: Report, console: Console) -> None:
 
 
 LIME_WAIT = 10.0  # seconds to wait for Lime to answer at the start
+FAILURES, USAGE, STOPPED = 1, 2, 130  # exit codes (cli/failures.py)
 
 
 def run_migration(config: Config, options: MigrationOptions) -> int:
@@ -107,8 +114,8 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
             migration = Migration(config.broker, config.worker, options, lime, BfusClient(config.bfus, stop=stop),
                                   mappers, progress, stop)
         except MigrationError as err:
-            console.print(f"bfus-lime migrate: {err}")
-            return 2
+            console.print(f"bfus-lime migrate: {err}", soft_wrap=True)
+            return USAGE
 
         def on_signal(signum: int, _frame: Any) -> None:
             if migration.stop.is_set():
@@ -121,14 +128,14 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
         try:
             report = migration.run()
         except MigrationError as err:
-            console.print(f"bfus-lime migrate: {err}")
-            return 1
+            console.print(f"bfus-lime migrate: {err}", soft_wrap=True)
+            return USAGE if isinstance(err, OptionsMismatch) else FAILURES
     print_report(report, console)
     options.report.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     console.print(f"report written to {options.report}")
     if report.stopped:
         console.print(f"Stopped before the end; run the same command again to continue from {options.checkpoint}.")
-        return 130
-    return 1 if report.failures else 0
+        return STOPPED
+    return FAILURES if report.failures else 0
 
 

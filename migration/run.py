@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration.checkpoint import Checkpoint
+from migration.checkpoint import Checkpoint, identity_flags
 from migration.errors import MigrationError, Stopped
 from migration.hold import PartitionHold
 from migration.report import DONE, Report
@@ -49,6 +49,9 @@ log = get_logger(component="migration")
 ORDER = ("customer", "facility", "contract", "meter")  # parents before children
 
 
+FOLDER = Path("bfus-lime-migration")  # where checkpoint and report go by default
+
+
 @dataclass
 class MigrationOptions:
     objecttypes: tuple[str, ...] | None = None  # None: every synced objecttype
@@ -60,8 +63,8 @@ class MigrationOptions:
     retry_failed: bool = False
     fresh: bool = False
     parallel: int = 4
-    checkpoint: Path = Path("migration-checkpoint.jsonl")
-    report: Path = Path("migration-report.json")
+    checkpoint: Path = FOLDER / "checkpoint.jsonl"
+    report: Path = FOLDER / "report.json"
     lime_page_size: int = 500
     bfus_page_size: int = 1000
     coordinate: bool = True  # hold partitions in RabbitMQ while writing them
@@ -75,6 +78,11 @@ class MigrationOptions:
             "customer_category": self.customer_category,
             "limit": self.limit,
         }
+
+    def flags(self) -> str:
+        """The options that choose what is migrated, as command-line flags."""
+        return identity_flags(self.identity()) + (" --dry-run" if self.dry_run else "") + (
+            " --retry-failed" if self.retry_failed else "")
 
 
 @dataclass
@@ -263,7 +271,8 @@ class Migration:
         back the partitions with nothing to migrate; index Lime; then write partition by
         partition, giving each back as soon as it is done."""
         started = time.monotonic()
-        report = Report(started=dt.datetime.now(dt.UTC).isoformat(), dry_run=self.options.dry_run)
+        report = Report(started=dt.datetime.now(dt.UTC).isoformat(), dry_run=self.options.dry_run,
+                        options=self.options.flags())
         calls_before = self.lime.calls
         checkpoint = Checkpoint(self.options.checkpoint, self.options.identity(), self.options.fresh,
                                 self.options.dry_run)
@@ -310,6 +319,7 @@ class Migration:
                         keep.append(item)
                 elif previous in DONE or previous == "failed":
                     report.resumed += 1
+                    report.resumed_counts[objecttype][previous] += 1
                     if previous == "failed":
                         report.failures.append({"objecttype": objecttype, "key": item.key,
                                                 "reason": entry.get("r", ""), "error": entry.get("e", "")})

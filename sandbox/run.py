@@ -1,9 +1,11 @@
 """``bfus-lime run``: the whole integration on this machine, as separate processes.
 
 A RabbitMQ (RABBITMQ_URL, else a private node), the Lime and BFUS stand-ins, the
-receiver under gunicorn and N workers; then the BFUS stand-in posts a stream of
-changes while a progress line shows queued / applied / failed. Ctrl-C stops every
-process it started."""
+receiver under gunicorn and N workers. BFUS starts with some customers (with their
+facilities, contracts and meters) it had before the integration, which only a
+migration brings to Lime; then it posts a stream of changes of all four object types
+while a progress line shows what became of them. Ctrl-C stops every process it
+started."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class RunOptions:
     rate: float
     workers: int
     until_done: bool
+    seed_customers: int = 10
 
 
 def _port(preferred: int) -> int:
@@ -188,7 +191,7 @@ def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Pr
     for i in range(options.workers):
         processes.start(f"worker-{i + 1}", [*cfg, "worker", "--name", f"worker-{i + 1}"])
     processes.start("bfus", [*cfg, "sandbox-bfus", "--db", str(workdir / "bfus.db"), "--admin-key", BFUS_ADMIN,
-                             "--retry-pause", "0.5", "--seed", "2026"])
+                             "--retry-pause", "0.5", "--seed", "2026", "--seed-customers", str(options.seed_customers)])
     bfus = f"http://127.0.0.1:{ports['bfus']}/"
     _wait_until(lambda: _get(f"{bfus}_admin/queue", headers={"X-Admin-Key": BFUS_ADMIN}), 30, "BFUS stand-in",
                 processes)
@@ -196,19 +199,26 @@ def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Pr
 
     print(f"""
 Everything is up. Where to look:
-  Lime stand-in  {lime_api}   X-API-Key: {LIME_KEY}
-                 e.g. curl -H 'X-API-Key: {LIME_KEY}' '{lime_api}limeobject/company/?_limit=5'
-  RabbitMQ       {broker.url}
-                 management UI: {_public(broker.management_url)} (guest / guest)
-  Receiver       {receiver}bfus/messages   X-API-Key: {RECEIVER_KEY}
-  Failed messages {receiver}admin/   (admin / {ADMIN_PASSWORD})
-  BFUS stand-in  {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
-  Logs           {processes.logdir}/
-Sending {options.changes} changes over {options.customers} customers at {options.rate:g}/s. Ctrl-C stops everything.
+  Configuration   {config_path}
+                  every bfus-lime command in another terminal finds it after:
+                  export BFUSLIME_CONFIG={config_path}
+  Lime stand-in   {lime_api}   X-API-Key: {LIME_KEY}
+                  e.g. curl -H 'X-API-Key: {LIME_KEY}' '{lime_api}limeobject/company/?_limit=5'
+  RabbitMQ        {broker.url}
+                  management UI: {_public(broker.management_url)} (guest / guest)
+  Receiver        POST {receiver}bfus/messages   X-API-Key: {RECEIVER_KEY}   ({receiver}readyz)
+  Failed messages {receiver}admin/   (admin / {ADMIN_PASSWORD}), or: bfus-lime dlq list
+  BFUS stand-in   {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
+                  {options.seed_customers} customers it had before the integration reach Lime only by
+                  bfus-lime migrate
+  Logs            {processes.logdir}/
+Sending {options.changes} changes (customers, facilities, contracts, meters) over {options.customers} customers \
+at {options.rate:g}/s. Ctrl-C stops everything.
 """, flush=True)
     response = requests.post(
         f"{bfus}_admin/changes",
-        json={"count": options.changes, "customers": options.customers, "rate": options.rate},
+        json={"count": options.changes, "customers": options.customers, "rate": options.rate,
+              "objecttypes": ["customer", "facility", "contract", "meter"]},
         headers={"X-Admin-Key": BFUS_ADMIN},
         timeout=10,
     )
@@ -230,39 +240,70 @@ def _consumers(broker: BrokerHandle) -> int:
         return 0
 
 
+class Progress:
+    """What became of the messages `run` itself sent (BFUS queue ids 1..changes), a rate
+    over the last seconds, and when to print: always on a terminal, else on a change
+    (at most every 5 s) and once a minute."""
+
+    WINDOW = 10.0  # seconds the rate is measured over
+
+    def __init__(self, changes: int, tty: bool):
+        self.changes = changes
+        self.tty = tty
+        self.samples: list[tuple[float, int]] = []
+        self.last_print = float("-inf")
+        self.last_line = ""
+
+    def rate(self, now: float, done: int) -> float:
+        self.samples.append((now, done))
+        self.samples = [s for s in self.samples if s[0] >= now - self.WINDOW]
+        first_time, first_done = self.samples[0]
+        return (done - first_done) / (now - first_time) if now > first_time else 0.0
+
+    def line(self, now: float, delivered: int, pending: int, applied: int, failed: int, calls: int) -> str:
+        rate = self.rate(now, applied + failed)
+        return (f"queued {delivered:>5}/{self.changes}  applied {applied:>5}  failed {failed:>3}  "
+                f"waiting in BFUS {pending:>4}  {rate:6.1f} msg/s  Lime calls {calls}")
+
+    def due(self, now: float, line: str) -> bool:
+        changed = line.split("  Lime calls")[0] != self.last_line.split("  Lime calls")[0]
+        due = self.tty or (changed and now - self.last_print >= 5) or now - self.last_print >= 60
+        if due:
+            self.last_print, self.last_line = now, line
+        return due
+
+
 def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processes, stop: threading.Event) -> int:
     admin = lime_api.split("/lime/api/v1/")[0] + "/_admin/"
-    tty = sys.stdout.isatty()
+    progress = Progress(options.changes, sys.stdout.isatty())
     started = time.monotonic()
-    last_print = 0.0
     done_reported = False
     while not stop.is_set():
         problem = processes.check()
         if problem:
             raise RuntimeError(problem)
         queue = _get(f"{bfus}_admin/queue", headers={"X-Admin-Key": BFUS_ADMIN})
-        counts = _get(f"{admin}counts", headers={"X-Admin-Key": LIME_ADMIN})
+        # Only this run's messages: BFUS's queue ids 1..changes (others may post too).
+        counts = _get(f"{admin}counts?max-messageid={options.changes}", headers={"X-Admin-Key": LIME_ADMIN})
         stats = _get(f"{admin}stats", headers={"X-Admin-Key": LIME_ADMIN})
         if queue is None or counts is None or stats is None:
             stop.wait(0.5)
             continue
         q, c = queue.json(), counts.json()
         applied, failed = c.get("bfusprocessedmessage", 0), c.get("bfusfailedmessage", 0)
-        elapsed = time.monotonic() - started
-        rate = (applied + failed) / elapsed if elapsed > 0 else 0.0
-        line = (f"queued {q['delivered']:>5}/{options.changes}  applied {applied:>5}  failed {failed:>3}  "
-                f"waiting in BFUS {q['pending']:>4}  {rate:6.1f} msg/s  Lime calls {stats.json()['total']}")
         now = time.monotonic()
-        if tty:
-            print("\r" + line + "\x1b[K", end="", flush=True)
-        elif now - last_print >= 5:
-            print(line, flush=True)
-            last_print = now
+        line = progress.line(now, min(q["delivered"], options.changes), q["pending"], applied, failed,
+                             stats.json()["total"])
+        if progress.due(now, line):
+            print("\r" + line + "\x1b[K" if progress.tty else line, end="" if progress.tty else "\n", flush=True)
         if applied + failed >= options.changes and not done_reported:
             done_reported = True
             print(f"\nAll {options.changes} changes are in Lime ({applied} processed, {failed} failed) "
-                  f"after {elapsed:.1f}s.",
-                  flush=True)
+                  f"after {now - started:.1f}s.", flush=True)
+            if failed:
+                print(f"  {failed} failed: changes to objects of the customers BFUS had before the integration, "
+                      "which Lime gets from the migration.\n  See them with `bfus-lime dlq list`; then "
+                      "`bfus-lime migrate` and `bfus-lime dlq requeue --reason missing_related`.", flush=True)
             if options.until_done:
                 return 0 if failed == 0 else 1
             print("Still running so you can look around. Ctrl-C stops everything.", flush=True)

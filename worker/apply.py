@@ -121,7 +121,8 @@ class Applier:
         return values
 
     def _relations(self, mapper: ObjectMapper, env: Envelope, cache: IdCache) -> dict[str, int | None]:
-        """belongsto ids of the related objects, found by their BFUS keys."""
+        """belongsto ids of the related objects, found by their BFUS keys (a deleted
+        object whose parent Lime lacks keeps the relation empty)."""
         ids: dict[str, int | None] = {}
         for prop, key in mapper.relation_keys(env.data).items():
             if key is None:
@@ -129,6 +130,10 @@ class Applier:
                 continue
             target = self.mappers[mapper.relations[prop].objecttype]
             known = self.lookup(target, key, cache)
+            if known is None and env.operation == "deleted":
+                # Its parent never reached Lime or went with it: the mark needs no relation.
+                ids[prop] = None
+                continue
             if known is None:
                 raise PermanentFailure(
                     "missing_related",

@@ -4,7 +4,7 @@ change queue that posts to the receiver.
     GET  /api/v1/<objecttype>s?offset=&limit=&status=&changedsince=&category=&customerno=   (Bearer token)
          -> {"items", "next", "total", "queueid"}: queueid is the last change the page includes
     GET  /api/v1/customers/<customerno>
-    POST /_admin/changes  {"count", "customers", "rate", "delete_share"}   (X-Admin-Key)
+    POST /_admin/changes  {"count", "customers", "rate", "delete_share", "objecttypes"}   (X-Admin-Key)
     GET  /_admin/queue          queue status: pending, delivered, head
     POST /_admin/poster         {"paused": true|false}
     GET  /_admin/snapshots/<objecttype>   last state of every object, deleted included
@@ -94,6 +94,20 @@ class BfusStandIn:
         app.extensions["bfus"] = self
         app.register_blueprint(_api_blueprint(), url_prefix="/api/v1")
         app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
+
+        @app.get("/")
+        def index() -> Response:
+            lists = {t: f"{request.host_url}api/v1/{PLURALS[t]}" for t in OBJECTTYPES}
+            return jsonify({"service": "BFUS stand-in", "api": lists})
+
+        @app.errorhandler(404)
+        def not_found(_err: Any) -> Response:
+            return _error(404, "not_found", f"No such resource: {request.path}")
+
+        @app.errorhandler(405)
+        def not_allowed(_err: Any) -> Response:
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+
         return app
 
 
@@ -169,10 +183,15 @@ def _admin_blueprint() -> Blueprint:
         if not isinstance(count, int) or count < 1:
             return _error(400, "invalid_body", "count must be a positive integer.")
         mix = ChangeMix(delete=float(body.get("delete_share", 0.1)), update=1 - float(body.get("delete_share", 0.1)))
+        objecttypes = body.get("objecttypes", ["customer"])
+        if not isinstance(objecttypes, list) or "customer" not in objecttypes or not set(objecttypes) <= set(
+                OBJECTTYPES):
+            return _error(400, "invalid_body", f"objecttypes must list customer and any of {', '.join(OBJECTTYPES)}.")
+        kinds = tuple(t for t in OBJECTTYPES if t in objecttypes)
         if body.get("rate"):
-            _standin().feed(count, body.get("customers"), float(body["rate"]), mix)
+            _standin().feed(count, body.get("customers"), float(body["rate"]), mix, kinds)
             return jsonify({"status": "feeding", "count": count, "rate": body["rate"]})
-        report = _standin().changes.make(count, body.get("customers"), mix)
+        report = _standin().changes.make(count, body.get("customers"), mix, objecttypes=kinds)
         return jsonify({k: v for k, v in report.__dict__.items() if k != "ids"})
 
     @bp.get("/queue")

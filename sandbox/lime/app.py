@@ -85,6 +85,22 @@ def settings() -> LimeSandboxSettings:
     return current_app.config["LIME"]
 
 
+def _filters(lt: Any) -> list[Filter]:
+    """The request's filters: ``prop=value``, ``min-prop=``, ``max-prop=``."""
+    filters = []
+    for name, raw in request.args.items(multi=True):
+        if name in CONTROL_PARAMS:
+            continue
+        op = "="
+        if name.startswith("min-"):
+            name, op = name[4:], ">="
+        elif name.startswith("max-"):
+            name, op = name[4:], "<="
+        column, value = store().filter_value(lt, name, raw)
+        filters.append(Filter(column, op, value))
+    return filters
+
+
 def base_url() -> str:
     return f"{request.host_url}{settings().application}/api/v1/"
 
@@ -114,6 +130,12 @@ def _api_blueprint() -> Blueprint:
         injector().answered(response.status_code)
         return response
 
+    @bp.get("/")
+    def index() -> Response:
+        base = base_url()
+        return _json({"_links": {"self": {"href": base}, "limetype": {"href": f"{base}limetype/"},
+                                 "limeobject": {"href": f"{base}limeobject/{{limetype}}/", "templated": True}}})
+
     @bp.get("/limetype/")
     def limetypes() -> Response:
         base = base_url()
@@ -138,17 +160,7 @@ def _api_blueprint() -> Blueprint:
         limit = _int_param("_limit", settings().default_limit, minimum=1)
         limit = min(limit, settings().max_limit)
         offset = _int_param("_offset", 0, minimum=0)
-        filters = []
-        for name, raw in request.args.items(multi=True):
-            if name in CONTROL_PARAMS:
-                continue
-            op = "="
-            if name.startswith("min-"):
-                name, op = name[4:], ">="
-            elif name.startswith("max-"):
-                name, op = name[4:], "<="
-            column, value = store().filter_value(lt, name, raw)
-            filters.append(Filter(column, op, value))
+        filters = _filters(lt)
         order = [store().sort_column(lt, s) for s in request.args.get("_sort", "").split(",") if s.strip()]
         objects, more = store().query(limetype, filters, order, limit, offset)
         base = base_url()
@@ -263,7 +275,12 @@ def _admin_blueprint() -> Blueprint:
 
     @bp.get("/counts")
     def counts() -> Response:
-        return _json({name: store().count(name) for name in store().limetypes}, content_type="application/json")
+        """Objects per limetype; with filters (as the list takes them: ``max-messageid=300``),
+        only the limetypes that have those properties, counted through them."""
+        names = [n for n in store().limetypes if all(
+            p.removeprefix("min-").removeprefix("max-") in store().limetype(n).properties for p in request.args)]
+        return _json({n: store().count(n, _filters(store().limetype(n))) for n in names},
+                     content_type="application/json")
 
     @bp.get("/objects/<limetype>")
     def objects(limetype: str) -> Response:

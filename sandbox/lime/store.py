@@ -334,24 +334,27 @@ class LimeStore:
     ) -> tuple[list[dict[str, Any]], bool]:
         """Objects matching every filter; and whether more follow this page."""
         lt = self.limetype(limetype)
-        where, params = [], []
-        for f in filters:
-            if f.value is None and f.op == "=":
-                where.append(f"{self._col(f.column)} IS NULL")
-            else:
-                where.append(f"{self._col(f.column)} {f.op} ?")
-                params.append(f.value)
-        sql = f"SELECT * FROM {self._table(limetype)}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = self._where(filters)
+        sql = f"SELECT * FROM {self._table(limetype)}{where}"
         sql += " ORDER BY " + ", ".join([*order, '"_id" ASC'])
         sql += " LIMIT ? OFFSET ?"
         rows = self._db().execute(sql, (*params, limit + 1, offset)).fetchall()
         return [self.row_to_object(lt, r) for r in rows[:limit]], len(rows) > limit
 
-    def count(self, limetype: str) -> int:
+    def count(self, limetype: str, filters: Iterable[Filter] = ()) -> int:
         self.limetype(limetype)
-        return self._db().execute(f"SELECT COUNT(*) FROM {self._table(limetype)}").fetchone()[0]
+        where, params = self._where(filters)
+        return self._db().execute(f"SELECT COUNT(*) FROM {self._table(limetype)}{where}", params).fetchone()[0]
+
+    def _where(self, filters: Iterable[Filter]) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        for f in filters:
+            if f.value is None and f.op == "=":
+                clauses.append(f"{self._col(f.column)} IS NULL")
+            else:
+                clauses.append(f"{self._col(f.column)} {f.op} ?")
+                params.append(f.value)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def all_objects(self, limetype: str) -> list[dict[str, Any]]:
         lt = self.limetype(limetype)

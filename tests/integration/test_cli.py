@@ -78,7 +78,7 @@ def test_broker_command_starts_a_private_node_and_removes_it() -> None:
 def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:
     env = {**os.environ, "RABBITMQ_URL": amqp_url, "RABBITMQ_MANAGEMENT_URL": rabbitmq.management_url or ""}
     result = subprocess.run(
-        [*BFUS_LIME, "run", "--changes", "60", "--customers", "15", "--rate", "200",
+        [*BFUS_LIME, "run", "--changes", "60", "--customers", "15", "--rate", "200", "--seed-customers", "0",
          "--until-done", "--workdir", str(tmp_path / "run")],
         env=env, capture_output=True, text=True, timeout=240,
     )

@@ -283,3 +283,33 @@ def test_lime_errors_and_rate_limits_are_waited_out(stack: Stack, tmp_path: Path
     assert stack.lime.faults.stats()["most_writes_of_one_object"] == 1
     result = check_all(stack)
     assert result.ok, result.details()
+
+
+def test_reports_carry_options_and_totals_and_a_dry_run_keeps_its_own(make_stack: Callable[..., Stack],
+                                                                       tmp_path: Path) -> None:
+    """The command line's files: a resumed run's report counts the earlier run too; a dry
+    run does not overwrite the real report; other options name the flags."""
+    stack = make_stack(partitions=2).start(workers=0)
+    stack.bfus.changes.seed_customers(12)
+    raw = deep_merge(stack.raw, {"bfus": {"url": stack.bfus.url, "token": "dev-bfus-token"}})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFUSLIME_")}, **config_environment(raw)}
+
+    def migrate_cmd(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*BFUS_LIME, "migrate", "--no-broker", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    first = migrate_cmd("--objecttypes", "customer", "--limit", "5")
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "bfus-lime-migration"
+    assert (folder / "checkpoint.jsonl").exists() and (folder / "report.json").exists()
+    other = migrate_cmd("--objecttypes", "customer", "--limit", "8")
+    assert other.returncode == 2
+    assert ("run with --objecttypes customer --limit 5, not --objecttypes customer --limit 8" in other.stderr)
+    dry = migrate_cmd("--objecttypes", "customer", "--limit", "5", "--dry-run")
+    assert dry.returncode == 0 and (folder / "report.dry-run.json").exists()
+    real = json.loads((folder / "report.json").read_text())
+    assert real["dry_run"] is False and real["options"] == "--objecttypes customer --limit 5"
+    assert real["totals_with_earlier_runs"]["customer"]["created"] == 5
+    nothing = migrate_cmd("--objecttypes", "customer", "--customer-category", "no-such-category", "--fresh",
+                          "--checkpoint", str(tmp_path / "other.jsonl"))
+    assert nothing.returncode == 0 and "Nothing to migrate: BFUS has no objects matching" in nothing.stderr

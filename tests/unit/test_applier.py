@@ -74,3 +74,16 @@ def test_a_contract_of_a_customer_lime_lacks_fails_as_missing_related(applier: A
     with pytest.raises(PermanentFailure) as caught:
         applier.apply(contract, IdCache())
     assert caught.value.reason == "missing_related" and "300001" in caught.value.error
+
+
+def test_a_deleted_object_whose_parent_lime_lacks_is_marked_without_the_relation(applier: Applier,
+                                                                                 lime: StoreLime) -> None:
+    """A customer BFUS deletes with its objects before a migration brought them over:
+    the meter's deletion must not wait for a facility that will never come."""
+    meter = validate_envelope(message(7, "100003", objecttype="meter", key="70000004", operation="deleted", data={
+        "meterno": "70000004", "facilityno": "735999100000000004", "customerno": "100003",
+        "metertype": "electricity", "installeddate": "2025-07-18", "removeddate": None}))
+    outcome = applier.apply(meter, IdCache())
+    assert outcome.outcome == "applied"
+    [obj] = lime.objects("meter")
+    assert obj["facility"] is None
