@@ -131,6 +131,7 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
             console.print(f"bfus-lime migrate: {err}", soft_wrap=True)
             return USAGE if isinstance(err, OptionsMismatch) else FAILURES
     print_report(report, console)
+    options.report.parent.mkdir(parents=True, exist_ok=True)
     options.report.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     console.print(f"report written to {options.report}")
     if report.stopped:

@@ -1,0 +1,60 @@
+"""The README's second-terminal commands, as written, against a stack `bfus-lime run`
+started: each must succeed without a traceback, and the journey must end with the
+failed changes resolved."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import threading
+from pathlib import Path
+
+from sandbox.broker import BrokerHandle
+from sandbox.stack import BFUS_LIME, wait_for
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def second_terminal_commands() -> list[str]:
+    """The lines of the README's code block that starts with activating the venv."""
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
+    [block] = [b for b in blocks if b.startswith(". .venv/bin/activate")]
+    return [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.strip()]
+
+
+def test_the_readme_commands_work_as_written(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BFUSLIME_", "RABBITMQ"))}
+    env.update(RABBITMQ_URL=amqp_url, RABBITMQ_MANAGEMENT_URL=rabbitmq.management_url or "")
+    run = subprocess.Popen([*BFUS_LIME, "run", "--rate", "200"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(run.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any("All 300 changes are in Lime" in line for line in output) or run.poll() is not None,
+                 240, "run to apply its changes")
+        assert run.poll() is None, "".join(output)
+        assert "export BFUSLIME_CONFIG=" in "".join(output)
+        for command in second_terminal_commands():
+            words = shlex.split(command)
+            if words[0] == "export":
+                name, value = words[1].split("=", 1)
+                env[name] = value
+                continue
+            assert words[0] == "bfus-lime", command
+            result = subprocess.run([*BFUS_LIME, *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                    timeout=180)
+            assert "Traceback" not in result.stderr + result.stdout, (command, result.stderr)
+            assert result.returncode == 0, (command, result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+            if command.startswith("bfus-lime dlq requeue"):
+                wait_for(lambda: "by reason" not in subprocess.run(
+                    [*BFUS_LIME, "dlq", "list"], cwd=tmp_path, env=env, capture_output=True, text=True).stdout,
+                    60, "every requeued change to be applied")
+        final = subprocess.run([*BFUS_LIME, "dlq", "list", "--status", "all"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True)
+        assert "resolved" in final.stdout and " failed " not in final.stdout, final.stdout
+    finally:
+        run.terminate()
+        run.wait(60)
