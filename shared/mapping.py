@@ -275,6 +275,9 @@ def _check_relations(mapping: MappingConfig, mappers: Mapping[str, ObjectMapper]
             where = f"mapping.objects.{objecttype}.relations.{prop}"
             target = mappers.get(rule.objecttype)
             if target is None:
+                spec = mapping.objects.get(rule.objecttype)
+                if spec is not None and spec.sync:
+                    continue  # its own mapping is broken: that problem is listed already
                 problems.append(f"{where}: objecttype '{rule.objecttype}' is not synced, so it has no Lime object.")
                 continue
             meta = props.get(prop)

@@ -11,6 +11,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import requests
+
 from sandbox.broker import BrokerHandle
 from sandbox.stack import BFUS_LIME, wait_for
 
@@ -22,6 +24,24 @@ def second_terminal_commands() -> list[str]:
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
     [block] = [b for b in blocks if b.startswith(". .venv/bin/activate")]
     return [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.strip()]
+
+
+def printed_urls(output: str) -> list[tuple[str, int]]:
+    """Every http address in run's "Where to look" block (but the one to POST to) and
+    the status a GET with the credentials printed beside it answers."""
+    block = output.split("Where to look:")[1].split("Sending ")[0]
+    answers = []
+    for url in re.findall(r"(?<!POST )(http://[^\s')]+)", block):
+        headers, auth = {}, None
+        if "/lime/api/" in url:
+            headers["X-API-Key"] = "dev-lime-key"
+        elif "/api/v1/" in url:
+            headers["Authorization"] = "Bearer dev-bfus-token"
+        elif url.endswith("/admin/"):
+            auth = ("admin", "dev-admin")
+        answers.append((url, requests.get(url, headers=headers, auth=auth, timeout=10).status_code))
+    assert len(answers) >= 6, answers
+    return answers
 
 
 def test_the_readme_commands_work_as_written(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:
@@ -37,6 +57,8 @@ def test_the_readme_commands_work_as_written(amqp_url: str, rabbitmq: BrokerHand
                  240, "run to apply its changes")
         assert run.poll() is None, "".join(output)
         assert "export BFUSLIME_CONFIG=" in "".join(output)
+        for url, status in printed_urls("".join(output)):
+            assert status == 200, (url, status)
         for command in second_terminal_commands():
             words = shlex.split(command)
             if words[0] == "export":

@@ -239,3 +239,10 @@ def test_empty_value_for_a_property_lime_requires_fails(limetypes: dict[str, Any
     with pytest.raises(MappingError) as caught:
         mapper(limetypes).map({**CUSTOMER, "name": None})
     assert caught.value.field == "name" and "Lime requires name" in caught.value.problem
+
+
+def test_a_mistyped_limetype_is_named_once_without_follow_on_errors(limetypes: dict[str, Any]) -> None:
+    config = build_config({"mapping": {"objects": {"customer": {"limetype": "compnay"}}}}, {})
+    with pytest.raises(MappingSetupError) as caught:
+        build_mappers(config.mapping, limetypes)
+    assert caught.value.problems == ["mapping.objects.customer.limetype: Lime has no limetype 'compnay'."]
