@@ -102,7 +102,7 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
     """Run it with progress bars on stderr; the exit code (0 done, 1 failures, 2 usage
     or configuration, 130 stopped). Lime, BFUS or RabbitMQ unreachable raise (the
     command line says so, exit 3)."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # lines whole, also in a log file
     breaker = CircuitBreaker(config.worker.breaker_threshold, config.worker.retry_initial, config.worker.retry_max)
     lime = LimeClient(config.lime, pool_size=options.parallel + 2, breaker=breaker)
     mappers = check_against_lime(config, fetch_limetypes(lime, wait=LIME_WAIT))
