@@ -59,10 +59,12 @@ def topology(ctx: click.Context) -> None:
         table.add_row(view.name, owner, str(view.consumers), str(view.ready),
                       "?" if view.unacked is None else str(view.unacked))
     Console(width=120).print(table)
-    owners = {v.owner for v in views[: config.broker.partitions] if v.owner}
+    partitions = views[: config.broker.partitions]
+    owners = {v.owner for v in partitions if v.owner and v.owner != "migration"}
     owning = len(owners) if "(held)" not in owners else "unknown (no management_url)"
-    click.echo(f"workers owning partitions: {owning}; "
-               f"free partitions: {sum(1 for v in views[: config.broker.partitions] if v.owner is None)}")
+    migrating = sum(1 for v in partitions if v.owner == "migration")
+    click.echo(f"workers owning partitions: {owning}; free partitions: {sum(1 for v in partitions if v.owner is None)}"
+               + (f"; held by a running migration: {migrating}" if migrating else ""))
 
 
 @click.command("purge-logs")

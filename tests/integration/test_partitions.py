@@ -224,3 +224,29 @@ def test_topology_command_shows_owners_and_depths(make_stack: Callable[..., Stac
     assert len(lines) == 4 and all("worker-1" in line for line in lines)
     assert "workers owning partitions: 1; free partitions: 0" in stdout
     stack.lime.faults.configure({"down": False})
+
+
+def test_topology_tells_a_migrations_hold_from_a_worker(make_stack: Callable[..., Stack]) -> None:
+    import os
+    import subprocess
+    import threading
+
+    from migration.hold import PartitionHold
+    from sandbox.stack import config_environment
+
+    stack = make_stack(partitions=4).start(workers=1)
+    spread(stack, 1, partitions=4)
+    hold = PartitionHold(stack.config.broker)
+    try:
+        hold.take([0, 1], threading.Event())  # the worker gives them up
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ")},
+               **config_environment(stack.raw)}
+
+        def summary() -> str:
+            out = subprocess.run([*BFUS_LIME, "topology"], env=env, capture_output=True, text=True).stdout
+            return out if "held by a running migration: 2" in out else ""
+
+        stdout = wait_for(summary, 30, "topology to show the migration's hold")
+        assert "workers owning partitions: 1; free partitions: 0; held by a running migration: 2" in stdout
+    finally:
+        hold.close()
