@@ -24,6 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sandbox.bfus.changes import ChangeMaker, ChangeMix
 from sandbox.bfus.poster import QueuePoster
 from sandbox.bfus.store import BfusStore
+from sandbox.httperrors import answer_http_errors_in_json
 from shared.bfus import PLURALS
 
 OBJECTTYPES = ("customer", "contract", "facility", "meter")
@@ -100,14 +101,7 @@ class BfusStandIn:
             lists = {t: f"{request.host_url}api/v1/{PLURALS[t]}" for t in OBJECTTYPES}
             return jsonify({"service": "BFUS stand-in", "api": lists})
 
-        @app.errorhandler(404)
-        def not_found(_err: Any) -> Response:
-            return _error(404, "not_found", f"No such resource: {request.path}")
-
-        @app.errorhandler(405)
-        def not_allowed(_err: Any) -> Response:
-            return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
-
+        answer_http_errors_in_json(app, _error)
         return app
 
 

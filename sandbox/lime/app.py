@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from sandbox.httperrors import answer_http_errors_in_json
 from sandbox.lime.faults import FaultInjector, Faults
 from sandbox.lime.schema import load_schema
 from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
@@ -62,14 +63,7 @@ def create_lime_app(settings: LimeSandboxSettings) -> Flask:
     def lime_error(err: LimeRequestError) -> Response:
         return _error(err.status, err.code, err.message)
 
-    @app.errorhandler(404)
-    def not_found(_err: Any) -> Response:
-        return _error(404, "not_found", f"No such resource: {request.path}")
-
-    @app.errorhandler(405)
-    def not_allowed(_err: Any) -> Response:
-        return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
-
+    answer_http_errors_in_json(app, _error)
     return app
 
 

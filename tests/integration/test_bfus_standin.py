@@ -170,3 +170,12 @@ def test_seeded_customers_have_facilities_contracts_and_meters(bfus: BfusStandIn
     headers = {"Authorization": "Bearer dev-bfus-token"}
     page = requests.get(f"{bfus.url}api/v1/contracts?limit=5", headers=headers, timeout=5).json()
     assert page["total"] == len(contracts) and len(page["items"]) == 5 and page["next"]
+
+
+def test_the_root_and_every_error_answer_json(bfus: BfusStandIn) -> None:
+    root = requests.get(bfus.url, timeout=10)
+    assert root.status_code == 200 and root.json()["api"]["customer"].endswith("/api/v1/customers")
+    missing = requests.get(f"{bfus.url}no/such/page", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = requests.delete(f"{bfus.url}api/v1/customers", timeout=10)
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
