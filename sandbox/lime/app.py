@@ -26,7 +26,7 @@ from sandbox.lime.schema import load_schema
 from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
 
 HAL = "application/hal+json"
-CONTROL_PARAMS = {"_limit", "_offset", "_sort", "_embed"}
+CONTROL_PARAMS = {"_limit", "_offset", "_offset_id", "_sort", "_embed"}
 
 
 @dataclass
@@ -155,14 +155,24 @@ def _api_blueprint() -> Blueprint:
         limit = min(limit, settings().max_limit)
         offset = _int_param("_offset", 0, minimum=0)
         filters = _filters(lt)
-        order = [store().sort_column(lt, s) for s in request.args.get("_sort", "").split(",") if s.strip()]
-        objects, more = store().query(limetype, filters, order, limit, offset)
+        sorts = [s.strip() for s in request.args.get("_sort", "").split(",") if s.strip()]
+        order = [store().sort_column(lt, s) for s in sorts]
+        # Lime pages by keyset: in _id order the next link names the last id seen
+        # (_offset_id), so objects created or deleted meanwhile shift nothing. Other
+        # orders page by offset here (a stand-in's simplification).
+        keyset = sorts in ([], ["_id"])
+        after = _int_param("_offset_id", 0, minimum=0)
+        if keyset and after:
+            filters.append(Filter("_id", ">", after))
+        objects, more = store().query(limetype, filters, order, limit, 0 if keyset else offset)
         base = base_url()
-        links: dict[str, Any] = {"self": {"href": _page_url(base, limetype, offset, limit)}}
-        if more:
-            links["next"] = {"href": _page_url(base, limetype, offset + limit, limit)}
-        if offset > 0:
-            links["prev"] = {"href": _page_url(base, limetype, max(0, offset - limit), limit)}
+        links: dict[str, Any] = {"self": {"href": request.url}}
+        if more and keyset:
+            links["next"] = {"href": _page_url(base, limetype, limit, _offset_id=objects[-1]["_id"])}
+        elif more:
+            links["next"] = {"href": _page_url(base, limetype, limit, _offset=offset + limit)}
+        if offset > 0 and not keyset:
+            links["prev"] = {"href": _page_url(base, limetype, limit, _offset=max(0, offset - limit))}
         return _json({"_links": links, "_embedded": {"limeobjects": [_with_links(base, lt.name, o) for o in objects]}})
 
     @bp.post("/limeobject/<limetype>/")
@@ -202,9 +212,10 @@ def _int_param(name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _page_url(base: str, limetype: str, offset: int, limit: int) -> str:
-    args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_offset", "_limit")]
-    args += [("_limit", str(limit)), ("_offset", str(offset))]
+def _page_url(base: str, limetype: str, limit: int, **position: int) -> str:
+    """This list's URL for another page: ``_offset=N`` or ``_offset_id=ID``."""
+    args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_offset", "_offset_id", "_limit")]
+    args += [("_limit", str(limit)), *((k, str(v)) for k, v in position.items())]
     return f"{base}limeobject/{limetype}/?{urlencode(args)}"
 
 
