@@ -23,7 +23,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from sandbox.bfus.changes import ChangeMaker, ChangeMix
 from sandbox.bfus.poster import QueuePoster
-from sandbox.bfus.store import BfusStore
+from sandbox.bfus.store import BfusStore, now
+from sandbox.bfus.validation import WRITABLE, customer_problems, write_problems
 from sandbox.httperrors import answer_http_errors_in_json
 from shared.bfus import PLURALS
 
@@ -158,7 +159,83 @@ def _api_blueprint() -> Blueprint:
             return _error(404, "not_found", f"Customer {customerno} does not exist.")
         return jsonify(found["data"])
 
+    @bp.post("/customers")
+    def create_customer() -> Response:
+        """A new customer: validated, given the next customer number, and, like every
+        change in BFUS, queued as a change message."""
+        changes = _write_body()
+        if isinstance(changes, Response):
+            return changes
+        standin = _standin()
+        customer = {**{name: None for name in WRITABLE}, "country": "SE", "einvoice": False, **changes}
+        refused = _refusal(customer, whole=True) or _duplicate(customer, None)
+        if refused is not None:
+            return refused
+        today = now().date().isoformat()
+        customerno = standin.changes.new_customerno()
+        customer.update(customerno=customerno, status="active", category=None, createddate=today, changeddate=today)
+        standin.store.change("customer", "created", customerno, customerno, customer)
+        response = jsonify(customer)
+        response.status_code = 201
+        return response
+
+    @bp.put("/customers/<customerno>")
+    def update_customer(customerno: str) -> Response:
+        """Only the fields sent change; the whole new state is queued as a change message
+        (nothing is queued when nothing changed)."""
+        changes = _write_body()
+        if isinstance(changes, Response):
+            return changes
+        standin = _standin()
+        found = standin.store.get("customer", customerno)
+        if found is None or found["deleted"]:
+            return _error(404, "not_found", f"Customer {customerno} does not exist.")
+        if all(found["data"].get(k) == v for k, v in changes.items()):
+            return jsonify(found["data"])
+        customer = {**found["data"], **changes, "changeddate": now().date().isoformat()}
+        refused = _refusal(customer, whole=True) or _duplicate(customer, customerno)
+        if refused is not None:
+            return refused
+        standin.store.change("customer", "updated", customerno, customerno, customer)
+        return jsonify(customer)
+
     return bp
+
+
+def _write_body() -> dict[str, Any] | Response:
+    """The fields a write sends, or the refusal to answer."""
+    changes = request.get_json(silent=True)
+    refused = _refusal(changes)
+    if refused is not None or not isinstance(changes, dict):
+        return refused or _error(400, "invalid_body", "Send one JSON object of customer fields.")
+    return changes
+
+
+def _refusal(customer: Any, whole: bool = False) -> Response | None:
+    """400 for a body that is not an object, 422 naming each bad field."""
+    if not isinstance(customer, dict):
+        return _error(400, "invalid_body", "Send one JSON object of customer fields.")
+    problems = customer_problems(customer) if whole else write_problems(customer)
+    if not problems:
+        return None
+    response = jsonify({"error": "invalid_customer", "message": "The customer is not valid: "
+                        + "; ".join(f"{name}: {' '.join(texts)}" for name, texts in sorted(problems.items())),
+                        "fields": problems})
+    response.status_code = 422
+    return response
+
+
+def _duplicate(customer: dict[str, Any], customerno: str | None) -> Response | None:
+    """409 when another live customer has the same personnummer or organisationsnummer."""
+    for field in ("socialsecurityno", "orgno"):
+        if customer.get(field):
+            others = [k for k in _standin().store.live_keys_with("customer", field, customer[field]) if k != customerno]
+            if others:
+                response = jsonify({"error": "duplicate", "customerno": others[0],
+                                    "message": f"Customer {others[0]} already has this {field}."})
+                response.status_code = 409
+                return response
+    return None
 
 
 def _admin_blueprint() -> Blueprint:

@@ -175,6 +175,13 @@ class BfusStore:
         sql = "SELECT key FROM objects WHERE objecttype = ?" + ("" if include_deleted else " AND deleted = 0")
         return [r["key"] for r in self.db.conn().execute(sql + " ORDER BY key", (objecttype,))]
 
+    def live_keys_with(self, objecttype: str, field: str, value: Any) -> list[str]:
+        """Keys of live objects whose data has ``field`` equal to ``value``."""
+        rows = self.db.conn().execute(
+            "SELECT key FROM objects WHERE objecttype = ? AND deleted = 0 AND json_extract(data, ?) = ?",
+            (objecttype, f"$.{field}", value))
+        return [r["key"] for r in rows]
+
     def snapshots(self, objecttype: str) -> list[dict[str, Any]]:
         """Every object with its last state, deleted ones included (for checkers)."""
         rows = self.db.conn().execute("SELECT * FROM objects WHERE objecttype = ? ORDER BY key", (objecttype,))

@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -179,3 +180,65 @@ def test_the_root_and_every_error_answer_json(bfus: BfusStandIn) -> None:
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     wrong = requests.delete(f"{bfus.url}api/v1/customers", timeout=10)
     assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+
+
+CHECK = luhn_digit("800101123")
+PERSON = {"customertype": "private", "firstname": "Ebba", "lastname": "Lund", "name": "Ebba Lund",
+          "socialsecurityno": f"19800101-123{CHECK}", "street": "Storgatan 1", "zipcode": "21134", "city": "Malmö",
+          "email": "ebba.lund@example.se"}
+
+
+def write(bfus: BfusStandIn, method: str, path: str, body: Any) -> requests.Response:
+    return requests.request(method, f"{bfus.url}api/v1/{path}", json=body, timeout=10,
+                            headers={"Authorization": "Bearer dev-bfus-token"})
+
+
+def test_a_valid_customer_is_created_numbered_and_sent_as_a_change(bfus: BfusStandIn, target: Target) -> None:
+    person = PERSON
+    created = write(bfus, "POST", "customers", person)
+    assert created.status_code == 201, created.text
+    customer = created.json()
+    assert customer["customerno"] and customer["status"] == "active" and customer["name"] == "Ebba Lund"
+    assert write(bfus, "GET", f"customers/{customer['customerno']}", None).json() == customer
+    wait_for(lambda: target.received, 10, "the change message")
+    message = target.received[0][0]
+    assert (message["objecttype"], message["operation"], message["key"]) == (
+        "customer", "created", customer["customerno"])
+    changed = write(bfus, "PUT", f"customers/{customer['customerno']}", {"street": "Kungsgatan 2"})
+    assert changed.status_code == 200 and changed.json()["street"] == "Kungsgatan 2"
+    assert changed.json()["socialsecurityno"] == person["socialsecurityno"]  # the rest as it was
+    wait_for(lambda: len(target.received) == 2, 10, "the update's change message")
+    update = target.received[1][0]
+    assert update["operation"] == "updated" and update["data"]["street"] == "Kungsgatan 2"
+    same = write(bfus, "PUT", f"customers/{customer['customerno']}", {"street": "Kungsgatan 2"})
+    assert same.status_code == 200 and bfus.store.queue_status()["last_id"] == 2  # nothing changed: no message
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"socialsecurityno": f"19800101-123{(CHECK + 1) % 10}"}, "socialsecurityno"),  # wrong check digit
+    ({"socialsecurityno": "19801301-1234"}, "socialsecurityno"),  # no 13th month
+    ({"email": "not-an-address"}, "email"),
+    ({"zipcode": "2113"}, "zipcode"),
+    ({"lastname": ""}, "lastname"),
+    ({"status": "former"}, "status"),  # BFUS's own field
+    ({"colour": "green"}, "colour"),
+])
+def test_an_invalid_customer_is_refused_naming_the_field(bfus: BfusStandIn, change: dict, field: str) -> None:
+    refused = write(bfus, "POST", "customers", {**PERSON, **change})
+    assert refused.status_code == 422 and field in refused.json()["fields"], refused.text
+    assert bfus.store.queue_status()["last_id"] == 0
+
+
+def test_a_duplicate_personnummer_or_orgnr_is_409(bfus: BfusStandIn) -> None:
+    [existing] = bfus.changes.seed_customers(1)
+    data = bfus.store.get("customer", existing)["data"]  # type: ignore[index]
+    number = {"socialsecurityno": data["socialsecurityno"]} if data["socialsecurityno"] else {
+        "customertype": "company", "name": "Kopia AB", "orgno": data["orgno"]}
+    refused = write(bfus, "POST", "customers", {**PERSON, **number})
+    assert refused.status_code == 409 and refused.json()["customerno"] == existing
+
+
+def test_writes_need_the_token_and_a_json_object(bfus: BfusStandIn) -> None:
+    assert requests.post(f"{bfus.url}api/v1/customers", json=PERSON, timeout=10).status_code == 401
+    assert write(bfus, "POST", "customers", ["not", "an", "object"]).status_code == 400
+    assert write(bfus, "PUT", "customers/999999", {"street": "X 1"}).status_code == 404
