@@ -84,7 +84,7 @@ def sandbox_lime(ctx: click.Context, host: str, port: int | None, db_path: str, 
     click.echo(f"Lime stand-in: {standin.api_url}  (X-API-Key: {config.lime.api_key}; admin: {admin_key})")
     sys.stdout.flush()
     _wait_for_signal()
-    standin.stop()
+    standin.close()
 
 
 @click.command("sandbox-bfus")

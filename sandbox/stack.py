@@ -136,7 +136,7 @@ class Stack:
             self.receiver_server.stop()
         if self.receiver_app is not None:
             close_app(self.receiver_app)
-        self.lime.stop()
+        self.lime.close()
 
     # ------------------------------------------------------------------ reading
 

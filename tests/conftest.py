@@ -61,7 +61,7 @@ def lime(tmp_path: Path) -> Iterator[LimeStandIn]:
     try:
         yield standin
     finally:
-        standin.stop()
+        standin.close()
 
 
 @pytest.fixture

@@ -6,7 +6,14 @@
     /<application>/api/v1/limeobject/<type>/            GET (filters, paging, _sort), POST
     /<application>/api/v1/limeobject/<type>/<id>/       GET, PUT (partial), DELETE
     /_admin/faults  GET, PUT      /_admin/stats  GET     /_admin/stats/reset  POST
+    /<application>/api/v1/subscription/                 GET (filters events, target_url, enabled), POST
+    /<application>/api/v1/subscription/<id>/            GET, PUT, DELETE
+    /<application>/api/v1/subscription/available/       GET
     /_admin/objects/<type>  GET (every object, no paging)   /_admin/counts  GET
+    /_admin/webhooks  GET (delivery counts), PUT {"lose_rate", "duplicate_rate"}
+
+Every create, update and delete through the API fires the webhooks of
+sandbox/lime/webhooks.py.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from sandbox.httperrors import answer_http_errors_in_json
 from sandbox.lime.faults import FaultInjector, Faults
 from sandbox.lime.schema import load_schema
 from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
+from sandbox.lime.webhooks import EVENTS, SIGNATURES, Webhooks
+from shared.lime import option_key
 
 HAL = "application/hal+json"
 CONTROL_PARAMS = {"_limit", "_offset", "_offset_id", "_sort", "_embed"}
@@ -40,6 +49,8 @@ class LimeSandboxSettings:
     max_limit: int = 50
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    webhook_keys: tuple[str, ...] | None = None  # keys whose user may manage webhooks (None: every API key)
+    webhook_retry_base: float = 10.0  # seconds before a failed delivery's first retry (then doubling)
 
 
 def _json(body: Any, status: int = 200, content_type: str = HAL, headers: dict | None = None) -> Response:
@@ -55,6 +66,7 @@ def create_lime_app(settings: LimeSandboxSettings) -> Flask:
     app.config["LIME"] = settings
     app.extensions["lime_store"] = LimeStore(settings.db_path, load_schema(settings.schema_path))
     app.extensions["lime_faults"] = FaultInjector(settings.faults, settings.seed)
+    app.extensions["lime_webhooks"] = Webhooks(settings.webhook_retry_base, seed=settings.seed)
     app.url_map.strict_slashes = False
     app.register_blueprint(_api_blueprint(), url_prefix=f"/{settings.application}/api/v1")
     app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
@@ -69,6 +81,10 @@ def create_lime_app(settings: LimeSandboxSettings) -> Flask:
 
 def store() -> LimeStore:
     return current_app.extensions["lime_store"]
+
+
+def webhooks() -> Webhooks:
+    return current_app.extensions["lime_webhooks"]
 
 
 def injector() -> FaultInjector:
@@ -179,6 +195,7 @@ def _api_blueprint() -> Blueprint:
     def create(limetype: str) -> Response:
         created = store().create(limetype, _body())
         injector().wrote(limetype, created["_id"])
+        webhooks().fire(f"{limetype}.new", _event_body(limetype, created))
         return _json(_with_links(base_url(), limetype, created), 201)
 
     @bp.get("/limeobject/<limetype>/<int:object_id>/")
@@ -187,16 +204,89 @@ def _api_blueprint() -> Blueprint:
 
     @bp.put("/limeobject/<limetype>/<int:object_id>/")
     def update(limetype: str, object_id: int) -> Response:
+        before = store().get(limetype, object_id)
         updated = store().update(limetype, object_id, _body())
         injector().wrote(limetype, object_id)
+        webhooks().fire(f"{limetype}.update", _event_body(limetype, updated, before))
         return _json(_with_links(base_url(), limetype, updated))
 
     @bp.delete("/limeobject/<limetype>/<int:object_id>/")
     def delete(limetype: str, object_id: int) -> Response:
         store().delete(limetype, object_id)
+        webhooks().fire(f"{limetype}.delete", {"id": object_id, "limetype": limetype})
+        return Response(status=204)
+
+    @bp.before_request
+    def webhook_right() -> Response | None:
+        allowed = settings().webhook_keys
+        if request.path.split("/api/v1/")[-1].startswith("subscription") and allowed is not None and not any(
+                hmac.compare_digest(request.headers.get("X-API-Key", ""), k) for k in allowed):
+            return _error(403, "forbidden", "Managing webhooks needs an administrator or the group Webhook Users.")
+        return None
+
+    @bp.get("/subscription/available/")
+    def available() -> Response:
+        return _json({"events": [f"{lt}.{e}" for lt in store().limetypes for e in EVENTS]})
+
+    @bp.get("/subscription/")
+    def subscriptions() -> Response:
+        enabled = request.args.get("enabled")
+        found = webhooks().find(request.args.get("events"), request.args.get("target_url"),
+                                None if enabled is None else enabled.lower() in ("true", "1"))
+        return _json({"_embedded": {"subscriptions": [s.public() for s in found]}})
+
+    @bp.post("/subscription/")
+    def subscribe() -> Response:
+        body = _body()
+        events, target, secret = body.get("events"), body.get("target_url"), body.get("secret")
+        if not (isinstance(events, list) and events and all(isinstance(e, str) for e in events)):
+            raise bad_request("events must be a list such as [\"company.update\"].", "invalid_value")
+        if not (isinstance(target, str) and target.startswith(("http://", "https://"))):
+            raise bad_request("target_url must be an http(s) URL.", "invalid_value")
+        if not (isinstance(secret, str) and secret):
+            raise bad_request("secret is required.", "invalid_value")
+        signature = body.get("signature", "v2")
+        if signature not in SIGNATURES:
+            raise bad_request(f"signature must be one of {', '.join(SIGNATURES)}.", "invalid_value")
+        sub = webhooks().subscribe(events, target, secret, signature,
+                                   bool(body.get("dont_disable_on_failed_delivery", False)))
+        return _json(sub.public(), 201)
+
+    @bp.get("/subscription/<int:sub_id>/")
+    def subscription(sub_id: int) -> Response:
+        sub = webhooks().get(sub_id)
+        if sub is None:
+            raise LimeRequestError(404, "not_found", f"No subscription {sub_id}.")
+        return _json(sub.public())
+
+    @bp.put("/subscription/<int:sub_id>/")
+    def change_subscription(sub_id: int) -> Response:
+        changes = {k: v for k, v in _body().items()
+                   if k in ("events", "target_url", "secret", "enabled", "dont_disable_on_failed_delivery")}
+        sub = webhooks().update(sub_id, changes)
+        if sub is None:
+            raise LimeRequestError(404, "not_found", f"No subscription {sub_id}.")
+        return _json(sub.public())
+
+    @bp.delete("/subscription/<int:sub_id>/")
+    def unsubscribe(sub_id: int) -> Response:
+        if not webhooks().remove(sub_id):
+            raise LimeRequestError(404, "not_found", f"No subscription {sub_id}.")
         return Response(status=204)
 
     return bp
+
+
+def _event_body(limetype: str, obj: dict[str, Any], before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A delivery's body: every property (options as keys) plus id, timestamp and
+    createdtime without underscore; for an update also the changed properties' old values."""
+    values = {k: option_key(v) for k, v in obj.items() if not k.startswith("_")}
+    values.update(id=obj["_id"], timestamp=obj.get("_timestamp"), createdtime=obj.get("_createdtime"))
+    body: dict[str, Any] = {"id": obj["_id"], "limetype": limetype, "values": values}
+    if before is not None:
+        body["original_values"] = {k: option_key(before.get(k)) for k, v in values.items()
+                                   if k in before and option_key(before.get(k)) != v}
+    return body
 
 
 def _int_param(name: str, default: int, minimum: int) -> int:
@@ -278,6 +368,23 @@ def _admin_blueprint() -> Blueprint:
         injector().reset_stats()
         return Response(status=204)
 
+    @bp.get("/webhooks")
+    def webhook_stats() -> Response:
+        hooks = webhooks()
+        return _json({**hooks.stats, "pending": hooks.pending(), "lose_rate": hooks.lose_rate,
+                      "duplicate_rate": hooks.duplicate_rate}, content_type="application/json")
+
+    @bp.put("/webhooks")
+    def webhook_faults() -> Response:
+        body = request.get_json(silent=True) or {}
+        for name in ("lose_rate", "duplicate_rate"):
+            if name in body:
+                value = body[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                    return _error(400, "invalid_body", f"{name} is a share between 0 and 1.")
+                setattr(webhooks(), name, float(value))
+        return webhook_stats()
+
     @bp.get("/counts")
     def counts() -> Response:
         """Objects per limetype; with filters (as the list takes them: ``max-messageid=300``),
@@ -304,6 +411,7 @@ class LimeStandIn:
         self.app = create_lime_app(settings)
         self.store: LimeStore = self.app.extensions["lime_store"]
         self.faults: FaultInjector = self.app.extensions["lime_faults"]
+        self.webhooks: Webhooks = self.app.extensions["lime_webhooks"]
         self.server = ServerThread(self.app, host, port)
 
     @property
@@ -319,4 +427,10 @@ class LimeStandIn:
         return self
 
     def stop(self) -> None:
+        """Stop serving (start() serves again: an outage in a test)."""
         self.server.stop()
+
+    def close(self) -> None:
+        """Stop serving and delivering webhooks, for good."""
+        self.server.stop()
+        self.webhooks.stop()

@@ -221,7 +221,7 @@ def test_killed_migration_resumes_to_the_same_end_writing_nothing_twice(stack: S
         assert not migrate(stack, tmp_path / "ref", lime=reference, coordinate=False).failures
         assert _normalized(stack.lime) == _normalized(reference)
     finally:
-        reference.stop()
+        reference.close()
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["already_done_before_this_run"] > 0 and saved["failures"] == []
 

@@ -1,0 +1,199 @@
+"""Webhooks in the Lime stand-in, as Lime has them (contract.md §3):
+
+- subscriptions to ``<limetype>.new | update | delete | restore`` events with a target
+  URL and a secret, kept in memory (the stand-in's process is their lifetime);
+- a delivery is ``POST target_url`` with ``{"event", "body": {"id", "limetype",
+  "values", "original_values"}}`` (``delete``: id and limetype only), signed v1
+  (``X-Lime-Signature: sha256=<hex HMAC-SHA256 of the body>``) or v2 (``v2=<hex>``
+  over ``v2:{delivery id}:{unix time}:{sha256 hex of the body}``, with
+  ``X-Lime-Delivery-Id`` and ``X-Lime-Delivery-Timestamp``);
+- a delivery not answered 2xx is tried again after ``retry_base * 2^n`` seconds while
+  later ones go ahead (so order is not kept), five tries in all; then it is dropped,
+  ``webhook.msg_dropped`` fires, and the subscription is disabled unless it says
+  ``dont_disable_on_failed_delivery``;
+- faults for tests: a share of deliveries lost (never sent) or sent twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import itertools
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+EVENTS = ("new", "update", "delete", "restore")
+SIGNATURES = ("v1", "v2")
+
+
+def signature_v1(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_v2(secret: str, delivery_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"v2:{delivery_id}:{timestamp}:{hashlib.sha256(body).hexdigest()}".encode()
+    return "v2=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Subscription:
+    id: int
+    events: list[str]
+    target_url: str
+    secret: str
+    enabled: bool = True
+    dont_disable_on_failed_delivery: bool = False
+    signature: str = "v2"
+
+    def public(self) -> dict[str, Any]:
+        """As the API shows it: never the secret."""
+        return {k: v for k, v in asdict(self).items() if k != "secret"}
+
+
+@dataclass(order=True)
+class Delivery:
+    due: float
+    seq: int
+    subscription_id: int = field(compare=False)
+    event: str = field(compare=False)
+    body: bytes = field(compare=False)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()), compare=False)
+    tries: int = field(default=0, compare=False)
+
+
+class Webhooks:
+    def __init__(self, retry_base: float = 10.0, tries: int = 5, seed: int | None = None):
+        self.retry_base = retry_base
+        self.tries = tries
+        self.lose_rate = 0.0  # share of deliveries never sent (a test's lost webhook)
+        self.duplicate_rate = 0.0  # share sent twice
+        self._random = random.Random(seed)
+        self._subscriptions: dict[int, Subscription] = {}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._queue: list[Delivery] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self.stats = {"delivered": 0, "failed_tries": 0, "dropped": 0, "lost": 0, "duplicated": 0}
+        self._session = requests.Session()
+        self._thread = threading.Thread(target=self._run, name="lime-webhooks", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(self, events: list[str], target_url: str, secret: str, signature: str = "v2",
+                  dont_disable: bool = False) -> Subscription:
+        with self._cond:
+            sub = Subscription(next(self._ids), events, target_url, secret, True, dont_disable, signature)
+            self._subscriptions[sub.id] = sub
+            return sub
+
+    def find(self, events: str | None = None, target_url: str | None = None,
+             enabled: bool | None = None) -> list[Subscription]:
+        with self._cond:
+            return [s for s in self._subscriptions.values()
+                    if (events is None or set(events.split(",")) <= set(s.events))
+                    and (target_url is None or s.target_url == target_url)
+                    and (enabled is None or s.enabled == enabled)]
+
+    def get(self, sub_id: int) -> Subscription | None:
+        with self._cond:
+            return self._subscriptions.get(sub_id)
+
+    def update(self, sub_id: int, changes: dict[str, Any]) -> Subscription | None:
+        with self._cond:
+            sub = self._subscriptions.get(sub_id)
+            if sub is not None:
+                for name, value in changes.items():
+                    setattr(sub, name, value)
+            return sub
+
+    def remove(self, sub_id: int) -> bool:
+        with self._cond:
+            return self._subscriptions.pop(sub_id, None) is not None
+
+    # ------------------------------------------------------------------ events
+
+    def fire(self, event: str, body: dict[str, Any]) -> int:
+        """Queue a delivery of ``event`` to every enabled subscription of it."""
+        payload = json.dumps({"event": event, "body": body}, ensure_ascii=False).encode()
+        queued = 0
+        with self._cond:
+            for sub in self._subscriptions.values():
+                if not sub.enabled or event not in sub.events:
+                    continue
+                if self._random.random() < self.lose_rate:
+                    self.stats["lost"] += 1
+                    continue
+                copies = 2 if self._random.random() < self.duplicate_rate else 1
+                self.stats["duplicated"] += copies - 1
+                for _ in range(copies):
+                    heapq.heappush(self._queue, Delivery(time.monotonic(), next(self._seq), sub.id, event, payload))
+                    queued += 1
+            self._cond.notify()
+        return queued
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(5)
+
+    # ------------------------------------------------------------------ delivering
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (not self._queue or self._queue[0].due > time.monotonic()):
+                    self._cond.wait(None if not self._queue else max(0.0, self._queue[0].due - time.monotonic()))
+                if self._stop:
+                    return
+                delivery = heapq.heappop(self._queue)
+                sub = self._subscriptions.get(delivery.subscription_id)
+            if sub is None or not sub.enabled:
+                continue
+            if self._send(sub, delivery):
+                self.stats["delivered"] += 1
+            else:
+                self._failed(sub, delivery)
+
+    def _send(self, sub: Subscription, delivery: Delivery) -> bool:
+        headers = {"Content-Type": "application/json", "User-Agent": "lime-crm-standin-webhooks"}
+        if sub.signature == "v1":
+            headers["X-Lime-Signature"] = signature_v1(sub.secret, delivery.body)
+        else:
+            stamp = int(time.time())
+            headers.update({"X-Lime-Signature": signature_v2(sub.secret, delivery.id, stamp, delivery.body),
+                            "X-Lime-Delivery-Id": delivery.id, "X-Lime-Delivery-Timestamp": str(stamp)})
+        try:
+            response = self._session.post(sub.target_url, data=delivery.body, headers=headers, timeout=5)
+        except requests.RequestException:
+            return False
+        return response.status_code < 300
+
+    def _failed(self, sub: Subscription, delivery: Delivery) -> None:
+        delivery.tries += 1
+        self.stats["failed_tries"] += 1
+        with self._cond:
+            if delivery.tries < self.tries:
+                delivery.due = time.monotonic() + self.retry_base * 2 ** (delivery.tries - 1)
+                heapq.heappush(self._queue, delivery)
+                self._cond.notify()
+                return
+            self.stats["dropped"] += 1
+            if not sub.dont_disable_on_failed_delivery:
+                sub.enabled = False
+        self.fire("webhook.msg_dropped", {"subscription": sub.id, "event": delivery.event,
+                                          "delivery_id": delivery.id})
