@@ -9,6 +9,7 @@ import sys
 import click
 
 from shared.config import Config, ConfigError, load_config
+from shared.exitcodes import USAGE
 from shared.logs import configure_logging
 
 
@@ -18,7 +19,7 @@ def load(ctx: click.Context, need: tuple[str, ...] = ()) -> Config:
         config = load_config(ctx.obj["config_path"], need=need)
     except ConfigError as err:
         click.echo(f"bfus-lime: {err}", err=True)
-        sys.exit(2)
+        sys.exit(USAGE)
     configure_logging(config.log.level, config.log.format)
     ctx.obj["config"] = config  # for the messages of cli/failures.py
     return config

@@ -3,7 +3,8 @@ what to do, and an exit code (README "Exit codes"):
 
     0 done    1 done, with failures    2 usage or configuration    3 a service unreachable    130 stopped
 
-A failure not listed here is a bug and keeps its traceback."""
+The codes are in shared/exitcodes.py. A failure not listed here is a bug and keeps its
+traceback."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ import requests
 
 from shared.bfus import BfusError
 from shared.config import Config, ProblemsError
+from shared.exitcodes import FAILURES, UNREACHABLE, USAGE
 from shared.lime import LimeRejected, LimeUnavailable
 from shared.publisher import BrokerUnavailable
-
-DONE, FAILURES, USAGE, UNREACHABLE, STOPPED = 0, 1, 2, 3, 130
 
 
 def public(url: str) -> str:

@@ -10,9 +10,10 @@ import click
 
 from cli import operations, services
 from cli.config import config_option, load
-from cli.failures import STOPPED, explain
+from cli.failures import explain
 from deadletters.commands import dlq
 from migration.command import migrate
+from shared.exitcodes import STOPPED
 
 
 class Commands(click.Group):

@@ -12,10 +12,9 @@ from rich.table import Table
 from deadletters.format import age, parse_age, pretty_payload
 from deadletters.service import DeadLetters
 from shared import headers
+from shared.exitcodes import FAILURES
 from shared.lime import LimeClient
 from shared.logrecords import STATUSES, status_of
-
-FAILURES = 1  # exit code: done, with failures (cli/failures.py)
 
 
 def _service(ctx: click.Context) -> DeadLetters:
@@ -92,7 +91,7 @@ def show(ctx: click.Context, record_id: int) -> None:
         record = service.record(record_id)
     except LimeRejected as err:
         click.echo(f"bfus-lime dlq show: no failed-message record {record_id} ({err.message})", err=True)
-        sys.exit(1)
+        sys.exit(FAILURES)
     letters = [letter for letter in service.letters() if letter.record_id == record_id]
     click.echo(f"failed-message record {record_id} in Lime ({service.limetype})")
     for name in ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",

@@ -20,6 +20,7 @@ from migration.report import OUTCOMES, Report
 from migration.run import FOLDER, Migration, MigrationOptions
 from shared.bfus import BfusClient
 from shared.config import Config
+from shared.exitcodes import DONE, FAILURES, STOPPED, USAGE
 from shared.lime import CircuitBreaker, LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
 
@@ -95,7 +96,6 @@ def print_report(report: Report, console: Console) -> None:
 
 
 LIME_WAIT = 10.0  # seconds to wait for Lime to answer at the start
-FAILURES, USAGE, STOPPED = 1, 2, 130  # exit codes (cli/failures.py)
 
 
 def run_migration(config: Config, options: MigrationOptions) -> int:
@@ -137,6 +137,6 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
     if report.stopped:
         console.print(f"Stopped before the end; run the same command again to continue from {options.checkpoint}.")
         return STOPPED
-    return FAILURES if report.failures else 0
+    return FAILURES if report.failures else DONE
 
 

@@ -252,7 +252,7 @@ class Progress:
         self.tty = tty
         self.samples: list[tuple[float, int]] = []
         self.last_print = float("-inf")
-        self.last_line = ""
+        self.last_counts: tuple[int, ...] = ()
 
     def rate(self, now: float, done: int) -> float:
         self.samples.append((now, done))
@@ -265,11 +265,12 @@ class Progress:
         return (f"queued {delivered:>5}/{self.changes}  applied {applied:>5}  failed {failed:>3}  "
                 f"waiting in BFUS {pending:>4}  {rate:6.1f} msg/s  Lime calls {calls}")
 
-    def due(self, now: float, line: str) -> bool:
-        changed = line.split("  Lime calls")[0] != self.last_line.split("  Lime calls")[0]
+    def due(self, now: float, counts: tuple[int, ...]) -> bool:
+        """Whether to print the line of these counts (queued, pending, applied, failed)."""
+        changed = counts != self.last_counts
         due = self.tty or (changed and now - self.last_print >= 5) or now - self.last_print >= 60
         if due:
-            self.last_print, self.last_line = now, line
+            self.last_print, self.last_counts = now, counts
         return due
 
 
@@ -292,9 +293,9 @@ def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processe
         q, c = queue.json(), counts.json()
         applied, failed = c.get("bfusprocessedmessage", 0), c.get("bfusfailedmessage", 0)
         now = time.monotonic()
-        line = progress.line(now, min(q["delivered"], options.changes), q["pending"], applied, failed,
-                             stats.json()["total"])
-        if progress.due(now, line):
+        shown = (min(q["delivered"], options.changes), q["pending"], applied, failed)
+        line = progress.line(now, *shown, stats.json()["total"])
+        if progress.due(now, shown):
             print("\r" + line + "\x1b[K" if progress.tty else line, end="" if progress.tty else "\n", flush=True)
         if applied + failed >= options.changes and not done_reported:
             done_reported = True
