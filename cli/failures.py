@@ -16,7 +16,7 @@ import requests
 from shared.bfus import BfusError
 from shared.config import Config, ProblemsError
 from shared.exitcodes import FAILURES, UNREACHABLE, USAGE
-from shared.lime import LimeRejected, LimeUnavailable
+from shared.lime import LimeRejected, LimeUnavailable, socket_error
 from shared.publisher import BrokerUnavailable
 
 
@@ -27,17 +27,12 @@ def public(url: str) -> str:
 
 
 def _reason(err: BaseException) -> str:
-    """Why, in words: pika wraps the socket's own error (``Connection refused``) in
-    errors whose text is only a class name."""
-    inner = getattr(err, "exception", None)  # pika's connector errors
-    if isinstance(inner, BaseException):
-        return _reason(inner)
-    if err.args and isinstance(err.args[0], BaseException):
-        return _reason(err.args[0])
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
+    """Why, in words: the socket's own reason when there is one, else the error's text."""
+    found = socket_error(err)
+    if found != type(err).__name__:
+        return found
     text = str(err).strip()
-    return text if text and text not in ("()", "''") else type(err).__name__
+    return text if text and text not in ("()", "''") else found
 
 
 def explain(err: BaseException, config: Config | None) -> tuple[str, int] | None:

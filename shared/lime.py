@@ -102,8 +102,9 @@ class CircuitBreaker:
 
 
 def socket_error(err: BaseException) -> str:
-    """The socket's own reason inside a requests error (``Connection refused``), else
-    the error's type: requests' own texts are long and repeat the URL."""
+    """The socket's own reason (``Connection refused``) inside a wrapping error (requests'
+    texts are long and repeat the URL; pika's are only class names), else the error's
+    type."""
     seen: set[int] = set()
     stack: list[BaseException] = [err]
     while stack:
@@ -114,9 +115,10 @@ def socket_error(err: BaseException) -> str:
         if isinstance(current, OSError) and current.strerror:
             return current.strerror
         stack.extend(e for e in (current.__cause__, current.__context__, *current.args) if isinstance(e, BaseException))
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            stack.append(reason)
+        for name in ("reason", "exception"):  # urllib3's and pika's wrapped errors
+            inner = getattr(current, name, None)
+            if isinstance(inner, BaseException):
+                stack.append(inner)
     return type(err).__name__
 
 
