@@ -8,46 +8,24 @@ from __future__ import annotations
 import hmac
 
 import pika
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from receiver import context
 from receiver.errors import error_response
 from shared import headers as h
-from shared.config import Config
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.logs import get_logger
-from shared.publisher import BrokerUnavailable, ConfirmedPublisher, MessageUnencodable
-from shared.topology import INVALID_ROUTING_KEY, Topology
+from shared.publisher import BrokerUnavailable, MessageUnencodable
+from shared.topology import INVALID_ROUTING_KEY
 
 bp = Blueprint("bfus_messages", __name__)
 log = get_logger(component="receiver")
 
 
-def _config() -> Config:
-    return current_app.config["BFUS_LIME"]
-
-
-def _publisher() -> ConfirmedPublisher:
-    return current_app.extensions["publisher"]
-
-
-def _topology() -> Topology:
-    return current_app.extensions["topology"]
-
-
-def _unavailable(err: BrokerUnavailable) -> Response:
-    log.warning("message_not_queued", error=str(err))
-    return error_response(
-        503,
-        "unavailable",
-        f"The message could not be stored right now ({err}). Send it again later.",
-        {"Retry-After": str(_config().receiver.retry_after)},
-    )
-
-
 @bp.post("/bfus/messages")
 def receive() -> Response:
     given = request.headers.get("X-API-Key", "")
-    if not given or not hmac.compare_digest(given.encode(), _config().receiver.api_key.encode()):
+    if not given or not hmac.compare_digest(given.encode(), context.config().receiver.api_key.encode()):
         return error_response(401, "unauthorized", "Missing or invalid API key.")
     if request.mimetype != "application/json":
         return error_response(
@@ -63,7 +41,7 @@ def receive() -> Response:
         envelope = parse_envelope(body)
     except EnvelopeError as err:
         return _keep_invalid(body, err)
-    partition = _topology().partition_of(envelope.partition_key)
+    partition = context.topology().partition_of(envelope.partition_key)
     properties = pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
@@ -71,9 +49,9 @@ def receive() -> Response:
         headers={h.ID: envelope.id, h.OBJECTTYPE: envelope.objecttype},
     )
     try:
-        _publisher().publish(_topology().exchange, _topology().routing_key(partition), body, properties)
+        context.publish(context.topology().routing_key(partition), body, properties)
     except BrokerUnavailable as err:
-        return _unavailable(err)
+        return context.unavailable(err)
     except MessageUnencodable as err:  # the envelope rules should make this impossible
         return _keep_invalid(body, EnvelopeError(422, "invalid_envelope", f"The message cannot be queued: {err}"))
     log.info("message_queued", message_id=envelope.id, customerno=envelope.customerno or "", partition=partition)
@@ -89,9 +67,9 @@ def _keep_invalid(body: bytes, err: EnvelopeError) -> Response:
         headers={h.REASON: err.reason, h.ERROR: h.text(err.message), h.STATUS: err.status},
     )
     try:
-        _publisher().publish(_topology().exchange, INVALID_ROUTING_KEY, body, properties)
+        context.publish(INVALID_ROUTING_KEY, body, properties)
     except BrokerUnavailable as unavailable:
-        return _unavailable(unavailable)
+        return context.unavailable(unavailable)
     log.warning("message_rejected", status=err.status, reason=err.reason)
     extra = {"fields": err.fields} if err.status == 422 else {}
     return error_response(err.status, err.reason, err.message, **extra)

@@ -57,6 +57,19 @@ class ReceiverConfig:
     threads: int
     read_timeout: float
     unready_exit_after: float
+    lime_secret: str = ""
+    lime_previous_secret: str = ""
+    lime_max_age: float = 300.0
+    deliveries_db: str = ""
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """Lime -> BFUS (docs/lime-to-bfus.md)."""
+
+    enabled: bool
+    create_when: str  # Lime yesno property of a company marking it for BFUS ("" = never create)
+    sweep_interval: float  # seconds between sweeps for changes whose webhook Lime dropped; 0 = off
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,8 @@ class ObjectMapping:
     fields: Mapping[str, FieldRule]
     soft_delete: SoftDelete
     relations: Mapping[str, RelationRule] = field(default_factory=dict)
+    fingerprint: str | None = None
+    to_bfus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,7 @@ class Config:
     mapping: MappingConfig
     admin: AdminConfig
     retention: RetentionConfig
+    outbound: OutboundConfig = OutboundConfig(False, "", 0.0)
     source: str = field(default="defaults", compare=False)
 
 
@@ -210,6 +226,10 @@ class ReceiverSchema(_Strict):
     threads = fields.Integer(required=True, validate=validate.Range(min=1))
     read_timeout = fields.Float(required=True, validate=_positive)
     unready_exit_after = fields.Float(required=True, validate=validate.Range(min=0))
+    lime_secret = fields.String(required=True)
+    lime_previous_secret = fields.String(required=True)
+    lime_max_age = fields.Float(required=True, validate=validate.Range(min=1, max=86400))
+    deliveries_db = fields.String(required=True)
 
     @post_load
     def make(self, data: dict, **_: Any) -> ReceiverConfig:
@@ -259,6 +279,16 @@ class BfusSchema(_Strict):
     @post_load
     def make(self, data: dict, **_: Any) -> BfusConfig:
         return BfusConfig(**data)
+
+
+class OutboundSchema(_Strict):
+    enabled = fields.Boolean(required=True)
+    create_when = fields.String(required=True, validate=lambda v: v == "" or _name(v))
+    sweep_interval = fields.Float(required=True, validate=validate.Range(min=0))
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> OutboundConfig:
+        return OutboundConfig(**data)
 
 
 class AdminSchema(_Strict):
@@ -344,11 +374,14 @@ class ObjectMappingSchema(_Strict):
     fields_ = fields.Dict(keys=fields.String(), values=FieldRuleField(), data_key="fields", load_default=dict)
     soft_delete = fields.Nested(SoftDeleteSchema, required=True)
     relations = fields.Dict(keys=fields.String(), values=fields.Nested(RelationSchema), load_default=dict)
+    fingerprint = fields.String(load_default=None)
+    to_bfus = fields.List(fields.String(), load_default=list)
 
     @post_load
     def make(self, data: dict, **_: Any) -> ObjectMapping:
         data["fields"] = data.pop("fields_")
         data["exclude"] = tuple(data["exclude"])
+        data["to_bfus"] = tuple(data["to_bfus"])
         data["relations"] = {prop: RelationRule(prop, **rule) for prop, rule in data["relations"].items()}
         return ObjectMapping(**data)
 
@@ -375,6 +408,7 @@ class ConfigSchema(_Strict):
     mapping = fields.Nested(MappingSchema, required=True)
     admin = fields.Nested(AdminSchema, required=True)
     retention = fields.Nested(RetentionSchema, required=True)
+    outbound = fields.Nested(OutboundSchema, required=True)
 
     @post_load
     def make(self, data: dict, **_: Any) -> Config:

@@ -38,7 +38,7 @@ def partition_key(objecttype: str, key: str, customerno: str | None) -> str:
     return customerno or f"{objecttype}:{key}"
 
 
-class _StrictInteger(fields.Integer):
+class StrictInteger(fields.Integer):
     def _validated(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
@@ -49,7 +49,7 @@ class EnvelopeSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # the receiver checks the envelope and nothing more
 
-    id = _StrictInteger(required=True, validate=validate.Range(
+    id = StrictInteger(required=True, validate=validate.Range(
         min=1, max=MAX_ID, error=f"Must be an integer from 1 to {MAX_ID} (a signed 64-bit integer)."))
     timestamp = fields.AwareDateTime(required=True, format="iso")
     objecttype = fields.String(

@@ -22,6 +22,8 @@ FAILED_AT = PREFIX + "failed-at"
 FAILED_RECORD = PREFIX + "failed-record"  # the failed-message record in Lime
 OWNER = PREFIX + "owner"  # argument of a partition lock queue: who holds it
 PUBLISH_SEQ = PREFIX + "lime-publish-seq"  # the publisher's own sequence number
+DIRECTION = PREFIX + "direction"  # to_bfus on a Lime event (absent: a BFUS change)
+DELIVERY = PREFIX + "lime-delivery"  # a Lime webhook delivery's id (v2) or its body's hash (v1)
 
 MAX_TEXT = 2000
 _INT64 = (-(2**63), 2**63 - 1)

@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.config import Config
 from shared.lime import LimeClient, LimeUnavailable
-from shared.logrecords import FAILED_PROPERTIES, PROCESSED_PROPERTIES
+from shared.logrecords import DIRECTION_PROPERTIES, FAILED_PROPERTIES, PROCESSED_PROPERTIES
 from shared.logs import get_logger
 from shared.mapping import MappingSetupError, ObjectMapper, build_mappers
 from shared.retry import Backoff, retry, until
@@ -43,14 +43,39 @@ def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, O
         if lt is None:
             problems.append(f"lime.{kind}_limetype: Lime has no limetype '{limetype}'.")
             continue
-        missing = [p for p in LOG_PROPERTIES[kind] if p not in lt["properties"]]
+        needed = LOG_PROPERTIES[kind] + (DIRECTION_PROPERTIES[kind] if config.outbound.enabled else ())
+        missing = [p for p in needed if p not in lt["properties"]]
         if missing:
             problems.append(f"lime.{kind}_limetype: '{limetype}' lacks properties {', '.join(missing)}.")
     try:
-        mappers = build_mappers(config.mapping, limetypes)
+        mappers = build_mappers(config.mapping, limetypes, outbound=config.outbound.enabled)
     except MappingSetupError as err:
         problems.extend(err.problems)
         mappers = {}
+    if config.outbound.enabled:
+        problems.extend(_outbound_problems(config, limetypes, mappers))
     if problems:
         raise MappingSetupError(problems)
     return mappers
+
+
+def _outbound_problems(config: Config, limetypes: dict[str, Any], mappers: dict[str, ObjectMapper]) -> list[str]:
+    customer = mappers.get("customer")
+    if customer is None:
+        return ["outbound.enabled: the customer mapping must be synced (mapping.objects.customer.sync) to send "
+                "companies to BFUS."]
+    problems = []
+    if not customer.to_bfus:
+        problems.append("mapping.objects.customer.to_bfus: no field flows to BFUS; list some or turn outbound off.")
+    prop = config.outbound.create_when
+    if prop:
+        meta = limetypes[customer.limetype]["properties"].get(prop)
+        if meta is None:
+            problems.append(f"outbound.create_when: limetype '{customer.limetype}' has no property '{prop}'.")
+        elif meta.get("type") != "yesno":
+            problems.append(f"outbound.create_when: '{prop}' has type {meta.get('type')}, not yesno.")
+    if not config.receiver.lime_secret:
+        problems.append("receiver.lime_secret: Must be set when outbound is on (the webhook subscription's secret).")
+    if not config.bfus.token:
+        problems.append("bfus.token: Must be set when outbound is on.")
+    return problems

@@ -12,6 +12,11 @@ PROCESSED_PROPERTIES = ("messageid", "objecttype", "operation", "key", "customer
                         "processedtime", "outcome", "limetype", "limeobjectid", "company")
 FAILED_PROPERTIES = ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",
                      "reason", "error", "payload", "attempts", "status", "company")
+# With outbound on, both carry the direction, and a processed record what was sent.
+DIRECTION_PROPERTIES = {"processed": ("direction", "detail"), "failed": ("direction",)}
+FROM_BFUS = "from_bfus"
+TO_BFUS = "to_bfus"
+DIRECTIONS = (FROM_BFUS, TO_BFUS)
 
 # Outcomes of a processed message.
 APPLIED = "applied"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared import fingerprint as fp
 from shared.config import FieldRule, MappingConfig, ObjectMapping, ProblemsError, RelationRule
 
 # BFUS field -> Lime property of the default Lime schema, per objecttype. These are
@@ -122,6 +123,16 @@ class ObjectMapper:
     properties: Mapping[str, dict[str, Any]]  # Lime metadata of the target limetype
     exclude_personal: bool = False
     anonymous_name: str = "Customer {customerno}"
+    to_bfus: tuple[str, ...] = ()  # BFUS fields that also flow from Lime to BFUS (outbound on)
+
+    @property
+    def fingerprint_property(self) -> str | None:
+        return self.spec.fingerprint if self.to_bfus else None
+
+    @property
+    def flowing_properties(self) -> tuple[str, ...]:
+        """The Lime properties of the fields in ``to_bfus``."""
+        return tuple(self.fields[f].property for f in self.to_bfus)
 
     @property
     def limetype(self) -> str:
@@ -152,7 +163,26 @@ class ObjectMapper:
                     raise MappingError(bfus_field, raw, f"no value map entry (mapped values: {known})")
                 raw = rule.values[str(raw)]
             values[rule.property] = convert(bfus_field, raw, self.properties[rule.property], rule.truncate)
+        if self.fingerprint_property:
+            values[self.fingerprint_property] = fp.fingerprint(values, self.flowing_properties)
         return values
+
+    def bfus_values(self, lime_values: Mapping[str, Any], properties: tuple[str, ...]) -> dict[str, Any]:
+        """The BFUS fields of ``properties`` (flowing ones) from a Lime object: the
+        mapping run backwards (value maps reversed, no value as null)."""
+        by_property = {self.fields[f].property: f for f in self.to_bfus}
+        out: dict[str, Any] = {}
+        for prop in properties:
+            bfus_field = by_property[prop]
+            value = fp.normal(lime_values.get(prop))
+            rule = self.fields[bfus_field]
+            if rule.values is not None and value != "":
+                back = {str(v): k for k, v in rule.values.items()}
+                if str(value) not in back:
+                    raise MappingError(bfus_field, value, f"no value map entry maps to it ({', '.join(sorted(back))})")
+                value = back[str(value)]
+            out[bfus_field] = None if value == "" else value
+        return out
 
     def relation_keys(self, data: Mapping[str, Any]) -> dict[str, str | None]:
         """Lime belongsto property -> BFUS key of the related object (None: no relation)."""
@@ -210,9 +240,11 @@ def scrub_personal(objecttype: str, data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, Any]]) -> dict[str, ObjectMapper]:
+def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, Any]],
+                  outbound: bool = False) -> dict[str, ObjectMapper]:
     """Mappers for every synced objecttype, checked against Lime's metadata. Raises
-    MappingSetupError listing every problem found."""
+    MappingSetupError listing every problem found. With ``outbound``, the customer
+    mapping's fields flowing to BFUS are checked and kept too."""
     problems: list[str] = []
     mappers: dict[str, ObjectMapper] = {}
     for objecttype, spec in mapping.objects.items():
@@ -227,8 +259,13 @@ def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, A
         fields = effective_fields(objecttype, spec, mapping.exclude_personal_data)
         problems.extend(_check_properties(where, spec, fields, props))
         problems.extend(_check_options(where, spec, fields, props))
+        to_bfus: tuple[str, ...] = ()
+        if outbound and objecttype == OUTBOUND_OBJECTTYPE:
+            found = _check_to_bfus(where, spec, fields, props)
+            problems.extend(found)
+            to_bfus = () if found else tuple(f for f in spec.to_bfus if f in fields)
         mappers[objecttype] = ObjectMapper(
-            objecttype, spec, fields, props, mapping.exclude_personal_data, mapping.anonymous_name
+            objecttype, spec, fields, props, mapping.exclude_personal_data, mapping.anonymous_name, to_bfus
         )
     problems.extend(_check_relations(mapping, mappers, limetypes))
     if problems:
@@ -258,6 +295,32 @@ def _check_properties(where: str, spec: ObjectMapping, fields: Mapping[str, Fiel
         problems.append(f"{where}.key: '{spec.key}' has type {props[spec.key].get('type')}, not text or integer.")
     if spec.watermark in props and props[spec.watermark].get("type") != "integer":
         problems.append(f"{where}.watermark: '{spec.watermark}' must be an integer property.")
+    return problems
+
+
+# BFUS fields BFUS alone writes: never sent to BFUS.
+BFUS_OWNED: frozenset[str] = frozenset({"customerno", "status", "category", "createddate", "changeddate"})
+OUTBOUND_OBJECTTYPE = "customer"
+
+
+def _check_to_bfus(where: str, spec: ObjectMapping, fields: Mapping[str, FieldRule], props: Mapping) -> list[str]:
+    """The fields of ``to_bfus`` must be mapped (a field left out, for instance as
+    personal data, is skipped), BFUS's to write, and the fingerprint property text."""
+    problems = []
+    for bfus_field in spec.to_bfus:
+        if bfus_field in BFUS_OWNED or bfus_field == BFUS_KEY_FIELDS.get(OUTBOUND_OBJECTTYPE):
+            problems.append(f"{where}.to_bfus: '{bfus_field}' belongs to BFUS and never flows to it.")
+        elif bfus_field not in fields and bfus_field not in STANDARD_FIELDS[OUTBOUND_OBJECTTYPE]:
+            problems.append(f"{where}.to_bfus: '{bfus_field}' is not a mapped field.")
+    if not spec.to_bfus:
+        return problems
+    if not spec.fingerprint:
+        problems.append(f"{where}.fingerprint: Must be set when fields flow to BFUS (a text property).")
+    elif spec.fingerprint not in props:
+        problems.append(f"{where}.fingerprint: limetype '{spec.limetype}' has no property '{spec.fingerprint}'.")
+    elif props[spec.fingerprint].get("type") != "text":
+        problems.append(f"{where}.fingerprint: '{spec.fingerprint}' has type "
+                        f"{props[spec.fingerprint].get('type')}, not text.")
     return problems
 
 

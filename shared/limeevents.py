@@ -1,0 +1,83 @@
+"""A Lime webhook delivery (contract.md §3): ``{"event": "company.update", "body":
+{"id", "limetype", "values", "original_values"}}``, validated the same way by the
+receiver (which answers 400 and keeps what fails) and the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from shared.envelope import MAX_ID, EnvelopeError, StrictInteger, content_problems
+from shared.jsonbody import JSONBodyError, decode
+
+ACTIONS = ("new", "update", "delete", "restore")
+_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+@dataclass(frozen=True)
+class LimeEvent:
+    limetype: str
+    action: str  # new | update | delete | restore
+    id: int  # the Lime object's id
+    values: dict[str, Any] = field(default_factory=dict)  # every property after the write (absent for delete)
+
+    @property
+    def partition_key(self) -> str:
+        """Orders a Lime object's events: the object itself."""
+        return f"lime:{self.limetype}:{self.id}"
+
+
+class _BodySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_ID))
+    limetype = fields.String(required=True, validate=[validate.Regexp(_NAME), validate.Length(max=64)])
+    values = fields.Dict(load_default=None, allow_none=True)
+    original_values = fields.Dict(load_default=None, allow_none=True)
+
+
+class _EventSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    event = fields.String(required=True, validate=validate.Regexp(
+        r"^[a-z][a-z0-9_]*\.[a-z_]+$", error="Must be <limetype>.<action>, e.g. company.update."))
+    body = fields.Nested(_BodySchema, required=True)
+
+
+_schema = _EventSchema()
+
+
+def parse_event(body: bytes) -> LimeEvent:
+    """The event in a delivery's raw body, or EnvelopeError (400) saying what is wrong."""
+    try:
+        message = decode(body)
+    except JSONBodyError as err:
+        raise EnvelopeError(400, "invalid_json", str(err)) from None
+    if not isinstance(message, dict):
+        raise EnvelopeError(400, "invalid_json", "Body must be one JSON object (a Lime webhook delivery).")
+    problems = content_problems(message)
+    try:
+        loaded = _schema.load(message)
+    except ValidationError as err:
+        problems.update({name: [str(text)] for name, text in _flat(err.messages)})
+    if problems:
+        text = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in sorted(problems.items())[:20])
+        raise EnvelopeError(400, "invalid_event", f"Lime event invalid: {text}", problems)
+    limetype, _, action = loaded["event"].partition(".")
+    inner = loaded["body"]
+    if inner["limetype"] != limetype:
+        raise EnvelopeError(400, "invalid_event", f"Lime event invalid: body.limetype is '{inner['limetype']}' "
+                            f"but the event is for '{limetype}'.")
+    return LimeEvent(limetype, action, inner["id"], inner.get("values") or {})
+
+
+def _flat(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(messages, dict):
+        return [pair for key, sub in messages.items() for pair in _flat(sub, f"{prefix}.{key}" if prefix else key)]
+    if isinstance(messages, list):
+        return [(prefix, " ".join(map(str, messages)))]
+    return [(prefix, str(messages))]
