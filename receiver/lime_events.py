@@ -43,8 +43,8 @@ def receive_event() -> Response:
     receiver = context.config().receiver
     body = request.get_data(cache=False)
     try:
-        signed = verify(dict(request.headers.items()), body, [receiver.lime_secret, receiver.lime_previous_secret], time.time(),
-                        receiver.lime_max_age)
+        secrets = [receiver.lime_secret, receiver.lime_previous_secret]
+        signed = verify(dict(request.headers.items()), body, secrets, time.time(), receiver.lime_max_age)
     except SignatureError as err:
         log.warning("lime_event_refused", reason=str(err))
         return error_response(401, "unauthorized", str(err))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pika
 import requests
 
 from receiver.app import close_app, create_app
@@ -22,9 +23,11 @@ from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.serve import ServerThread
 from shared.config import Config, build_config, deep_merge
+from shared.topology import Topology
 from worker.factory import WorkerProcess, build_worker
 
 RECEIVER_KEY = "dev-receiver-key"
+WEBHOOK_SECRET = "dev-lime-webhook-secret"
 BFUS_LIME = [sys.executable, "-m", "cli"]  # the bfus-lime command, run by this Python
 
 
@@ -52,14 +55,18 @@ class Stack:
         bfus_retry_pause: float = 0.05,
         seed: int = 7,
         management_url: str = "",
+        outbound: bool = False,
     ):
+        """``outbound``: Lime -> BFUS on (docs/lime-to-bfus.md); call
+        :meth:`subscribe_webhooks` for Lime to send its events."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lime = LimeStandIn(LimeSandboxSettings(db_path=self.workdir / "lime.db", **(lime_settings or {})))
         self.lime.start()
         self.receiver_server: ServerThread | None = None
         self.receiver_port = _reserve_port()
-        raw = {
+        bfus_port = _reserve_port()
+        raw: dict[str, Any] = {
             "broker": {"url": amqp_url, "partitions": partitions, "confirm_timeout": 5.0, "heartbeat": 10,
                        "management_url": management_url},
             "receiver": {"api_key": RECEIVER_KEY, "port": self.receiver_port, "retry_after": 1},
@@ -67,7 +74,11 @@ class Stack:
                      "read_timeout": 5.0},
             "worker": {"retry_initial": 0.05, "retry_max": 0.5, "shutdown_timeout": 10.0,
                        "rebalance_interval": 0.25, "concurrency": 8},
+            "bfus": {"url": f"http://127.0.0.1:{bfus_port}/", "token": BfusSandboxSettings.token},
         }
+        if outbound:
+            raw["receiver"].update(lime_secret=WEBHOOK_SECRET, deliveries_db=str(self.workdir / "deliveries.sqlite"))
+            raw["outbound"] = {"enabled": True, "create_when": "sendtobfus", "sweep_interval": 0}
         self.raw = deep_merge(raw, config or {})
         self.config: Config = build_config(self.raw, environ={})
         self.children: list[ChildProcess] = []
@@ -78,7 +89,8 @@ class Stack:
                 api_key=RECEIVER_KEY,
                 retry_pause=bfus_retry_pause,
                 seed=seed,
-            )
+            ),
+            port=bfus_port,
         )
         self.receiver_app: Any = None
         self.workers: list[WorkerProcess] = []
@@ -114,6 +126,16 @@ class Stack:
         self.children.append(child)
         child.wait_ready()
         return child
+
+    def subscribe_webhooks(self, signature: str = "v2") -> int:
+        """Lime's company events to this stack's receiver, signed with its secret."""
+        response = requests.post(f"{self.lime.api_url}subscription/", headers={"X-API-Key": self.lime.api_key},
+                                 json={"events": [f"company.{e}" for e in ("new", "update", "delete", "restore")],
+                                       "target_url": f"{self.receiver_url}lime/events",
+                                       "secret": self.config.receiver.lime_secret, "signature": signature,
+                                       "dont_disable_on_failed_delivery": True}, timeout=10)
+        response.raise_for_status()
+        return int(response.json()["id"])
 
     def start(self, workers: int = 1, post: bool = True) -> Stack:
         self.start_receiver()
@@ -170,6 +192,28 @@ class Stack:
 
     def wait_logged(self, count: int, timeout: float = 60) -> None:
         wait_for(lambda: self.logged_count() >= count, timeout, f"{count} log records in Lime")
+
+    def quiet(self) -> bool:
+        """Nothing waiting anywhere: BFUS's queue delivered, Lime's webhooks sent,
+        every partition queue empty, every in-process worker done with what it took."""
+        if self.bfus.store.queue_status()["pending"] or self.lime.app.extensions["lime_webhooks"].pending():
+            return False
+        if any(w.worker.received != w.worker.settled for w in self.workers):
+            return False
+        connection = pika.BlockingConnection(pika.URLParameters(self.config.broker.url))
+        try:
+            channel = connection.channel()
+            topology = Topology.from_config(self.config.broker)
+            return all(channel.queue_declare(q, passive=True).method.message_count == 0
+                       for q in [*topology.partition_queues, topology.invalid_queue])
+        finally:
+            connection.close()
+
+    def wait_quiet(self, timeout: float = 60, checks: int = 3) -> None:
+        """Until :meth:`quiet` holds ``checks`` times in a row (a message on its way
+        between two places is seen by one of them at the next look)."""
+        for _ in range(checks):
+            wait_for(self.quiet, timeout, "every message to be handled", interval=0.1)
 
     def wait_delivered(self, timeout: float = 60) -> None:
         wait_for(lambda: self.bfus.store.queue_status()["pending"] == 0, timeout, "BFUS to deliver its queue")

@@ -1,13 +1,14 @@
 """BFUS API client (contract.md §4): paged object lists with the queue id each page
-is as new as, and single customers. Bearer token, timeouts, retries with backoff on
-connection trouble and 5xx."""
+is as new as, and single customers (reads retried with backoff on connection trouble
+and 5xx); customer writes and the outbound worker's reads are tried once, as the
+worker holds its message and retries in order itself."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import requests
 
@@ -24,6 +25,18 @@ class BfusError(Exception):
 
 class BfusUnavailable(BfusError):
     """Try again later: BFUS unreachable, 5xx or 429."""
+
+
+class BfusRejected(BfusError):
+    """BFUS refused a write (400, 404, 409, 422): sending it again will not help.
+    ``fields`` names each bad field, as BFUS said."""
+
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, Any] | None = None):
+        super().__init__(f"BFUS answered {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or {}
 
 
 class BfusClient:
@@ -75,3 +88,42 @@ class BfusClient:
 
     def customer(self, customerno: str) -> dict[str, Any]:
         return self._get(urljoin(self.base_url, f"api/v1/customers/{customerno}"))
+
+    # ------------------------------------------------------------------ tried once
+
+    def _once(self, method: str, path: str, body: Any = None) -> Any:
+        self.calls += 1
+        try:
+            response = self.session.request(method, urljoin(self.base_url, path), json=body, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise BfusUnavailable(f"BFUS unreachable: {type(err).__name__}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise BfusUnavailable(f"BFUS answered {response.status_code}")
+        try:
+            found = response.json()
+        except ValueError:
+            found = None
+        if response.status_code >= 300:
+            found = found if isinstance(found, dict) else {}
+            raise BfusRejected(response.status_code, str(found.get("error") or "error"),
+                               str(found.get("message") or response.text[:300]),
+                               found.get("fields") if isinstance(found.get("fields"), dict) else None)
+        if not isinstance(found, dict):
+            raise BfusUnavailable(f"BFUS answered {response.status_code} without a JSON object")
+        return found
+
+    def find_customer(self, customerno: str) -> dict[str, Any] | None:
+        """The customer, or None when BFUS has none with that number."""
+        try:
+            return self._once("GET", f"api/v1/customers/{quote(customerno, safe='')}")
+        except BfusRejected as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def create_customer(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The new customer, with the number BFUS gave it."""
+        return self._once("POST", "api/v1/customers", fields)
+
+    def update_customer(self, customerno: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._once("PUT", f"api/v1/customers/{quote(customerno, safe='')}", fields)

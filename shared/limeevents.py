@@ -44,7 +44,8 @@ class _EventSchema(Schema):
         unknown = EXCLUDE
 
     event = fields.String(required=True, validate=validate.Regexp(
-        r"^[a-z][a-z0-9_]*\.[a-z_]+$", error="Must be <limetype>.<action>, e.g. company.update."))
+        rf"^[a-z][a-z0-9_]*\.({'|'.join(ACTIONS)})$",
+        error=f"Must be <limetype>.<action>, the action one of {', '.join(ACTIONS)}; e.g. company.update."))
     body = fields.Nested(_BodySchema, required=True)
 
 

@@ -168,9 +168,9 @@ class ObjectMapper:
         return values
 
     def bfus_values(self, lime_values: Mapping[str, Any], properties: tuple[str, ...]) -> dict[str, Any]:
-        """The BFUS fields of ``properties`` (flowing ones) from a Lime object: the
-        mapping run backwards (value maps reversed, no value as null)."""
-        by_property = {self.fields[f].property: f for f in self.to_bfus}
+        """The BFUS fields of the mapped ``properties`` from a Lime object: the mapping
+        run backwards (value maps reversed, no value as null)."""
+        by_property = {rule.property: f for f, rule in self.fields.items()}
         out: dict[str, Any] = {}
         for prop in properties:
             bfus_field = by_property[prop]

@@ -14,6 +14,8 @@ from shared.envelope import Envelope
 from shared.lime import LimeClient, LimeRejected
 from shared.mapping import MappingError, ObjectMapper, is_personal
 
+IDENTITY_FIELDS = ("orgno", "socialsecurityno")  # BFUS fields that name who a customer is
+
 
 class PermanentFailure(Exception):
     """``error`` is the readable text for the failed-message record (it may quote BFUS
@@ -80,16 +82,23 @@ class IdCache:
 class Applier:
     """Stateless but for the Lime client: the caller passes the partition's cache."""
 
-    def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], exclude_personal: bool = False):
+    def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], exclude_personal: bool = False,
+                 link_by_identity: bool = False):
+        """``link_by_identity`` (companies are created in BFUS from Lime): a customer
+        Lime has no company for by number may be one just created from Lime whose
+        number is not written back yet; see :meth:`_unlinked`."""
         self.lime = lime
         self.mappers = mappers
         self.exclude_personal = exclude_personal
+        self.link_by_identity = link_by_identity
 
     def apply(self, env: Envelope, cache: IdCache) -> Outcome:
         mapper = self.mappers.get(env.objecttype)
         if mapper is None:
             return Outcome("skipped_not_configured")
         known = self.lookup(mapper, env.key, cache)
+        if known is None and self.link_by_identity and env.objecttype == "customer" and env.operation != "deleted":
+            known = self._unlinked(mapper, env, cache)
         company_id = known.id if known is not None and mapper.limetype == "company" else None
         if known is not None and known.watermark is not None and env.id <= known.watermark:
             # Staleness guard: Lime already has this message's state or a newer one.
@@ -174,6 +183,24 @@ class Applier:
         known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None)
         cache.put(mapper.limetype, key, known)
         return known
+
+    def _unlinked(self, mapper: ObjectMapper, env: Envelope, cache: IdCache) -> Known | None:
+        """The one company without a customer number whose organisation or personal
+        identity number is this customer's: BFUS's own message about a customer the
+        integration created from that company, overtaking the write-back of its
+        number. Linking it here keeps Lime from getting a second company."""
+        for bfus_field in IDENTITY_FIELDS:
+            value = env.data.get(bfus_field)
+            rule = mapper.fields.get(bfus_field)
+            if not value or rule is None:
+                continue
+            found = [o for o in self.lime.find(mapper.limetype, rule.property, value)
+                     if not o.get(mapper.key_property)]
+            if len(found) == 1:
+                known = Known(found[0]["_id"], None)
+                cache.put(mapper.limetype, env.key, known)
+                return known
+        return None
 
     def _write(self, mapper: ObjectMapper, env: Envelope, known: Known | None, values: dict[str, Any],
                cache: IdCache) -> int:

@@ -51,6 +51,7 @@ class Worker:
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._lock = threading.Lock()
         self.settled = 0
+        self.received = 0  # deliveries handed to a lane (settled catches up when all is done)
         self.max_delivery_count = 0
 
     # ------------------------------------------------------------------ control
@@ -193,6 +194,7 @@ class Worker:
             timeout = self.lime_config.read_timeout + self.lime_config.connect_timeout
             delivery.grace = timeout if method.redelivered else 0.0
         self.max_delivery_count = max(self.max_delivery_count, delivery.delivery_count)
+        self.received += 1
         self._lane(owned.index if owned is not None else queue).put(delivery)
 
     def _current(self, delivery: Delivery) -> bool:

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from shared.bfus import BfusClient
 from shared.config import Config, ConfigError, LimeConfig, RetentionConfig
 from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
 from shared.limemeta import check_against_lime, fetch_limetypes
@@ -16,6 +17,7 @@ from shared.topology import Topology
 from worker.apply import Applier
 from worker.consumer import Worker
 from worker.handle import LimeErrors, MessageHandler
+from worker.outbound import Outbound
 from worker.records import LogWriter
 from worker.retention import purge_on_schedule
 
@@ -68,13 +70,18 @@ def build_worker(
     topology = Topology.from_config(config.broker)
     publisher = ConfirmedPublisher(config.broker, f"{name} dead letters").start()
     personal = config.mapping.exclude_personal_data
+    outbound = None
+    if config.outbound.enabled:
+        bfus = BfusClient(config.bfus, timeout=(config.lime.connect_timeout, config.lime.read_timeout), stop=stop)
+        outbound = Outbound(lime, bfus, mappers["customer"], config.outbound.create_when)
     handler = MessageHandler(
-        Applier(lime, mappers, exclude_personal=personal),
-        LogWriter(lime, config.lime, exclude_personal=personal),
+        Applier(lime, mappers, exclude_personal=personal, link_by_identity=bool(config.outbound.create_when)),
+        LogWriter(lime, config.lime, exclude_personal=personal, directions=config.outbound.enabled),
         publisher,
         topology,
         config.worker,
         LimeErrors(lime, config.worker.lime_error_attempts),
+        outbound,
     )
     worker = Worker(config.broker, config.worker, config.lime, handler, name, lime)
     return WorkerProcess(worker, publisher, lime, config.lime, config.retention)

@@ -22,15 +22,20 @@ import pika
 import structlog
 
 from shared import headers as h
+from shared.bfus import BfusUnavailable
 from shared.config import WorkerConfig
 from shared.envelope import EnvelopeError, parse_envelope
+from shared.fingerprint import normal
 from shared.jsonbody import loads_or_none
 from shared.lime import LimeClient, LimeUnavailable
+from shared.limeevents import parse_event
+from shared.logrecords import FROM_BFUS, TO_BFUS
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.retry import Backoff, retry
 from shared.topology import Topology
 from worker.apply import Applier, IdCache, Outcome, PermanentFailure
+from worker.outbound import Outbound
 from worker.records import LogWriter, MessageFacts
 
 T = TypeVar("T")
@@ -111,6 +116,10 @@ class Delivery:
         return hashlib.blake2b(self.body, digest_size=16).hexdigest()
 
     @property
+    def direction(self) -> str:
+        return TO_BFUS if (self.properties.headers or {}).get(h.DIRECTION) == TO_BFUS else FROM_BFUS
+
+    @property
     def delivery_count(self) -> int:
         """How often the broker delivered it before (quorum queues count)."""
         return int((self.properties.headers or {}).get("x-delivery-count", 0))
@@ -125,6 +134,7 @@ class MessageHandler:
         topology: Topology,
         config: WorkerConfig,
         lime_errors: LimeErrors,
+        outbound: Outbound | None = None,
     ):
         self.applier = applier
         self.records = records
@@ -132,6 +142,7 @@ class MessageHandler:
         self.topology = topology
         self.config = config
         self.lime_errors = lime_errors
+        self.outbound = outbound
 
     # ------------------------------------------------------------------ entry
 
@@ -142,6 +153,8 @@ class MessageHandler:
         try:
             if delivery.queue == self.topology.invalid_queue:
                 self._fail_invalid(delivery, sleep)
+            elif delivery.direction == TO_BFUS:
+                self._send_to_bfus(delivery, sleep)
             else:
                 self._handle_change(delivery, sleep)
             settle = Settle.ACK
@@ -244,9 +257,51 @@ class MessageHandler:
         log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation,
                  deliveries=delivery.delivery_count + 1, requeued=requeued is not None)
 
+    def _send_to_bfus(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
+        """A Lime webhook event: bring BFUS up to date with the company (worker/outbound.py)."""
+        raw = delivery.body.decode("utf-8", errors="replace")
+        requeued = delivery.failed_record
+        try:
+            event = parse_event(delivery.body)
+        except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
+            self._fail(delivery, MessageFacts(None, direction=TO_BFUS), err.reason, err.message, raw, None, sleep,
+                       detail=err.message[:200])
+            return
+        structlog.contextvars.bind_contextvars(lime_id=event.id, limetype=event.limetype)
+        outbound = self.outbound
+        if outbound is None or event.limetype != outbound.limetype or event.action == "delete":
+            why = "outbound off" if outbound is None else "not sent to BFUS" if event.action == "delete" else "limetype"
+            log.info("lime_event_ignored", action=event.action, why=why)
+            return
+        if requeued is None and outbound.nothing_to_send(event.values):
+            log.info("lime_event_nothing_to_send", action=event.action, calls=0)
+            return
+        customerno = str(normal(event.values.get(outbound.mapper.key_property)))
+        facts = MessageFacts(None, outbound.mapper.objecttype, "updated" if customerno else "created", customerno,
+                             customerno, None, TO_BFUS)
+        try:
+            sent = self._retrying(lambda: outbound.send(event.id), "send_to_bfus", sleep, delivery.key)
+        except PermanentFailure as failure:
+            self._fail(delivery, facts, failure.reason, failure.error, raw, event.id, sleep, failure.detail)
+            return
+        if sent is None:
+            log.info("lime_event_nothing_to_send", action=event.action)
+            if requeued is not None:
+                self._retrying(lambda: self.records.resolve(requeued, None, "nothing left to send"), "resolve_failed",
+                               sleep, delivery.key)
+            return
+        structlog.contextvars.bind_contextvars(customerno=sent.customerno)
+        facts = replace(facts, operation=sent.operation, key=sent.customerno, customerno=sent.customerno)
+        processed = self._retrying(lambda: self.records.sent(facts, sent, outbound.limetype, event.id),
+                                   "log_processed", sleep, delivery.key)
+        if requeued is not None:
+            self._retrying(lambda: self.records.resolve(requeued, processed, "sent"), "resolve_failed", sleep,
+                           delivery.key)
+        log.info("sent_to_bfus", operation=sent.operation, fields=sorted(sent.fields), requeued=requeued is not None)
+
     def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         headers = delivery.properties.headers or {}
-        facts = MessageFacts.guess(loads_or_none(delivery.body))
+        facts = replace(MessageFacts.guess(loads_or_none(delivery.body)), direction=delivery.direction)
         reason = h.text(headers.get(h.REASON, "invalid_message"), 64)
         error = h.text(headers.get(h.ERROR, "The receiver did not accept this message."))
         raw = delivery.body.decode("utf-8", errors="replace")
@@ -351,6 +406,6 @@ class MessageHandler:
             log.warning("waiting_to_retry", step=what, attempt=backoff.attempt, pause=round(pause, 2), error=str(err))
 
         try:
-            return retry(attempt, (LimeUnavailable, BrokerUnavailable), backoff, sleep, on_retry)
-        except (LimeUnavailable, BrokerUnavailable):
+            return retry(attempt, (LimeUnavailable, BrokerUnavailable, BfusUnavailable), backoff, sleep, on_retry)
+        except (LimeUnavailable, BrokerUnavailable, BfusUnavailable):
             raise Abandoned() from None  # the wait was cut short: the delivery is no longer ours

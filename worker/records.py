@@ -12,9 +12,10 @@ from shared.envelope import Envelope
 from shared.headers import integer
 from shared.jsonbody import loads_or_none, storable
 from shared.lime import LimeClient
-from shared.logrecords import FAILED, RESOLVED
+from shared.logrecords import APPLIED, FAILED, FROM_BFUS, RESOLVED
 from shared.mapping import scrub_personal
 from worker.apply import Outcome
+from worker.outbound import Sent
 
 
 def _now() -> str:
@@ -31,6 +32,7 @@ class MessageFacts:
     key: str = ""
     customerno: str = ""
     bfustimestamp: str | None = None
+    direction: str = FROM_BFUS
 
     @classmethod
     def of(cls, env: Envelope) -> MessageFacts:
@@ -68,11 +70,21 @@ class MessageFacts:
 
 
 class LogWriter:
-    def __init__(self, lime: LimeClient, config: LimeConfig, exclude_personal: bool = False):
+    """``directions``: the log limetypes have the direction property (outbound on)."""
+
+    def __init__(self, lime: LimeClient, config: LimeConfig, exclude_personal: bool = False,
+                 directions: bool = False):
         self.lime = lime
         self.processed_type = config.processed_limetype
         self.failed_type = config.failed_limetype
         self.exclude_personal = exclude_personal
+        self.directions = directions
+
+    def _facts(self, facts: MessageFacts) -> dict[str, Any]:
+        values = facts.values()
+        if self.directions:
+            values["direction"] = facts.direction
+        return values
 
     def payload(self, raw: str) -> str:
         """The raw message for the failed record; with personal data left out of Lime,
@@ -89,7 +101,7 @@ class LogWriter:
 
     def processed(self, facts: MessageFacts, outcome: Outcome) -> int:
         values = {
-            **facts.values(),
+            **self._facts(facts),
             "processedtime": _now(),
             "outcome": outcome.outcome,
             "limetype": outcome.limetype,
@@ -102,7 +114,7 @@ class LogWriter:
         self, facts: MessageFacts, reason: str, error: str, payload: str, attempts: int, company_id: int | None
     ) -> int:
         values = {
-            **facts.values(),
+            **self._facts(facts),
             "failedtime": _now(),
             "reason": storable(reason[:64]),
             "error": storable(error),
@@ -113,6 +125,19 @@ class LogWriter:
         }
         return self.lime.create(self.failed_type, values)["_id"]
 
+    def sent(self, facts: MessageFacts, sent: Sent, limetype: str, company_id: int) -> int:
+        """A change that went to BFUS: what was sent and BFUS's answer."""
+        values = {
+            **self._facts(facts),
+            "processedtime": _now(),
+            "outcome": APPLIED,
+            "limetype": limetype,
+            "limeobjectid": company_id,
+            "company": company_id,
+            "detail": storable(sent.describe()),
+        }
+        return self.lime.create(self.processed_type, values)["_id"]
+
     def failed_again(self, record_id: int, reason: str, error: str, attempts: int) -> None:
         """A requeued message failed once more: its record, not a new one."""
         self.lime.update(self.failed_type, record_id, {
@@ -120,9 +145,13 @@ class LogWriter:
             "status": FAILED,
         })
 
-    def resolve(self, record_id: int, processed_id: int, outcome: str) -> None:
+    def resolve(self, record_id: int, processed_id: int | None, outcome: str) -> None:
         """A requeued message got through: its failed record says so and links the
-        processed record."""
+        processed record (a Lime event that needed nothing sent any more has none)."""
+        if processed_id is None:
+            self.lime.update(self.failed_type, record_id, {
+                "status": RESOLVED, "resolution": f"{outcome} after requeue, {_now()}"})
+            return
         self.lime.update(self.failed_type, record_id, {
             "status": RESOLVED, "processedmessage": processed_id,
             "resolution": f"{outcome} after requeue, processed message {processed_id}, {_now()}",

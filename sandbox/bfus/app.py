@@ -62,6 +62,7 @@ class BfusStandIn:
         self.server = ServerThread(self.app, host, port)
         self._feeds: list[threading.Thread] = []
         self._stop_feeds = threading.Event()
+        self.writes = {"POST": 0, "PUT": 0}  # customer writes through the API, accepted or not
 
     def start(self) -> BfusStandIn:
         self.server.start()
@@ -163,6 +164,7 @@ def _api_blueprint() -> Blueprint:
     def create_customer() -> Response:
         """A new customer: validated, given the next customer number, and, like every
         change in BFUS, queued as a change message."""
+        _standin().writes["POST"] += 1
         changes = _write_body()
         if isinstance(changes, Response):
             return changes
@@ -183,6 +185,7 @@ def _api_blueprint() -> Blueprint:
     def update_customer(customerno: str) -> Response:
         """Only the fields sent change; the whole new state is queued as a change message
         (nothing is queued when nothing changed)."""
+        _standin().writes["PUT"] += 1
         changes = _write_body()
         if isinstance(changes, Response):
             return changes

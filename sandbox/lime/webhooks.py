@@ -80,6 +80,7 @@ class Webhooks:
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._queue: list[Delivery] = []
+        self._sending = 0
         self._cond = threading.Condition()
         self._stop = False
         self.stats = {"delivered": 0, "failed_tries": 0, "dropped": 0, "lost": 0, "duplicated": 0}
@@ -142,8 +143,9 @@ class Webhooks:
         return queued
 
     def pending(self) -> int:
+        """Deliveries waiting or being sent."""
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) + self._sending
 
     def stop(self) -> None:
         with self._cond:
@@ -162,12 +164,17 @@ class Webhooks:
                     return
                 delivery = heapq.heappop(self._queue)
                 sub = self._subscriptions.get(delivery.subscription_id)
-            if sub is None or not sub.enabled:
-                continue
-            if self._send(sub, delivery):
-                self.stats["delivered"] += 1
-            else:
-                self._failed(sub, delivery)
+                self._sending = 1
+            try:
+                if sub is None or not sub.enabled:
+                    continue
+                if self._send(sub, delivery):
+                    self.stats["delivered"] += 1
+                else:
+                    self._failed(sub, delivery)
+            finally:
+                with self._cond:
+                    self._sending = 0
 
     def _send(self, sub: Subscription, delivery: Delivery) -> bool:
         headers = {"Content-Type": "application/json", "User-Agent": "lime-crm-standin-webhooks"}

@@ -1,0 +1,108 @@
+"""Lime -> BFUS end to end, over real HTTP and RabbitMQ: Lime's signed webhooks reach
+the receiver, workers read the company, send BFUS only what a person changed, and the
+integration's own writes never come back as writes (docs/lime-to-bfus.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sandbox.bfus.changes import ChangeMix
+from sandbox.stack import Stack, wait_for
+from shared.lime import LimeClient, option_key
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    stack = make_stack(partitions=4, outbound=True, lime_settings={"webhook_retry_base": 0.2})
+    stack.start(workers=1)
+    stack.subscribe_webhooks()
+    return stack
+
+
+def lime(stack: Stack) -> LimeClient:
+    return LimeClient(stack.config.lime)
+
+
+def bfus_customer(stack: Stack, customerno: str) -> dict[str, Any]:
+    found = stack.bfus.store.get("customer", customerno)
+    assert found is not None
+    return found["data"]
+
+
+def companies(stack: Stack, **match: Any) -> list[dict[str, Any]]:
+    return [c for c in stack.lime_objects("company") if all(c.get(k) == v for k, v in match.items())]
+
+
+def records(stack: Stack, direction: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    processed, failed = stack.log_records()
+    return ([r for r in processed if option_key(r.get("direction")) == direction],
+            [r for r in failed if option_key(r.get("direction")) == direction])
+
+
+def synced_customers(stack: Stack, count: int) -> list[str]:
+    stack.bfus.changes.make(count * 3, customers=count, mix=ChangeMix(update=1.0, delete=0.0))
+    stack.wait_quiet()
+    numbers = sorted(c["customerno"] for c in stack.lime_objects("company"))
+    assert numbers == sorted(stack.bfus.store.keys("customer"))
+    return numbers
+
+
+def test_an_edit_in_lime_reaches_bfus_once_and_its_echo_stops(stack: Stack) -> None:
+    customerno = synced_customers(stack, 3)[0]
+    company = companies(stack, customerno=customerno)[0]
+    lime(stack).update("company", company["_id"], {"phone": "+46701234567", "postalcity": "Lund"})
+    wait_for(lambda: bfus_customer(stack, customerno)["phone"] == "+46701234567", 30, "the edit to reach BFUS")
+    stack.wait_quiet()
+    assert bfus_customer(stack, customerno)["city"] == "Lund"
+    assert stack.bfus.writes == {"POST": 0, "PUT": 1}  # BFUS's echo of it came back and stopped there
+    sent, failed = records(stack, "to_bfus")
+    assert failed == []
+    assert [(r["operation"], r["customerno"], r["limeobjectid"]) for r in sent] == [
+        ("updated", customerno, company["_id"])]
+    assert "phone" in sent[0]["detail"] and "city" in sent[0]["detail"]
+    lime_now = lime(stack).get("company", company["_id"])
+    assert (lime_now["phone"], lime_now["postalcity"]) == ("+46701234567", "Lund")
+
+
+def test_a_company_created_in_lime_is_created_in_bfus_and_linked_without_a_duplicate(stack: Stack) -> None:
+    synced_customers(stack, 2)
+    created = lime(stack).create("company", {
+        "name": "Kvarnbackens Bageri AB", "customertype": "company", "registrationno": "556036-0793",
+        "postaladdress1": "Kvarnvägen 3", "postalzipcode": "223 50", "postalcity": "Lund",
+        "email": "info@kvarnbacken.example", "sendtobfus": True})
+    wait_for(lambda: lime(stack).get("company", created["_id"]).get("customerno"), 30, "the customer number")
+    stack.wait_quiet()
+    customerno = lime(stack).get("company", created["_id"])["customerno"]
+    customer = bfus_customer(stack, customerno)
+    assert (customer["name"], customer["orgno"], customer["city"]) == ("Kvarnbackens Bageri AB", "556036-0793", "Lund")
+    assert len(companies(stack, customerno=customerno)) == 1  # BFUS's own message updated the same company
+    assert len(stack.lime_objects("company")) == 3
+    assert stack.bfus.writes == {"POST": 1, "PUT": 0}
+    sent, _ = records(stack, "to_bfus")
+    assert [(r["operation"], r["customerno"]) for r in sent] == [("created", customerno)]
+    applied, _ = records(stack, "from_bfus")
+    assert any(r["customerno"] == customerno and r["limeobjectid"] == created["_id"] for r in applied)
+
+
+def test_a_company_not_marked_for_bfus_stays_in_lime(stack: Stack) -> None:
+    lime(stack).create("company", {"name": "Prospekt AB", "customertype": "company",
+                                   "registrationno": "556036-0793"})
+    stack.wait_quiet()
+    assert stack.bfus.writes == {"POST": 0, "PUT": 0}
+    assert records(stack, "to_bfus") == ([], [])
+
+
+def test_bfus_changes_applied_to_lime_cause_no_call_to_bfus(stack: Stack) -> None:
+    """1,000 BFUS changes with webhooks on: every write to Lime fires a webhook, and
+    none of them makes the integration write to BFUS (nor even read it)."""
+    stack.bfus.changes.make(1000, customers=100)
+    stack.wait_quiet(timeout=180)
+    webhooks = stack.lime.app.extensions["lime_webhooks"].stats
+    applied, failed = records(stack, "from_bfus")
+    assert (len(applied), failed) == (1000, [])
+    assert webhooks["delivered"] >= 1000  # each applied change came back as an event (logs fire none)
+    assert stack.bfus.writes == {"POST": 0, "PUT": 0}
+    assert records(stack, "to_bfus") == ([], [])

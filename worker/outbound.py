@@ -1,0 +1,140 @@
+"""Lime -> BFUS for one Lime company (docs/lime-to-bfus.md). A webhook only says that
+a company changed: its values may be old, repeated or out of order. So nothing is
+sent from it blindly. The company's current state is read from Lime and compared with
+the fingerprint of what BFUS last had (shared/fingerprint.py); only the flowing
+fields a person changed in Lime since then are compared with BFUS's own current
+state, and only those that really differ are sent. The integration's own writes
+match their fingerprint, so they are never sent back (no echo), and a webhook whose
+values already show that costs no call at all.
+
+Raises :class:`worker.apply.PermanentFailure` for what BFUS refuses; lets
+LimeUnavailable and BfusUnavailable through for what will succeed later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.bfus import BfusClient, BfusRejected
+from shared.fingerprint import changed, normal
+from shared.lime import LimeClient, LimeRejected
+from shared.mapping import MappingError, ObjectMapper
+from worker.apply import PermanentFailure
+
+# BFUS fields sent when a customer is created, beside the flowing ones: who it is.
+IDENTITY_FIELDS = ("customertype", "orgno", "socialsecurityno")
+REASONS = {409: "bfus_duplicate", 404: "bfus_not_found"}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What went to BFUS for one company."""
+
+    operation: str  # created | updated
+    customerno: str
+    fields: dict[str, Any]
+    status: int  # BFUS's answer
+
+    def describe(self) -> str:
+        names = ", ".join(sorted(self.fields))
+        return f"{self.operation} in BFUS (answered {self.status}): {names}"
+
+
+class Outbound:
+    def __init__(self, lime: LimeClient, bfus: BfusClient, mapper: ObjectMapper, create_when: str = ""):
+        self.lime = lime
+        self.bfus = bfus
+        self.mapper = mapper
+        self.create_when = create_when
+        self.flowing = mapper.flowing_properties
+        identity = tuple(mapper.fields[f].property for f in IDENTITY_FIELDS if f in mapper.fields)
+        self.create_properties = tuple(dict.fromkeys(identity + self.flowing))
+
+    @property
+    def limetype(self) -> str:
+        return self.mapper.limetype
+
+    def _linked(self, values: dict[str, Any]) -> str:
+        return str(normal(values.get(self.mapper.key_property)))
+
+    def _wants_create(self, values: dict[str, Any]) -> bool:
+        return bool(self.create_when) and normal(values.get(self.create_when)) is True
+
+    def _changed(self, values: dict[str, Any]) -> list[str]:
+        return changed(values, values.get(self.mapper.fingerprint_property or ""), self.flowing)
+
+    def nothing_to_send(self, values: dict[str, Any]) -> bool:
+        """From a webhook's values alone: no flowing field differs from what BFUS last
+        had, and no creation is wanted. True for every echo of our own writes."""
+        if not values:
+            return False
+        if not self._linked(values):
+            return not self._wants_create(values)
+        return not self._changed(values)
+
+    def send(self, company_id: int) -> Sent | None:
+        """Bring BFUS up to date with the company as Lime has it now; None when
+        nothing needed sending."""
+        try:
+            company = self.lime.get(self.limetype, company_id)
+        except LimeRejected as err:
+            if err.status == 404:
+                return None  # removed in Lime since: nothing to send
+            raise
+        customerno = self._linked(company)
+        if not customerno:
+            return self._create(company) if self._wants_create(company) else None
+        properties = self._changed(company)
+        if not properties:
+            return None
+        current = self.bfus.find_customer(customerno)
+        if current is None:
+            raise PermanentFailure("bfus_not_found", f"BFUS has no customer {customerno}, which the {self.limetype} "
+                                   f"{company_id} in Lime is linked to.", "BFUS has no such customer")
+        in_bfus = self._mapped(current)
+        differing = tuple(p for p in properties if normal(company.get(p)) != in_bfus.get(p))
+        if not differing:
+            return None
+        fields = self._bfus_values(company, differing)
+        try:
+            answer = self.bfus.update_customer(customerno, fields)
+        except BfusRejected as err:
+            raise self._refused(err, "update") from None
+        return Sent("updated", str(answer.get("customerno") or customerno), fields, 200)
+
+    def _create(self, company: dict[str, Any]) -> Sent | None:
+        fields = {k: v for k, v in self._bfus_values(company, self.create_properties).items() if v is not None}
+        try:
+            created = self.bfus.create_customer(fields)
+        except BfusRejected as err:
+            if err.status == 409 and self._linked(self.lime.get(self.limetype, company["_id"])):
+                return None  # an earlier try got through and the company is linked since
+            raise self._refused(err, "create") from None
+        customerno = str(created.get("customerno") or "")
+        if not customerno:
+            raise PermanentFailure("bfus_error", "BFUS created the customer but answered no customer number.",
+                                   "no customerno in BFUS's answer")
+        self.lime.update(self.limetype, company["_id"], {self.mapper.key_property: customerno})
+        return Sent("created", customerno, fields, 201)
+
+    def _mapped(self, customer: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.mapper.map(customer)
+        except MappingError as err:
+            raise PermanentFailure("mapping_error", f"BFUS's customer does not map to Lime: {err}",
+                                   f"field '{err.field}': {err.problem}") from None
+
+    def _bfus_values(self, company: dict[str, Any], properties: tuple[str, ...]) -> dict[str, Any]:
+        try:
+            return self.mapper.bfus_values(company, properties)
+        except MappingError as err:
+            raise PermanentFailure("mapping_error", f"The {self.limetype} does not map to BFUS: {err}",
+                                   f"field '{err.field}': {err.problem}") from None
+
+    @staticmethod
+    def _refused(err: BfusRejected, what: str) -> PermanentFailure:
+        fields = "; ".join(f"{name}: {' '.join(map(str, texts)) if isinstance(texts, list) else texts}"
+                           for name, texts in err.fields.items())
+        text = f"BFUS refused the {what} ({err.status} {err.code}): {err.message}" + (f" [{fields}]" if fields else "")
+        return PermanentFailure(REASONS.get(err.status, "bfus_rejected"), text,
+                                f"BFUS {err.status} {err.code} ({', '.join(sorted(err.fields))})")
