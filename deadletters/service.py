@@ -28,8 +28,9 @@ from shared import headers
 from shared.config import BrokerConfig
 from shared.envelope import EnvelopeError, parse_envelope
 from shared.jsonbody import storable
-from shared.lime import LimeClient, LimeRejected, LimeUnavailable
-from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, status_of
+from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
+from shared.limeevents import parse_event
+from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, TO_BFUS, status_of
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
 
 
@@ -46,6 +47,10 @@ class DeadLetter:
     @property
     def messageid(self) -> int | None:
         return headers.integer(self.headers.get(headers.ID))
+
+    @property
+    def direction(self) -> Any:
+        return self.headers.get(headers.DIRECTION)
 
 
 @dataclass
@@ -142,24 +147,28 @@ class DeadLetters:
         finally:
             connection.close()  # unacked letters return to the queue
 
-    def _routing_key(self, body: bytes) -> str:
-        """Where a message goes back to: its partition, as the receiver routes it."""
+    def _routing_key(self, body: bytes, direction: Any = None) -> str:
+        """Where a message goes back to: its partition, as the receiver routes it (a
+        Lime event by its Lime object, a BFUS message by its customer)."""
         try:
-            envelope = parse_envelope(body)
+            if direction == TO_BFUS:
+                key = parse_event(body).partition_key
+            else:
+                key = parse_envelope(body).partition_key
         except EnvelopeError:
             return INVALID_ROUTING_KEY
-        return self.topology.routing_key(self.topology.partition_of(envelope.partition_key))
+        return self.topology.routing_key(self.topology.partition_of(key))
 
     def _publish_back(self, channel: BlockingChannel, letter: DeadLetter, record: dict[str, Any]) -> None:
         kept = {k: v for k, v in letter.headers.items() if not k.startswith(headers.PREFIX) or k in (
-            headers.REASON, headers.ERROR, headers.STATUS)}
+            headers.REASON, headers.ERROR, headers.STATUS, headers.DIRECTION, headers.DELIVERY)}
         kept.update({headers.FAILED_RECORD: record["_id"], headers.ATTEMPTS: record.get("attempts") or 1})
         if letter.messageid is not None:
             kept[headers.ID] = letter.messageid
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
                                      message_id=str(letter.messageid) if letter.messageid else None, headers=kept)
-        channel.basic_publish(self.topology.exchange, self._routing_key(letter.body), letter.body, props,
-                              mandatory=True)
+        routing_key = self._routing_key(letter.body, letter.direction)
+        channel.basic_publish(self.topology.exchange, routing_key, letter.body, props, mandatory=True)
 
     # ------------------------------------------------------------------ commands
 
@@ -186,7 +195,7 @@ class DeadLetters:
                 self._publish_back(publish, letters[0], record)
                 taken.ack(letters)
                 actions.append(Action(record["_id"], record.get("messageid"),
-                                      f"requeued to {self._routing_key(letters[0].body)}"))
+                                      f"requeued to {self._routing_key(letters[0].body, letters[0].direction)}"))
         finally:
             connection.close()
         return actions
@@ -306,6 +315,8 @@ class DeadLetters:
                    headers.CUSTOMERNO: headers.text(record.get("customerno", ""), 64)}
         if headers.integer(record.get("messageid")) is not None:
             rebuilt[headers.ID] = record["messageid"]
+        if option_key(record.get("direction")) == TO_BFUS:
+            rebuilt[headers.DIRECTION] = TO_BFUS
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
                                      headers=rebuilt)
         channel.basic_publish(self.topology.dead_exchange, self._routing_key(body), body, props, mandatory=True)

@@ -370,6 +370,9 @@ class MessageHandler:
         }
         if facts.messageid is not None:
             headers[h.ID] = facts.messageid
+        if delivery.direction == TO_BFUS:
+            headers[h.DIRECTION] = TO_BFUS
+            headers[h.DELIVERY] = h.text((delivery.properties.headers or {}).get(h.DELIVERY, ""), 200)
         props = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,

@@ -63,6 +63,7 @@ class BfusStandIn:
         self._feeds: list[threading.Thread] = []
         self._stop_feeds = threading.Event()
         self.writes = {"POST": 0, "PUT": 0}  # customer writes through the API, accepted or not
+        self.unavailable = False  # a test's outage: the API answers 503
 
     def start(self) -> BfusStandIn:
         self.server.start()
@@ -126,6 +127,8 @@ def _api_blueprint() -> Blueprint:
 
     @bp.before_request
     def guard() -> Response | None:
+        if _standin().unavailable:
+            return _error(503, "unavailable", "BFUS is down for maintenance.")
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {_standin().settings.token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -4,14 +4,17 @@ integration's own writes never come back as writes (docs/lime-to-bfus.md)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from deadletters.service import DeadLetters
 from sandbox.bfus.changes import ChangeMix
 from sandbox.stack import Stack, wait_for
 from shared.lime import LimeClient, option_key
+from shared.logrecords import status_of
 
 
 @pytest.fixture
@@ -106,3 +109,43 @@ def test_bfus_changes_applied_to_lime_cause_no_call_to_bfus(stack: Stack) -> Non
     assert webhooks["delivered"] >= 1000  # each applied change came back as an event (logs fire none)
     assert stack.bfus.writes == {"POST": 0, "PUT": 0}
     assert records(stack, "to_bfus") == ([], [])
+
+
+def test_a_change_bfus_refuses_is_a_failed_record_and_a_dead_letter_that_requeues(stack: Stack) -> None:
+    customerno = synced_customers(stack, 2)[0]
+    company = companies(stack, customerno=customerno)[0]
+    lime(stack).update("company", company["_id"], {"email": "not an address"})
+    wait_for(lambda: records(stack, "to_bfus")[1], 30, "the failed record")
+    stack.wait_quiet()
+    _, failed = records(stack, "to_bfus")
+    assert [(r["reason"], r["customerno"], r["company"]) for r in failed] == [
+        ("bfus_rejected", customerno, company["_id"])]
+    assert "email" in failed[0]["error"] and "422" in failed[0]["error"]
+    assert bfus_customer(stack, customerno)["email"] != "not an address"
+    dead = DeadLetters(stack.config.broker, lime(stack), stack.config.lime.failed_limetype)
+    assert [letter.record_id for letter in dead.letters()] == [failed[0]["_id"]]
+
+    lime(stack).update("company", company["_id"], {"email": "kontor@example.se"})  # a person mends it
+    stack.wait_quiet()
+    actions = dead.requeue([failed[0]["_id"]])
+    assert [a.record_id for a in actions] == [failed[0]["_id"]] and "requeued" in actions[0].what
+    wait_for(lambda: status_of(lime(stack).get(stack.config.lime.failed_limetype, failed[0]["_id"])) == "resolved",
+             30, "the failed record to be resolved")
+    stack.wait_quiet()
+    assert bfus_customer(stack, customerno)["email"] == "kontor@example.se"
+    assert dead.letters() == []
+
+
+def test_bfus_down_for_30_seconds_loses_no_change(stack: Stack) -> None:
+    numbers = synced_customers(stack, 5)
+    stack.bfus.unavailable = True
+    for number, city in zip(numbers, ("Ystad", "Kiruna", "Visby", "Mora", "Åre"), strict=True):
+        lime(stack).update("company", companies(stack, customerno=number)[0]["_id"], {"postalcity": city})
+    wait_for(lambda: stack.lime.app.extensions["lime_webhooks"].pending() == 0, 30, "Lime to deliver the events")
+    time.sleep(30)  # the outage itself, not a wait for something to happen
+    assert stack.bfus.writes == {"POST": 0, "PUT": 0}
+    stack.bfus.unavailable = False
+    stack.wait_quiet(timeout=60)
+    assert [bfus_customer(stack, n)["city"] for n in numbers] == ["Ystad", "Kiruna", "Visby", "Mora", "Åre"]
+    sent, failed = records(stack, "to_bfus")
+    assert (len(sent), failed) == (5, [])
