@@ -20,6 +20,7 @@ from worker.handle import LimeErrors, MessageHandler
 from worker.outbound import Outbound
 from worker.records import LogWriter
 from worker.retention import purge_on_schedule
+from worker.sweep import Sweep, sweep_on_schedule
 
 log = get_logger(component="worker")
 
@@ -31,12 +32,18 @@ class WorkerProcess:
     lime: LimeClient
     lime_config: LimeConfig
     retention: RetentionConfig
+    sweep: Sweep | None = None
+    sweep_interval: float = 0.0
     thread: threading.Thread | None = None
 
     def run(self) -> None:
         if self.retention.days > 0:
             threading.Thread(target=purge_on_schedule, name="retention", daemon=True, args=(
                 self.lime, self.lime_config, self.retention, lambda: 0 in self.worker.owned_partitions(),
+                self.worker.stopping)).start()
+        if self.sweep is not None and self.sweep_interval > 0:
+            threading.Thread(target=sweep_on_schedule, name="sweep", daemon=True, args=(
+                self.sweep, self.sweep_interval, lambda: 0 in self.worker.owned_partitions(),
                 self.worker.stopping)).start()
         try:
             self.worker.run()
@@ -84,7 +91,8 @@ def build_worker(
         outbound,
     )
     worker = Worker(config.broker, config.worker, config.lime, handler, name, lime)
-    return WorkerProcess(worker, publisher, lime, config.lime, config.retention)
+    sweep = Sweep(lime, publisher, topology, outbound) if outbound is not None else None
+    return WorkerProcess(worker, publisher, lime, config.lime, config.retention, sweep, config.outbound.sweep_interval)
 
 
 def run_worker(config: Config, name: str = "worker") -> None:

@@ -291,6 +291,13 @@ class LimeStore:
                 return "_id", int(raw)
             except ValueError:
                 raise bad_request(f"Filter on _id expects an integer, got {raw!r}.", "invalid_filter") from None
+        if name in ("_timestamp", "_createdtime"):
+            try:  # stored in this machine's offset (now_iso), so compared in it
+                return name, dt.datetime.fromisoformat(_parse_time(raw)).astimezone().isoformat(
+                    timespec="microseconds")
+            except ValueError:
+                raise bad_request(f"Filter on {name} expects an ISO 8601 time, got {raw!r}.",
+                                  "invalid_filter") from None
         prop = lt.properties.get(name)
         if prop is None or not prop.stored:
             raise bad_request(f"Limetype '{lt.name}' has no property '{name}' to filter on.", "unknown_property")

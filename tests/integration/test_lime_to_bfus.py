@@ -149,3 +149,20 @@ def test_bfus_down_for_30_seconds_loses_no_change(stack: Stack) -> None:
     assert [bfus_customer(stack, n)["city"] for n in numbers] == ["Ystad", "Kiruna", "Visby", "Mora", "Åre"]
     sent, failed = records(stack, "to_bfus")
     assert (len(sent), failed) == (5, [])
+
+
+def test_a_change_whose_webhook_lime_dropped_is_caught_by_the_sweep(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(partitions=4, outbound=True, config={"outbound": {"sweep_interval": 0.5}},
+                       lime_settings={"webhook_retry_base": 0.2}).start(workers=1)
+    stack.subscribe_webhooks()
+    customerno = synced_customers(stack, 3)[1]
+    webhooks = stack.lime.app.extensions["lime_webhooks"]
+    webhooks.lose_rate = 1.0  # from now on Lime sends nothing
+    company = companies(stack, customerno=customerno)[0]
+    lime(stack).update("company", company["_id"], {"postaladdress1": "Sjövägen 9"})
+    wait_for(lambda: bfus_customer(stack, customerno)["street"] == "Sjövägen 9", 30, "the sweep to send the edit")
+    stack.wait_quiet()
+    assert webhooks.stats["lost"] >= 1
+    assert stack.bfus.writes == {"POST": 0, "PUT": 1}
+    sent, failed = records(stack, "to_bfus")
+    assert ([r["customerno"] for r in sent], failed) == ([customerno], [])
