@@ -108,7 +108,7 @@ class Delivery:
     @property
     def failed_record(self) -> int | None:
         """The failed-message record of a requeued message (set by `dlq requeue`)."""
-        return h.integer((self.properties.headers or {}).get(h.FAILED_RECORD))
+        return h.integer(self.headers.get(h.FAILED_RECORD))
 
     @cached_property
     def key(self) -> str:
@@ -116,13 +116,22 @@ class Delivery:
         return hashlib.blake2b(self.body, digest_size=16).hexdigest()
 
     @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.headers or {}
+
+    @property
+    def raw(self) -> str:
+        """The body as text, for the failed-message record."""
+        return self.body.decode("utf-8", errors="replace")
+
+    @property
     def direction(self) -> str:
-        return TO_BFUS if (self.properties.headers or {}).get(h.DIRECTION) == TO_BFUS else FROM_BFUS
+        return TO_BFUS if self.headers.get(h.DIRECTION) == TO_BFUS else FROM_BFUS
 
     @property
     def delivery_count(self) -> int:
         """How often the broker delivered it before (quorum queues count)."""
-        return int((self.properties.headers or {}).get("x-delivery-count", 0))
+        return int(self.headers.get("x-delivery-count", 0))
 
 
 class MessageHandler:
@@ -172,7 +181,7 @@ class MessageHandler:
 
     def _fail_internal(self, delivery: Delivery, err: Exception, sleep: Callable[[float], bool]) -> Settle:
         facts = MessageFacts.guess(loads_or_none(delivery.body))
-        raw = delivery.body.decode("utf-8", errors="replace")
+        raw = delivery.raw
         error = f"Internal error while handling the message: {type(err).__name__}: {err}"
         try:
             self._fail(delivery, facts, "internal_error", error, raw, None, sleep, detail=type(err).__name__)
@@ -188,7 +197,7 @@ class MessageHandler:
         return Settle.ACK
 
     def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
-        raw = delivery.body.decode("utf-8", errors="replace")
+        raw = delivery.raw
         requeued = delivery.failed_record
         try:
             env = parse_envelope(delivery.body)
@@ -259,7 +268,7 @@ class MessageHandler:
 
     def _send_to_bfus(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         """A Lime webhook event: bring BFUS up to date with the company (worker/outbound.py)."""
-        raw = delivery.body.decode("utf-8", errors="replace")
+        raw = delivery.raw
         requeued = delivery.failed_record
         try:
             event = parse_event(delivery.body)
@@ -300,11 +309,11 @@ class MessageHandler:
         log.info("sent_to_bfus", operation=sent.operation, fields=sorted(sent.fields), requeued=requeued is not None)
 
     def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
-        headers = delivery.properties.headers or {}
+        headers = delivery.headers
         facts = replace(MessageFacts.guess(loads_or_none(delivery.body)), direction=delivery.direction)
         reason = h.text(headers.get(h.REASON, "invalid_message"), 64)
         error = h.text(headers.get(h.ERROR, "The receiver did not accept this message."))
-        raw = delivery.body.decode("utf-8", errors="replace")
+        raw = delivery.raw
         self._fail(delivery, facts, reason, error, raw, None, sleep, detail=error[:200])
 
     # ------------------------------------------------------------------ failure
@@ -331,7 +340,7 @@ class MessageHandler:
         ``probe`` (for a message Lime answered 5xx too often) the record is also the
         proof that Lime takes writes: each version is tried until its first 5xx, and
         when both get one, nothing is failed and False is returned."""
-        attempts = (h.integer((delivery.properties.headers or {}).get(h.ATTEMPTS)) or 0) + 1
+        attempts = (h.integer(delivery.headers.get(h.ATTEMPTS)) or 0) + 1
         requeued = delivery.failed_record
         short = f"{reason}: Lime refused the whole failed-message record; the dead letter keeps the message."
         versions = ((error, raw, company_id, "failed"), (short, "", None, "failed-short"))
@@ -372,7 +381,7 @@ class MessageHandler:
             headers[h.ID] = facts.messageid
         if delivery.direction == TO_BFUS:
             headers[h.DIRECTION] = TO_BFUS
-            headers[h.DELIVERY] = h.text((delivery.properties.headers or {}).get(h.DELIVERY, ""), 200)
+            headers[h.DELIVERY] = h.text(delivery.headers.get(h.DELIVERY, ""), 200)
         props = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
