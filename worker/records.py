@@ -99,7 +99,8 @@ class LogWriter:
             message["data"] = scrub_personal(str(message.get("objecttype")), message["data"])
         return storable(json.dumps(message, ensure_ascii=False))
 
-    def processed(self, facts: MessageFacts, outcome: Outcome) -> int:
+    def processed(self, facts: MessageFacts, outcome: Outcome, detail: str | None = None) -> int:
+        """``detail``: what was sent to BFUS, and its answer (a change to BFUS)."""
         values = {
             **self._facts(facts),
             "processedtime": _now(),
@@ -108,6 +109,8 @@ class LogWriter:
             "limeobjectid": outcome.object_id,
             "company": outcome.company_id,
         }
+        if detail is not None:
+            values["detail"] = storable(detail)
         return self.lime.create(self.processed_type, values)["_id"]
 
     def failed(
@@ -127,16 +130,7 @@ class LogWriter:
 
     def sent(self, facts: MessageFacts, sent: Sent, limetype: str, company_id: int) -> int:
         """A change that went to BFUS: what was sent and BFUS's answer."""
-        values = {
-            **self._facts(facts),
-            "processedtime": _now(),
-            "outcome": APPLIED,
-            "limetype": limetype,
-            "limeobjectid": company_id,
-            "company": company_id,
-            "detail": storable(sent.describe()),
-        }
-        return self.lime.create(self.processed_type, values)["_id"]
+        return self.processed(facts, Outcome(APPLIED, limetype, company_id, company_id), sent.describe())
 
     def failed_again(self, record_id: int, reason: str, error: str, attempts: int) -> None:
         """A requeued message failed once more: its record, not a new one."""
@@ -148,14 +142,11 @@ class LogWriter:
     def resolve(self, record_id: int, processed_id: int | None, outcome: str) -> None:
         """A requeued message got through: its failed record says so and links the
         processed record (a Lime event that needed nothing sent any more has none)."""
-        if processed_id is None:
-            self.lime.update(self.failed_type, record_id, {
-                "status": RESOLVED, "resolution": f"{outcome} after requeue, {_now()}"})
-            return
-        self.lime.update(self.failed_type, record_id, {
-            "status": RESOLVED, "processedmessage": processed_id,
-            "resolution": f"{outcome} after requeue, processed message {processed_id}, {_now()}",
-        })
+        linked = f" processed message {processed_id}," if processed_id is not None else ""
+        values: dict[str, Any] = {"status": RESOLVED, "resolution": f"{outcome} after requeue,{linked} {_now()}"}
+        if processed_id is not None:
+            values["processedmessage"] = processed_id
+        self.lime.update(self.failed_type, record_id, values)
 
     def existing(self, messageid: int, processed_only: bool = False) -> tuple[str, dict[str, Any]] | None:
         """The log record already written for ``messageid``, if any (used on
