@@ -157,7 +157,7 @@ class DeadLetters:
                 key = parse_envelope(body).partition_key
         except EnvelopeError:
             return INVALID_ROUTING_KEY
-        return self.topology.routing_key(self.topology.partition_of(key))
+        return self.topology.route(key)
 
     def _publish_back(self, channel: BlockingChannel, letter: DeadLetter, record: dict[str, Any]) -> None:
         kept = {k: v for k, v in letter.headers.items() if not k.startswith(headers.PREFIX) or k in (

@@ -20,8 +20,7 @@ from receiver.errors import error_response
 from receiver.signatures import SignatureError, verify
 from shared import headers as h
 from shared.envelope import EnvelopeError
-from shared.limeevents import parse_event
-from shared.logrecords import TO_BFUS
+from shared.limeevents import parse_event, queue_properties
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, MessageUnencodable
 from shared.topology import INVALID_ROUTING_KEY
@@ -52,13 +51,12 @@ def receive_event() -> Response:
     if signed.delivery_id and _deliveries().seen(signed.delivery_id):
         log.info("lime_event_duplicate", delivery=delivery)
         return _answer(200, "duplicate", delivery)
-    headers = {h.DIRECTION: TO_BFUS, h.DELIVERY: h.text(delivery, 200)}
+    properties = queue_properties(delivery)
+    headers = properties.headers
     try:
         event = parse_event(body)
     except EnvelopeError as err:
         return _keep_invalid(body, err, headers)
-    properties = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                                      message_id=h.text(delivery, 200), headers=headers)
     partition = context.topology().partition_of(event.partition_key)
     try:
         context.publish(context.topology().routing_key(partition), body, properties)

@@ -7,10 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pika
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from shared.envelope import MAX_ID, EnvelopeError, StrictInteger, content_problems
+from shared import headers as h
+from shared.envelope import MAX_ID, MAX_PROBLEMS, EnvelopeError, StrictInteger, content_problems
 from shared.jsonbody import JSONBodyError, decode
+from shared.logrecords import TO_BFUS
 
 ACTIONS = ("new", "update", "delete", "restore")
 _NAME = r"^[a-z][a-z0-9_]*$"
@@ -52,6 +55,14 @@ class _EventSchema(Schema):
 _schema = _EventSchema()
 
 
+def queue_properties(delivery: str) -> pika.BasicProperties:
+    """How a Lime event is queued (by the receiver, and by the sweep): persistent, for
+    BFUS, named by its delivery (Lime's v2 delivery id, else what stands for it)."""
+    delivery = h.text(delivery, 200)
+    return pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                                message_id=delivery, headers={h.DIRECTION: TO_BFUS, h.DELIVERY: delivery})
+
+
 def parse_event(body: bytes) -> LimeEvent:
     """The event in a delivery's raw body, or EnvelopeError (400) saying what is wrong."""
     try:
@@ -66,7 +77,7 @@ def parse_event(body: bytes) -> LimeEvent:
     except ValidationError as err:
         problems.update({name: [str(text)] for name, text in _flat(err.messages)})
     if problems:
-        text = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in sorted(problems.items())[:20])
+        text = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in sorted(problems.items())[:MAX_PROBLEMS])
         raise EnvelopeError(400, "invalid_event", f"Lime event invalid: {text}", problems)
     limetype, _, action = loaded["event"].partition(".")
     inner = loaded["body"]

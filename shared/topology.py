@@ -102,6 +102,10 @@ class Topology:
         """Stable across processes and versions (CRC-32, not Python's salted hash)."""
         return zlib.crc32(partition_key.encode("utf-8")) % self.partitions
 
+    def route(self, partition_key: str) -> str:
+        """The routing key of the partition ``partition_key`` belongs to."""
+        return self.routing_key(self.partition_of(partition_key))
+
     def work_queue_arguments(self) -> dict:
         return {
             "x-queue-type": "quorum",

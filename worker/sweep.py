@@ -14,12 +14,8 @@ import json
 import threading
 from collections.abc import Callable
 
-import pika
-
-from shared import headers as h
 from shared.lime import LimeClient, LimeUnavailable
-from shared.limeevents import LimeEvent
-from shared.logrecords import TO_BFUS
+from shared.limeevents import LimeEvent, queue_properties
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.topology import Topology
@@ -63,11 +59,8 @@ class Sweep:
     def _queue(self, event: LimeEvent) -> None:
         body = json.dumps({"event": f"{event.limetype}.update",
                            "body": {"id": event.id, "limetype": event.limetype}}).encode()
-        props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                                     headers={h.DIRECTION: TO_BFUS, h.DELIVERY: f"sweep:{event.id}"})
-        partition = self.topology.partition_of(event.partition_key)
-        self.publisher.publish(self.topology.exchange, self.topology.routing_key(partition), body, props)
-
+        self.publisher.publish(self.topology.exchange, self.topology.route(event.partition_key), body,
+                               queue_properties(f"sweep:{event.id}"))
 
 def sweep_on_schedule(sweep: Sweep, interval: float, is_owner: Callable[[], bool], stopping: threading.Event) -> None:
     """The first sweep looks back two intervals from Lime's newest change (so a worker
