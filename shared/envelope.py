@@ -88,14 +88,19 @@ class EnvelopeError(ValueError):
         self.fields = fields or {}
 
 
-def parse_envelope(body: bytes) -> Envelope:
+def decode_object(body: bytes, what: str) -> dict:
+    """The one JSON object ``body`` holds, or EnvelopeError 400 ``invalid_json``."""
     try:
         message = decode(body)
     except JSONBodyError as err:
         raise EnvelopeError(400, "invalid_json", str(err)) from None
     if not isinstance(message, dict):
-        raise EnvelopeError(400, "invalid_json", "Body must be one JSON object (a change message).")
-    return validate_envelope(message)
+        raise EnvelopeError(400, "invalid_json", f"Body must be one JSON object ({what}).")
+    return message
+
+
+def parse_envelope(body: bytes) -> Envelope:
+    return validate_envelope(decode_object(body, "a change message"))
 
 
 def validate_envelope(message: dict) -> Envelope:

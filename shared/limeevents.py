@@ -11,8 +11,7 @@ import pika
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from shared import headers as h
-from shared.envelope import MAX_ID, MAX_PROBLEMS, EnvelopeError, StrictInteger, content_problems
-from shared.jsonbody import JSONBodyError, decode
+from shared.envelope import MAX_ID, MAX_PROBLEMS, EnvelopeError, StrictInteger, content_problems, decode_object
 from shared.logrecords import TO_BFUS
 
 ACTIONS = ("new", "update", "delete", "restore")
@@ -65,12 +64,7 @@ def queue_properties(delivery: str) -> pika.BasicProperties:
 
 def parse_event(body: bytes) -> LimeEvent:
     """The event in a delivery's raw body, or EnvelopeError (400) saying what is wrong."""
-    try:
-        message = decode(body)
-    except JSONBodyError as err:
-        raise EnvelopeError(400, "invalid_json", str(err)) from None
-    if not isinstance(message, dict):
-        raise EnvelopeError(400, "invalid_json", "Body must be one JSON object (a Lime webhook delivery).")
+    message = decode_object(body, "a Lime webhook delivery")
     problems = content_problems(message)
     try:
         loaded = _schema.load(message)
