@@ -40,8 +40,9 @@ def parse(text: Any) -> dict[str, str]:
         found = json.loads(text)
     except ValueError:
         return {}
-    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(found,
-                                                                                                        dict) else {}
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(v, str)}
 
 
 def changed(values: Mapping[str, Any], text: Any, properties: tuple[str, ...]) -> list[str]:
