@@ -195,11 +195,17 @@ class Stack:
 
     def quiet(self) -> bool:
         """Nothing waiting anywhere: BFUS's queue delivered, Lime's webhooks sent,
-        every partition queue empty, every in-process worker done with what it took."""
+        every partition queue empty, the in-process workers done with what they took
+        and with at least as many messages as the receiver and they queued (this
+        stack's in-process receiver and workers only)."""
         if self.bfus.store.queue_status()["pending"] or self.lime.app.extensions["lime_webhooks"].pending():
             return False
         if any(w.worker.received != w.worker.settled for w in self.workers):
             return False
+        exchange = Topology.from_config(self.config.broker).exchange
+        publishers = [w.publisher for w in self.workers] + [self.receiver_app.extensions["publisher"]]
+        if sum(w.worker.settled for w in self.workers) < sum(p.confirmed[exchange] for p in publishers):
+            return False  # queued, and already on its way to a worker (neither ready nor taken yet)
         connection = pika.BlockingConnection(pika.URLParameters(self.config.broker.url))
         try:
             channel = connection.channel()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -85,6 +86,7 @@ class ConfirmedPublisher:
         self._ready = threading.Event()
         self._timeouts = 0  # confirm timeouts in a row
         self._health = threading.Lock()
+        self.confirmed: Counter[str] = Counter()  # messages the broker confirmed, by exchange
         self._unready_since: float | None = time.monotonic()
         self._was_ready = False  # ready at some point of the current connection
         self._stopping = threading.Event()
@@ -140,6 +142,7 @@ class ConfirmedPublisher:
             raise PublishTimeout("RabbitMQ did not confirm the message in time") from None
         with self._health:
             self._timeouts = 0
+            self.confirmed[exchange] += 1
 
     def _timed_out(self, connection: pika.SelectConnection) -> None:
         with self._health:
