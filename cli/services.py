@@ -150,13 +150,19 @@ def worker(ctx: click.Context, name: str) -> None:
 @click.option("--workdir", default=".run", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed-customers", type=click.IntRange(min=0), default=10, show_default=True,
               help="Customers BFUS had before the integration (with their objects): for a migration to bring over.")
+@click.option("--lime-edits", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Companies a simulated Lime user edits once the BFUS stream is in (they go to BFUS).")
+@click.option("--lime-creates", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Companies it registers in Lime marked for BFUS (created there, numbers written back).")
 def run(changes: int, customers: int, rate: float, workers: int, until_done: bool, workdir: str,
-        seed_customers: int) -> None:
-    """Everything on this machine: broker, stand-ins, receiver, workers, and a stream of changes."""
+        seed_customers: int, lime_edits: int, lime_creates: int) -> None:
+    """Everything on this machine: broker, stand-ins, receiver, workers, a stream of
+    changes from BFUS, then a Lime user's edits going to BFUS."""
     from sandbox.run import RunOptions, run_all
 
     configure_logging()
-    sys.exit(run_all(RunOptions(Path(workdir), changes, customers, rate, workers, until_done, seed_customers)))
+    sys.exit(run_all(RunOptions(Path(workdir), changes, customers, rate, workers, until_done, seed_customers,
+                                lime_edits, lime_creates)))
 
 
 COMMANDS = (broker, sandbox_lime, sandbox_bfus, receiver, worker, run)

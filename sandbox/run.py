@@ -4,8 +4,10 @@ A RabbitMQ (RABBITMQ_URL, else a private node), the Lime and BFUS stand-ins, the
 receiver under gunicorn and N workers. BFUS starts with some customers (with their
 facilities, contracts and meters) it had before the integration, which only a
 migration brings to Lime; then it posts a stream of changes of all four object types
-while a progress line shows what became of them. Ctrl-C stops every process it
-started."""
+while a progress line shows what became of them. Then the other direction: a
+simulated Lime user (sandbox/limeuser.py) edits companies and registers new ones
+marked for BFUS, Lime's webhooks reach the receiver, and a second progress line
+shows what went to BFUS. Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ RECEIVER_KEY = "dev-receiver-key"
 BFUS_TOKEN = "dev-bfus-token"
 BFUS_ADMIN = "dev-bfus-admin"
 ADMIN_PASSWORD = "dev-admin"
+WEBHOOK_SECRET = "dev-webhook-secret"
+MARK = "sendtobfus"  # the Lime yes/no property that sends a new company to BFUS
 PREFERRED_PORTS = {"receiver": 8080, "lime": 8081, "bfus": 8082}
 
 
@@ -42,6 +46,8 @@ class RunOptions:
     workers: int
     until_done: bool
     seed_customers: int = 10
+    lime_edits: int = 20  # companies the simulated Lime user edits once the BFUS stream is in
+    lime_creates: int = 3  # companies it registers, marked for BFUS
 
 
 def _port(preferred: int) -> int:
@@ -55,7 +61,7 @@ def _port(preferred: int) -> int:
             return free_port()
 
 
-def write_config(path: Path, broker: BrokerHandle, ports: dict[str, int]) -> None:
+def write_config(path: Path, broker: BrokerHandle, ports: dict[str, int], workdir: Path) -> None:
     path.write_text(
         f"""# Written by `bfus-lime run` for the local stand-ins. Not for production.
 [broker]
@@ -69,6 +75,8 @@ port = {ports['receiver']}
 api_key = "{RECEIVER_KEY}"
 processes = 2
 threads = 4
+lime_secret = "{WEBHOOK_SECRET}"
+deliveries_db = "{workdir / 'deliveries.sqlite'}"
 
 [lime]
 url = "http://127.0.0.1:{ports['lime']}/lime/api/v1/"
@@ -82,6 +90,11 @@ token = "{BFUS_TOKEN}"
 [admin]
 user = "admin"
 password = "{ADMIN_PASSWORD}"
+
+[outbound]
+enabled = true
+create_when = "{MARK}"
+sweep_interval = 60
 """
     )
 
@@ -180,7 +193,7 @@ def run_all(options: RunOptions) -> int:
 def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Processes, stop: threading.Event) -> int:
     ports = {name: _port(p) for name, p in PREFERRED_PORTS.items()}
     config_path = workdir / "bfus-lime.toml"
-    write_config(config_path, broker, ports)
+    write_config(config_path, broker, ports, workdir)
     cfg = ["--config", str(config_path)]
     processes.start("lime", [*cfg, "sandbox-lime", "--db", str(workdir / "lime.db"), "--admin-key", LIME_ADMIN])
     lime_api = f"http://127.0.0.1:{ports['lime']}/lime/api/v1/"
@@ -188,6 +201,7 @@ def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Pr
     processes.start("receiver", [*cfg, "receiver"])
     receiver = f"http://127.0.0.1:{ports['receiver']}/"
     _wait_until(lambda: (r := _get(f"{receiver}readyz")) is not None and r.ok, 60, "receiver", processes)
+    _subscribe(lime_api, f"{receiver}lime/events")
     for i in range(options.workers):
         processes.start(f"worker-{i + 1}", [*cfg, "worker", "--name", f"worker-{i + 1}"])
     processes.start("bfus", [*cfg, "sandbox-bfus", "--db", str(workdir / "bfus.db"), "--admin-key", BFUS_ADMIN,
@@ -211,6 +225,8 @@ Everything is up. Where to look:
   BFUS stand-in   {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
                   {options.seed_customers} customers it had before the integration reach Lime only by
                   bfus-lime migrate
+  Lime -> BFUS    Lime's company events go to POST {receiver}lime/events (signed);
+                  a company with {MARK} = yes and no customer number is created in BFUS
   Logs            {processes.logdir}/
 Sending {options.changes} changes (customers, facilities, contracts, meters) over {options.customers} customers \
 at {options.rate:g}/s. Ctrl-C stops everything.
@@ -223,7 +239,15 @@ at {options.rate:g}/s. Ctrl-C stops everything.
         timeout=10,
     )
     response.raise_for_status()
-    return _progress(options, lime_api, bfus, processes, stop)
+    return _progress(options, config_path, lime_api, bfus, processes, stop)
+
+
+def _subscribe(lime_api: str, target_url: str) -> None:
+    """Lime's company events to the receiver, signed with the configured secret."""
+    response = requests.post(f"{lime_api}subscription/", headers={"X-API-Key": LIME_KEY}, timeout=10, json={
+        "events": [f"company.{e}" for e in ("new", "update", "delete", "restore")], "target_url": target_url,
+        "secret": WEBHOOK_SECRET, "dont_disable_on_failed_delivery": True})
+    response.raise_for_status()
 
 
 def _public(url: str | None) -> str:
@@ -274,7 +298,8 @@ class Progress:
         return due
 
 
-def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processes, stop: threading.Event) -> int:
+def _progress(options: RunOptions, config_path: Path, lime_api: str, bfus: str, processes: Processes,
+              stop: threading.Event) -> int:
     admin = lime_api.split("/lime/api/v1/")[0] + "/_admin/"
     progress = Progress(options.changes, sys.stdout.isatty())
     started = time.monotonic()
@@ -305,8 +330,64 @@ def _progress(options: RunOptions, lime_api: str, bfus: str, processes: Processe
                 print(f"  {failed} failed: changes to objects of the customers BFUS had before the integration, "
                       "which Lime gets from the migration.\n  See them with `bfus-lime dlq list`; then "
                       "`bfus-lime migrate` and `bfus-lime dlq requeue --reason missing_related`.", flush=True)
+            to_bfus_ok = _lime_user(options, config_path, lime_api, processes, stop)
             if options.until_done:
-                return 0 if failed == 0 else 1
+                return 0 if failed == 0 and to_bfus_ok else 1
             print("Still running so you can look around. Ctrl-C stops everything.", flush=True)
         stop.wait(0.5)
     return 0
+
+
+def _lime_user(options: RunOptions, config_path: Path, lime_api: str, processes: Processes,
+               stop: threading.Event) -> bool:
+    """The other direction: a simulated Lime user edits and creates companies, and a
+    progress line shows what went to BFUS until all of it is there. True when every
+    change reached BFUS."""
+    if options.lime_edits + options.lime_creates == 0:
+        return True
+    from sandbox.limeuser import LimeUser
+    from shared.config import load_config
+    from shared.lime import LimeClient
+    from shared.limemeta import check_against_lime
+
+    config = load_config(config_path, environ={})
+    lime = LimeClient(config.lime)
+    mapper = check_against_lime(config, lime.limetypes())["customer"]
+    user = LimeUser(lime, mapper, MARK, seed=2026)
+    editable = [c for c in lime.iterate(mapper.limetype, {}) if user.editable(c)]
+    edited = user.rng.sample(editable, min(options.lime_edits, len(editable)))
+    print(f"\nNow a Lime user edits {len(edited)} companies and registers {options.lime_creates} new ones "
+          f"({MARK} = yes); Lime's webhooks take them to BFUS:", flush=True)
+    started = time.monotonic()
+    for company in edited:
+        user.edit(company)
+    for _ in range(options.lime_creates):
+        user.create()
+    expected = sum(user.report.edits.values()) + len(user.report.created)
+    admin = lime_api.split("/lime/api/v1/")[0] + "/_admin/"
+    progress = Progress(expected, sys.stdout.isatty())
+    while not stop.is_set():
+        problem = processes.check()
+        if problem:
+            raise RuntimeError(problem)
+        sent = _get(f"{admin}counts?direction=to_bfus", headers={"X-Admin-Key": LIME_ADMIN})
+        linked = sum(1 for i in user.report.created if lime.get(mapper.limetype, i).get("customerno"))
+        if sent is None:
+            stop.wait(0.5)
+            continue
+        c = sent.json()
+        done, refused = c.get("bfusprocessedmessage", 0), c.get("bfusfailedmessage", 0)
+        now = time.monotonic()
+        shown = (done, refused, linked)
+        line = (f"to BFUS {done + refused:>3}/{expected}  sent {done:>3}  refused by BFUS {refused:>2}  "
+                f"new customers linked {linked}/{len(user.report.created)}")
+        if progress.due(now, shown):
+            print("\r" + line + "\x1b[K" if progress.tty else line, end="" if progress.tty else "\n", flush=True)
+        if done + refused >= expected and linked == len(user.report.created):
+            refusals = f", {refused} refused (see `bfus-lime dlq list`)" if refused else ""
+            print(f"\nThe Lime user's {user.report.summary()} reached BFUS after {now - started:.1f}s: "
+                  f"{done} sent{refusals}; the new customers' numbers are written back to their companies. "
+                  "BFUS's change messages for them came back and stopped there (no echo).", flush=True)
+            return refused == 0 and not user.report.refused
+        stop.wait(0.5)
+    return False
