@@ -188,16 +188,19 @@ class Applier:
         """The one company without a customer number whose organisation or personal
         identity number is this customer's: BFUS's own message about a customer the
         integration created from that company, overtaking the write-back of its
-        number. Linking it here keeps Lime from getting a second company."""
+        number. Linking it here keeps Lime from getting a second company. The
+        write-back may land between the look-up by number and this one, so a company
+        that has this very number by now is the one too."""
         for bfus_field in IDENTITY_FIELDS:
             value = env.data.get(bfus_field)
             rule = mapper.fields.get(bfus_field)
             if not value or rule is None:
                 continue
             found = [o for o in self.lime.find(mapper.limetype, rule.property, value)
-                     if not o.get(mapper.key_property)]
+                     if o.get(mapper.key_property) in (None, "", env.key)]
             if len(found) == 1:
-                known = Known(found[0]["_id"], None)
+                watermark = found[0].get(mapper.spec.watermark) if mapper.spec.watermark else None
+                known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None)
                 cache.put(mapper.limetype, env.key, known)
                 return known
         return None

@@ -56,6 +56,11 @@ def test_the_readme_commands_work_as_written(amqp_url: str, rabbitmq: BrokerHand
         wait_for(lambda: any("All 300 changes are in Lime" in line for line in output) or run.poll() is not None,
                  240, "run to apply its changes")
         assert run.poll() is None, "".join(output)
+        # then the other direction: the simulated Lime user's 20 edits and 3 new companies reach BFUS
+        wait_for(lambda: any("reached BFUS after" in line for line in output) or run.poll() is not None,
+                 120, "run's Lime user's changes to reach BFUS")
+        [reached] = [line for line in output if "reached BFUS after" in line]
+        assert "20 edits" in reached and "3 companies created" in reached and ": 23 sent;" in reached, reached
         assert "export BFUSLIME_CONFIG=" in "".join(output)
         for url, status in printed_urls("".join(output)):
             assert status == 200, (url, status)

@@ -87,3 +87,42 @@ def test_a_deleted_object_whose_parent_lime_lacks_is_marked_without_the_relation
     assert outcome.outcome == "applied"
     [obj] = lime.objects("meter")
     assert obj["facility"] is None
+
+
+class WriteBackRacingLime(StoreLime):
+    """The outbound worker writes the customer number BFUS gave back to the company
+    right after the inbound worker's look-up by number missed it."""
+
+    def __init__(self, path: Path, company_id: int | None = None, customerno: str = ""):
+        super().__init__(path)
+        self.company_id, self.customerno = company_id, customerno
+
+    def find(self, limetype: str, prop: str, value: Any, limit: int = 2) -> list[dict[str, Any]]:
+        found = super().find(limetype, prop, value, limit)
+        if prop == "customerno" and self.company_id is not None:
+            self.store.update(limetype, self.company_id, {"customerno": self.customerno})
+            self.company_id = None
+        return found
+
+
+@pytest.mark.parametrize("write_back_first", [False, True], ids=["message-first", "write-back-in-between"])
+def test_bfus_message_about_a_customer_created_from_lime_updates_that_company(
+        tmp_path: Path, limetypes: dict[str, Any], write_back_first: bool) -> None:
+    """BFUS's "created" message for a customer the integration created from a Lime
+    company links that company (found by organisation number), whether the number's
+    write-back has not landed yet or lands between the two look-ups: never a second
+    company."""
+    lime = WriteBackRacingLime(tmp_path / "lime.db")
+    company = lime.store.create("company", {"name": "Kvarnbackens Bageri AB", "registrationno": "556036-0793"})
+    if write_back_first:
+        lime.company_id, lime.customerno = company["_id"], "100234"
+    config = build_config({"outbound": {"enabled": True, "create_when": "sendtobfus"}, "receiver": {"lime_secret": "s"},
+                           "bfus": {"token": "t"}}, environ={})
+    applier = Applier(lime, check_against_lime(config, limetypes), link_by_identity=True)  # type: ignore[arg-type]
+    created = validate_envelope(message(7, operation="created", data={
+        "customerno": "100234", "name": "Kvarnbackens Bageri AB", "customertype": "company",
+        "orgno": "556036-0793"}))
+    outcome = applier.apply(created, IdCache())
+    assert (outcome.outcome, outcome.object_id) == ("applied", company["_id"])
+    [only] = lime.objects("company")
+    assert (only["customerno"], only["bfuslastmessageid"]) == ("100234", 7)
