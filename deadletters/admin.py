@@ -1,7 +1,8 @@
-"""The dead-letter pages under /admin: failed messages with filters and counts per
-reason, a detail view with requeue and discard, and live counts (queue depths,
-processed and failed per hour). Server-rendered; HTTP basic auth with the admin
-credentials of the configuration (not BFUS's key); forms carry a CSRF token."""
+"""The dead-letter pages under /admin: failed messages of both directions (BFUS ->
+Lime, Lime -> BFUS) with filters and counts per direction and per reason, a detail
+view with requeue and discard, and live counts (queue depths, processed and failed
+per hour). Server-rendered; HTTP basic auth with the admin credentials of the
+configuration (not BFUS's key); forms carry a CSRF token."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from werkzeug.wrappers import Response as BaseResponse
 
 from deadletters.format import age, parse_age, pretty_payload
-from deadletters.service import DeadLetters
+from deadletters.service import DeadLetters, direction_of
 from shared.config import Config
 from shared.inspect import describe, ready_count
 from shared.lime import LimeClient, LimeError
-from shared.logrecords import STATUSES, status_of
+from shared.logrecords import DIRECTIONS, FROM_BFUS, STATUSES, TO_BFUS, status_of
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
+DIRECTION_NAMES = {FROM_BFUS: "BFUS → Lime", TO_BFUS: "Lime → BFUS"}
 
 
 def _config() -> Config:
@@ -65,13 +67,21 @@ def guard() -> Response | None:
 
 @bp.app_context_processor
 def helpers() -> dict[str, Any]:
-    return {"csrf_token": _csrf_token, "status_key": status_of, "age": age}
+    return {"csrf_token": _csrf_token, "status_key": status_of, "direction_key": direction_of, "age": age,
+            "direction_names": DIRECTION_NAMES}
+
+
+def _direction(value: str | None) -> str:
+    """A direction filter from a query or a form: one of DIRECTIONS, or "" for both."""
+    value = (value or "").strip()
+    return value if value in DIRECTIONS else ""
 
 
 @bp.get("/")
 def index() -> str:
     filters = {name: request.args.get(name, "").strip() for name in ("reason", "objecttype", "customerno",
                                                                      "older_than")}
+    filters["direction"] = _direction(request.args.get("direction"))
     status = request.args.get("status", "failed")
     statuses = STATUSES if status == "all" else (status,) if status in STATUSES else ("failed",)
     error = None
@@ -83,8 +93,18 @@ def index() -> str:
         error = f"Lime did not answer: {err}"
     except ValueError as err:  # a bad age filter
         error = str(err)
+    # counted before the direction filter, so the page shows what the other direction holds
+    directions = Counter(direction_of(r) for r in records)
+    if filters["direction"]:
+        records = [r for r in records if direction_of(r) == filters["direction"]]
     reasons = Counter(r.get("reason") or "-" for r in records)
+
+    def link(direction: str) -> str:  # this page with the same filters, another direction
+        wanted: dict[str, Any] = {**filters, "status": status, "direction": direction}
+        return url_for("admin.index", **{k: v for k, v in wanted.items() if v})
+
     return render_template("admin/index.html", records=list(reversed(records)), reasons=sorted(reasons.items()),
+                           directions=[(d, directions[d], link(d)) for d in DIRECTIONS], both=link(""),
                            filters=filters, status=status, statuses=STATUSES, error=error,
                            done=request.args.get("done"))
 
@@ -118,11 +138,14 @@ def discard(record_id: int) -> BaseResponse:
 @bp.post("/requeue")
 def requeue_reason() -> BaseResponse:
     reason = request.form.get("reason", "").strip()
+    direction = _direction(request.form.get("direction"))
+    kept: dict[str, Any] = {"direction": direction} if direction else {}
     if not reason:
-        return redirect(url_for("admin.index", done="name a reason to requeue"))
-    actions = _service().requeue(None, reason)
-    done = f"{sum(1 for a in actions if a.what.startswith('requeued'))} requeued with reason {reason}"
-    return redirect(url_for("admin.index", done=done))
+        return redirect(url_for("admin.index", done="name a reason to requeue", **kept))
+    actions = _service().requeue(None, reason, direction or None)
+    done = (f"{sum(1 for a in actions if a.what.startswith('requeued'))} requeued with reason {reason}"
+            + (f", direction {direction}" if direction else ""))
+    return redirect(url_for("admin.index", done=done, **kept))
 
 
 # ----------------------------------------------------------------------------- live counts

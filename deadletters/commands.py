@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from deadletters.format import age, parse_age, pretty_payload
-from deadletters.service import DeadLetters
+from deadletters.service import DeadLetters, direction_of
 from shared import headers
 from shared.exitcodes import FAILURES
 from shared.lime import LimeClient
-from shared.logrecords import STATUSES, status_of
+from shared.logrecords import DIRECTIONS, STATUSES, status_of
 
 
 def _service(ctx: click.Context) -> DeadLetters:
@@ -54,29 +54,37 @@ def dlq() -> None:
 @click.option("--older-than", help="e.g. 2d, 12h, 30m")
 @click.option("--status", default="failed", show_default=True, callback=_statuses,
               help=f"{', '.join(STATUSES)} or all; several comma-separated")
+@click.option("--direction", type=click.Choice(DIRECTIONS),
+              help="from_bfus (BFUS -> Lime, also records without a direction) or to_bfus (Lime -> BFUS)")
 @click.pass_context
 def list_(ctx: click.Context, reason: str | None, objecttype: str | None, customerno: str | None,
-          older_than: str | None, status: tuple[str, ...]) -> None:
+          older_than: str | None, status: tuple[str, ...], direction: str | None) -> None:
     """Failed messages, oldest first, with how many dead letters each has in the queue."""
     service = _service(ctx)
-    records = service.records(status, reason, objecttype, customerno, _age_option(older_than))
+    records = service.records(status, reason, objecttype, customerno, _age_option(older_than), direction)
     in_queue: dict[int, int] = {}
     for letter in service.letters():
         if letter.record_id is not None:
             in_queue[letter.record_id] = in_queue.get(letter.record_id, 0) + 1
-    table = Table(title=f"{len(records)} message(s), status {','.join(status)}")
-    for column in ("id", "message", "objecttype", "key", "customer", "reason", "attempts", "status", "age", "queued"):
+    table = Table(title=f"{len(records)} message(s), status {','.join(status)}"
+                  + (f", direction {direction}" if direction else ""))
+    for column in ("id", "message", "direction", "objecttype", "key", "customer", "reason", "attempts", "status",
+                   "age", "queued"):
         table.add_column(column, justify="right" if column in ("id", "message", "attempts", "queued") else "left")
     for r in records:
-        table.add_row(str(r["_id"]), str(r.get("messageid") or "-"), r.get("objecttype") or "-", r.get("key") or "-",
-                      r.get("customerno") or "-", r.get("reason") or "-", str(r.get("attempts") or 0),
-                      status_of(r), age(r.get("failedtime")), str(in_queue.get(r["_id"], 0)))
-    Console(width=140).print(table)
+        table.add_row(str(r["_id"]), str(r.get("messageid") or "-"), direction_of(r), r.get("objecttype") or "-",
+                      r.get("key") or "-", r.get("customerno") or "-", r.get("reason") or "-",
+                      str(r.get("attempts") or 0), status_of(r), age(r.get("failedtime")),
+                      str(in_queue.get(r["_id"], 0)))
+    Console(width=150).print(table)
     counts: dict[str, int] = {}
+    directions: dict[str, int] = {}
     for r in records:
         counts[r.get("reason") or "-"] = counts.get(r.get("reason") or "-", 0) + 1
+        directions[direction_of(r)] = directions.get(direction_of(r), 0) + 1
     if counts:
         click.echo("by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        click.echo("by direction: " + ", ".join(f"{d} {directions.get(d, 0)}" for d in DIRECTIONS))
 
 
 @dlq.command()
@@ -94,6 +102,7 @@ def show(ctx: click.Context, record_id: int) -> None:
         sys.exit(FAILURES)
     letters = [letter for letter in service.letters() if letter.record_id == record_id]
     click.echo(f"failed-message record {record_id} in Lime ({service.limetype})")
+    click.echo(f"  {'direction:':<15} {direction_of(record)}")
     for name in ("messageid", "objecttype", "operation", "key", "customerno", "bfustimestamp", "failedtime",
                  "reason", "attempts"):
         click.echo(f"  {name + ':':<15} {record.get(name) if record.get(name) not in (None, '') else '-'}")
@@ -113,18 +122,22 @@ def show(ctx: click.Context, record_id: int) -> None:
 @dlq.command()
 @click.argument("record_ids", type=int, nargs=-1)
 @click.option("--reason", help="Every failed message with this reason.")
+@click.option("--direction", type=click.Choice(DIRECTIONS), help="Every failed message in this direction.")
 @click.option("--all", "all_", is_flag=True, help="Every failed message.")
 @click.pass_context
-def requeue(ctx: click.Context, record_ids: tuple[int, ...], reason: str | None, all_: bool) -> None:
-    """Send failed messages back to their partitions (oldest BFUS id first)."""
-    if not (record_ids or reason or all_):
-        raise click.UsageError("name record ids, or --reason R, or --all")
-    actions = _service(ctx).requeue(record_ids or None, reason)
+def requeue(ctx: click.Context, record_ids: tuple[int, ...], reason: str | None, direction: str | None,
+            all_: bool) -> None:
+    """Send failed messages back to their partitions (oldest BFUS id first). --reason and
+    --direction together: the failed messages with both."""
+    if not (record_ids or reason or direction or all_):
+        raise click.UsageError("name record ids, or --reason R, or --direction D, or --all")
+    actions = _service(ctx).requeue(record_ids or None, reason, direction)
     for action in actions:
         click.echo(str(action))
     requeued = sum(1 for a in actions if a.what.startswith("requeued"))
     if not actions:
-        click.echo("no failed message" + (f" with reason {reason}" if reason else "") + ": nothing to requeue")
+        click.echo("no failed message" + (f" with reason {reason}" if reason else "")
+                   + (f" in direction {direction}" if direction else "") + ": nothing to requeue")
         return
     click.echo(f"{requeued} requeued")
     if requeued < len(actions):

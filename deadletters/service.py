@@ -30,8 +30,15 @@ from shared.envelope import EnvelopeError, parse_envelope
 from shared.jsonbody import storable
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.limeevents import parse_event
-from shared.logrecords import CLOSED, DISCARDED, FAILED, OPEN, REQUEUED, TO_BFUS, status_of
+from shared.logrecords import CLOSED, DISCARDED, FAILED, FROM_BFUS, OPEN, REQUEUED, TO_BFUS, status_of
 from shared.topology import INVALID_ROUTING_KEY, Topology, connection_parameters
+
+
+def direction_of(record: dict[str, Any]) -> str:
+    """A failed-message record's direction: ``to_bfus`` (a Lime change BFUS refused) or
+    ``from_bfus`` (a BFUS change, also every record written before the log carried a
+    direction, or with outbound off and no direction property in Lime)."""
+    return TO_BFUS if option_key(record.get("direction")) == TO_BFUS else FROM_BFUS
 
 
 @dataclass
@@ -98,8 +105,10 @@ class DeadLetters:
 
     def records(self, statuses: Iterable[str] = (FAILED,), reason: str | None = None,
                 objecttype: str | None = None, customerno: str | None = None,
-                older_than: dt.timedelta | None = None) -> list[dict[str, Any]]:
-        """Failed-message records, oldest first, filtered."""
+                older_than: dt.timedelta | None = None, direction: str | None = None) -> list[dict[str, Any]]:
+        """Failed-message records, oldest first, filtered. The direction is filtered
+        here, not by Lime: a record without one is ``from_bfus``, and a Lime without
+        the direction property (outbound off) would refuse the filter."""
         out: list[dict[str, Any]] = []
         for status in statuses:
             params: dict[str, Any] = {"status": status, "_sort": "_id"}
@@ -111,7 +120,8 @@ class DeadLetters:
                 params["customerno"] = customerno
             if older_than is not None:
                 params["max-failedtime"] = (dt.datetime.now(dt.UTC) - older_than).isoformat()
-            out.extend(self.lime.iterate(self.limetype, params, page_size=500))
+            out.extend(r for r in self.lime.iterate(self.limetype, params, page_size=500)
+                       if direction is None or direction_of(r) == direction)
         return sorted(out, key=lambda r: r["_id"])
 
     def record(self, record_id: int) -> dict[str, Any]:
@@ -172,13 +182,18 @@ class DeadLetters:
 
     # ------------------------------------------------------------------ commands
 
-    def requeue(self, record_ids: Iterable[int] | None = None, reason: str | None = None) -> list[Action]:
+    def requeue(self, record_ids: Iterable[int] | None = None, reason: str | None = None,
+                direction: str | None = None) -> list[Action]:
         """Send failed messages back to their partitions, oldest BFUS id first. None of
-        ``record_ids`` and ``reason``: every failed message."""
+        ``record_ids``, ``reason`` and ``direction``: every failed message."""
         wanted = set(record_ids) if record_ids is not None else None
-        candidates = [r for r in self.records((FAILED,), reason=reason) if wanted is None or r["_id"] in wanted]
-        actions = [Action(i, None, "not a failed message (unknown, or resolved, discarded or requeued already)",
-                          found=False) for i in sorted((wanted or set()) - {r["_id"] for r in candidates})]
+        candidates = [r for r in self.records((FAILED,), reason=reason, direction=direction)
+                      if wanted is None or r["_id"] in wanted]
+        unmatched = ("not a failed message (unknown, or resolved, discarded or requeued already)"
+                     if reason is None and direction is None else
+                     "not a failed message of that reason or direction (or resolved, discarded or requeued already)")
+        actions = [Action(i, None, unmatched, found=False)
+                   for i in sorted((wanted or set()) - {r["_id"] for r in candidates})]
         candidates.sort(key=lambda r: (r.get("messageid") is None, r.get("messageid") or 0, r["_id"]))
         connection = self._connect()
         try:
@@ -293,6 +308,8 @@ class DeadLetters:
             "attempts": headers.integer(h.get(headers.ATTEMPTS)) or 1,
             "status": FAILED,
         }
+        if letter.direction == TO_BFUS:  # only outbound makes these, and outbound needs the property
+            values["direction"] = TO_BFUS
         record = self.lime.create(self.limetype, values)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
                                      headers={**h, headers.FAILED_RECORD: record["_id"]})

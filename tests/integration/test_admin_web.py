@@ -1,5 +1,6 @@
 """The /admin pages in headless Chromium: a failed message appears, is requeued once
-its cause is fixed, and shows as resolved. Screenshots of the list and the detail
+its cause is fixed, and shows as resolved; with Lime -> BFUS on, the page filters by
+direction and requeues a change BFUS refused. Screenshots of the list and the detail
 view are written (to docs/ when BFUSLIME_SCREENSHOTS=docs)."""
 
 from __future__ import annotations
@@ -7,13 +8,18 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 
-from sandbox.stack import Stack, wait_for
+from cli.main import main
+from sandbox.bfus.changes import ChangeMix
+from sandbox.stack import Stack, config_environment, wait_for
+from shared.lime import LimeClient, option_key
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -33,13 +39,16 @@ def customer(mid: int) -> dict[str, Any]:
             "data": {"customerno": "400001", "customertype": "company", "name": "Lindqvists Bageri AB"}}
 
 
+ADMIN = {"admin": {"user": "ops", "password": "s3cret"}}
+
+
 @pytest.fixture
 def stack(make_stack: Callable[..., Stack]) -> Stack:
-    return make_stack(partitions=2, config={"admin": {"user": "ops", "password": "s3cret"}}).start(workers=1)
+    return make_stack(partitions=2, config=ADMIN).start(workers=1)
 
 
-@pytest.fixture
-def page(stack: Stack) -> Iterator[Any]:
+@contextmanager
+def browser_page() -> Iterator[Any]:
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (make test installs it)")
     from playwright.sync_api import sync_playwright
@@ -50,6 +59,12 @@ def page(stack: Stack) -> Iterator[Any]:
                                       viewport={"width": 1280, "height": 900})
         yield context.new_page()
         browser.close()
+
+
+@pytest.fixture
+def page(stack: Stack) -> Iterator[Any]:
+    with browser_page() as page:
+        yield page
 
 
 def shots(tmp_path: Path) -> Path:
@@ -114,3 +129,72 @@ def test_admin_is_off_without_a_password(make_stack: Callable[..., Stack]) -> No
     stack = make_stack(partitions=2)
     stack.start_receiver()
     assert requests.get(f"{stack.receiver_url}admin/", auth=("admin", ""), timeout=10).status_code == 404
+
+
+def test_the_page_filters_by_direction_and_requeues_a_change_bfus_refused(make_stack: Callable[..., Stack]) -> None:
+    """One failed message each way: a BFUS contract whose customer Lime lacks (from_bfus)
+    and a Lime edit BFUS refuses (to_bfus). The direction filter shows only the chosen
+    one, counts both, and the to_bfus one requeues from its page once mended in Lime."""
+    stack = make_stack(partitions=2, outbound=True, config=ADMIN, lime_settings={"webhook_retry_base": 0.2})
+    stack.start(workers=1)
+    stack.subscribe_webhooks()
+    lime = LimeClient(stack.config.lime)
+    stack.bfus.changes.make(2, customers=1, mix=ChangeMix(update=1.0, delete=0.0))
+    stack.wait_quiet()
+    company = stack.lime_objects("company")[0]
+    customerno = company["customerno"]
+    assert stack.post(contract(21)).status_code == 202  # customer 400001 is not in Lime: missing_related
+    lime.update("company", company["_id"], {"email": "not an address"})  # BFUS refuses it: bfus_rejected
+    wait_for(lambda: len(stack.log_records()[1]) == 2, 30, "two failed messages")
+    stack.wait_quiet()
+    failed = {option_key(r.get("direction")): r for r in stack.log_records()[1]}
+    assert sorted(failed) == ["from_bfus", "to_bfus"]
+    # the command reads every BFUSLIME_* variable as configuration: not this file's own
+    env: dict[str, str | None] = {**config_environment(stack.raw), "BFUSLIME_SCREENSHOTS": None}
+    listed = CliRunner().invoke(main, ["dlq", "list", "--direction", "to_bfus"], env=env, catch_exceptions=False)
+    assert "1 message(s), status failed, direction to_bfus" in listed.output, listed.output
+    assert "by reason: bfus_rejected 1" in listed.output and "by direction: from_bfus 0, to_bfus 1" in listed.output
+    both = CliRunner().invoke(main, ["dlq", "list"], env=env, catch_exceptions=False)
+    assert "by direction: from_bfus 1, to_bfus 1" in both.output, both.output
+
+    with browser_page() as page:
+        page.goto(f"{stack.receiver_url}admin/")
+        assert page.locator("tbody tr").count() == 2
+        counts = page.inner_text("#directions")
+        assert "from_bfus (BFUS → Lime): 1" in counts and "to_bfus (Lime → BFUS): 1" in counts
+
+        page.select_option("#direction", "to_bfus")
+        page.click("form.filters button[type=submit]")
+        assert "direction=to_bfus" in page.url
+        rows = page.locator("tbody tr")
+        assert rows.count() == 1 and rows.locator("td.direction").inner_text() == "to_bfus"
+        assert customerno in rows.inner_text() and "bfus_rejected" in rows.inner_text()
+        reasons = page.inner_text("#reasons")
+        assert "bfus_rejected: 1" in reasons and "missing_related" not in reasons
+        assert "to_bfus (Lime → BFUS): 1" in page.inner_text("#directions")  # both still counted
+
+        page.goto(f"{stack.receiver_url}admin/?direction=from_bfus")
+        rows = page.locator("tbody tr")
+        assert rows.count() == 1 and rows.locator("td.direction").inner_text() == "from_bfus"
+        assert "missing_related" in rows.inner_text() and "bfus_rejected" not in page.inner_text("#reasons")
+
+        lime.update("company", company["_id"], {"email": "kontor@example.se"})  # a person mends it
+        stack.wait_quiet()
+        page.goto(f"{stack.receiver_url}admin/?direction=to_bfus")
+        page.locator("tbody tr a").click()
+        assert page.inner_text("#direction").startswith("to_bfus")
+        page.click("#requeue")
+        assert "requeued to" in page.inner_text("[role=status]")
+        record_id = failed["to_bfus"]["_id"]
+        assert page.url.split("/failed/")[1].split("?")[0] == str(record_id)
+
+        def resolved() -> bool:
+            page.goto(f"{stack.receiver_url}admin/failed/{record_id}")
+            return page.inner_text("#status") == "resolved"
+
+        wait_for(resolved, 30, "the to_bfus message to show as resolved", interval=0.5)
+        page.goto(f"{stack.receiver_url}admin/?direction=from_bfus")
+        assert page.locator("tbody tr .status-failed").count() == 1  # the other direction was left alone
+    stack.wait_quiet()
+    stored = stack.bfus.store.get("customer", customerno)
+    assert stored is not None and stored["data"]["email"] == "kontor@example.se"
