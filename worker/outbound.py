@@ -12,7 +12,7 @@ LimeUnavailable and BfusUnavailable through for what will succeed later."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bfus import BfusClient, BfusRejected
@@ -24,6 +24,7 @@ from worker.apply import PermanentFailure
 # BFUS fields sent when a customer is created, beside the flowing ones: who it is.
 IDENTITY_FIELDS = ("customertype", "orgno", "socialsecurityno")
 REASONS = {409: "bfus_duplicate", 404: "bfus_not_found"}
+CREATE, UPDATE, NOTHING = "create", "update", ""
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,23 @@ class Sent:
     def describe(self) -> str:
         names = ", ".join(sorted(self.fields))
         return f"{self.operation} in BFUS (answered {self.status}): {names}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What would go to BFUS for one company, found without writing anything.
+    ``operation``: create, update, or "" when nothing needs sending (``why`` says
+    why; ``found`` is False when Lime has no such company). ``fields``: the BFUS
+    fields to send and their values; ``in_bfus``: an update's fields as BFUS has
+    them now. Values are personal data: show them to an operator, never log them."""
+
+    company_id: int
+    operation: str
+    customerno: str = ""
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
+    in_bfus: dict[str, Any] = field(default_factory=dict, repr=False)
+    why: str = ""
+    found: bool = True
 
 
 class Outbound:
@@ -75,18 +93,29 @@ class Outbound:
     def send(self, company_id: int) -> Sent | None:
         """Bring BFUS up to date with the company as Lime has it now; None when
         nothing needed sending."""
+        return self.carry_out(self.plan(company_id))
+
+    def plan(self, company_id: int) -> Plan:
+        """What :meth:`send` would send for the company as Lime has it now, found with
+        the same reads (the company; BFUS's customer when it is linked) and no write."""
         try:
             company = self.lime.get(self.limetype, company_id)
         except LimeRejected as err:
-            if err.status == 404:
-                return None  # removed in Lime since: nothing to send
+            if err.status == 404:  # removed in Lime since: nothing to send
+                return Plan(company_id, NOTHING, why=f"Lime has no {self.limetype} {company_id}", found=False)
             raise
         customerno = self._linked(company)
         if not customerno:
-            return self._create(company) if self._wants_create(company) else None
+            if not self._wants_create(company):
+                rule = (f"its {self.create_when} is not set" if self.create_when
+                        else "creating customers from Lime is off (outbound.create_when)")
+                return Plan(company_id, NOTHING, why=f"it has no customer number and {rule}")
+            fields = {k: v for k, v in self._bfus_values(company, self.create_properties).items() if v is not None}
+            return Plan(company_id, CREATE, "", fields)
         properties = self._changed(company)
         if not properties:
-            return None
+            return Plan(company_id, NOTHING, customerno,
+                        why="no field that flows to BFUS was changed in Lime since BFUS last had it")
         current = self.bfus.find_customer(customerno)
         if current is None:
             raise PermanentFailure("bfus_not_found", f"BFUS has no customer {customerno}, which the {self.limetype} "
@@ -94,27 +123,35 @@ class Outbound:
         in_bfus = self._mapped(current)
         differing = tuple(p for p in properties if normal(company.get(p)) != in_bfus.get(p))
         if not differing:
-            return None
+            return Plan(company_id, NOTHING, customerno, why="BFUS already has the values changed in Lime")
         fields = self._bfus_values(company, differing)
+        return Plan(company_id, UPDATE, customerno, fields, {f: current.get(f) for f in fields})
+
+    def carry_out(self, plan: Plan) -> Sent | None:
+        """Send what :meth:`plan` found; None when there was nothing to send (or an
+        earlier try of the same creation got through)."""
+        if plan.operation == CREATE:
+            return self._create(plan.company_id, plan.fields)
+        if plan.operation != UPDATE:
+            return None
         try:
-            answer = self.bfus.update_customer(customerno, fields)
+            answer = self.bfus.update_customer(plan.customerno, plan.fields)
         except BfusRejected as err:
             raise self._refused(err, "update") from None
-        return Sent("updated", str(answer.get("customerno") or customerno), fields, 200)
+        return Sent("updated", str(answer.get("customerno") or plan.customerno), plan.fields, 200)
 
-    def _create(self, company: dict[str, Any]) -> Sent | None:
-        fields = {k: v for k, v in self._bfus_values(company, self.create_properties).items() if v is not None}
+    def _create(self, company_id: int, fields: dict[str, Any]) -> Sent | None:
         try:
             created = self.bfus.create_customer(fields)
         except BfusRejected as err:
-            if err.status == 409 and self._linked(self.lime.get(self.limetype, company["_id"])):
+            if err.status == 409 and self._linked(self.lime.get(self.limetype, company_id)):
                 return None  # an earlier try got through and the company is linked since
             raise self._refused(err, "create") from None
         customerno = str(created.get("customerno") or "")
         if not customerno:
             raise PermanentFailure("bfus_error", "BFUS created the customer but answered no customer number.",
                                    "no customerno in BFUS's answer")
-        self.lime.update(self.limetype, company["_id"], {self.mapper.key_property: customerno})
+        self.lime.update(self.limetype, company_id, {self.mapper.key_property: customerno})
         return Sent("created", customerno, fields, 201)
 
     def _mapped(self, customer: dict[str, Any]) -> dict[str, Any]:
