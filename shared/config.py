@@ -61,6 +61,13 @@ class ReceiverConfig:
     lime_previous_secret: str = ""
     lime_max_age: float = 300.0
     deliveries_db: str = ""
+    public_url: str = ""  # where Lime reaches this receiver (https://host/), for the webhook subscription
+
+    @property
+    def lime_events_url(self) -> str:
+        """The webhook subscription's target: ``POST /lime/events`` at ``public_url``
+        ("" when it is not set)."""
+        return f"{self.public_url}lime/events" if self.public_url else ""
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,18 @@ def _url_with_scheme(*schemes: str) -> Callable[[str], None]:
     return check
 
 
+def _public_base_url(value: str) -> None:
+    """Empty, or an http(s) address to put paths under: no query, no fragment, not yet
+    a path of the receiver's own."""
+    if value == "":
+        return
+    _url_with_scheme("http", "https")(value)
+    if "?" in value or "#" in value:
+        raise ValidationError("Must be the receiver's base address, without ? or #.")
+    if value.rstrip("/").endswith(("/lime/events", "/bfus/messages")):
+        raise ValidationError("Must be the receiver's base address (https://host/), without /lime/events.")
+
+
 class BrokerSchema(_Strict):
     url = fields.String(required=True, validate=_url_with_scheme("amqp", "amqps"))
     prefix = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
@@ -230,9 +249,12 @@ class ReceiverSchema(_Strict):
     lime_previous_secret = fields.String(required=True)
     lime_max_age = fields.Float(required=True, validate=validate.Range(min=1, max=86400))
     deliveries_db = fields.String(required=True)
+    public_url = fields.String(required=True, validate=_public_base_url)
 
     @post_load
     def make(self, data: dict, **_: Any) -> ReceiverConfig:
+        if data["public_url"] and not data["public_url"].endswith("/"):
+            data["public_url"] += "/"
         return ReceiverConfig(**data)
 
 
