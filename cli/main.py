@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli import operations, services
+from cli import operations, outbound, services
 from cli.config import config_option, load
 from cli.failures import explain
 from deadletters.commands import dlq
@@ -55,6 +55,6 @@ def _accept_config(command: click.Command) -> None:
             _accept_config(sub)
 
 
-for command in (*services.COMMANDS, *operations.COMMANDS, migrate, dlq):
+for command in (*services.COMMANDS, *operations.COMMANDS, *outbound.COMMANDS, migrate, dlq):
     _accept_config(command)
     main.add_command(command)
