@@ -21,12 +21,14 @@ class PermanentFailure(Exception):
     """``error`` is the readable text for the failed-message record (it may quote BFUS
     values); ``detail`` is what may go into a log line: never a value."""
 
-    def __init__(self, reason: str, error: str, detail: str = "", company_id: int | None = None):
+    def __init__(self, reason: str, error: str, detail: str = "", company_id: int | None = None,
+                 customerno: str = ""):
         super().__init__(f"{reason}: {error}")
         self.reason = reason
         self.error = error
         self.detail = detail
         self.company_id = company_id
+        self.customerno = customerno  # the customer it concerns, when the message did not say (a swept event)
 
 
 @dataclass(frozen=True)

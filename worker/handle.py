@@ -291,6 +291,8 @@ class MessageHandler:
         try:
             sent = self._retrying(lambda: outbound.send(event.id), "send_to_bfus", sleep, delivery.key)
         except PermanentFailure as failure:
+            if failure.customerno:  # a swept event names only the company: the failure knows its customer
+                facts = replace(facts, operation="updated", key=failure.customerno, customerno=failure.customerno)
             self._fail(delivery, facts, failure.reason, failure.error, raw, event.id, sleep, failure.detail)
             return
         if sent is None:

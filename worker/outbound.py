@@ -119,12 +119,13 @@ class Outbound:
         current = self.bfus.find_customer(customerno)
         if current is None:
             raise PermanentFailure("bfus_not_found", f"BFUS has no customer {customerno}, which the {self.limetype} "
-                                   f"{company_id} in Lime is linked to.", "BFUS has no such customer")
-        in_bfus = self._mapped(current)
+                                   f"{company_id} in Lime is linked to.", "BFUS has no such customer",
+                                   customerno=customerno)
+        in_bfus = self._mapped(current, customerno)
         differing = tuple(p for p in properties if normal(company.get(p)) != in_bfus.get(p))
         if not differing:
             return Plan(company_id, NOTHING, customerno, why="BFUS already has the values changed in Lime")
-        fields = self._bfus_values(company, differing)
+        fields = self._bfus_values(company, differing, customerno)
         return Plan(company_id, UPDATE, customerno, fields, {f: current.get(f) for f in fields})
 
     def carry_out(self, plan: Plan) -> Sent | None:
@@ -137,7 +138,7 @@ class Outbound:
         try:
             answer = self.bfus.update_customer(plan.customerno, plan.fields)
         except BfusRejected as err:
-            raise self._refused(err, "update") from None
+            raise self._refused(err, "update", plan.customerno) from None
         return Sent("updated", str(answer.get("customerno") or plan.customerno), plan.fields, 200)
 
     def _create(self, company_id: int, fields: dict[str, Any]) -> Sent | None:
@@ -154,24 +155,25 @@ class Outbound:
         self.lime.update(self.limetype, company_id, {self.mapper.key_property: customerno})
         return Sent("created", customerno, fields, 201)
 
-    def _mapped(self, customer: dict[str, Any]) -> dict[str, Any]:
+    def _mapped(self, customer: dict[str, Any], customerno: str) -> dict[str, Any]:
         try:
             return self.mapper.map(customer)
         except MappingError as err:
             raise PermanentFailure("mapping_error", f"BFUS's customer does not map to Lime: {err}",
-                                   f"field '{err.field}': {err.problem}") from None
+                                   f"field '{err.field}': {err.problem}", customerno=customerno) from None
 
-    def _bfus_values(self, company: dict[str, Any], properties: tuple[str, ...]) -> dict[str, Any]:
+    def _bfus_values(self, company: dict[str, Any], properties: tuple[str, ...],
+                     customerno: str = "") -> dict[str, Any]:
         try:
             return self.mapper.bfus_values(company, properties)
         except MappingError as err:
             raise PermanentFailure("mapping_error", f"The {self.limetype} does not map to BFUS: {err}",
-                                   f"field '{err.field}': {err.problem}") from None
+                                   f"field '{err.field}': {err.problem}", customerno=customerno) from None
 
     @staticmethod
-    def _refused(err: BfusRejected, what: str) -> PermanentFailure:
+    def _refused(err: BfusRejected, what: str, customerno: str = "") -> PermanentFailure:
         fields = "; ".join(f"{name}: {' '.join(map(str, texts)) if isinstance(texts, list) else texts}"
                            for name, texts in err.fields.items())
         text = f"BFUS refused the {what} ({err.status} {err.code}): {err.message}" + (f" [{fields}]" if fields else "")
-        return PermanentFailure(REASONS.get(err.status, "bfus_rejected"), text,
-                                f"BFUS {err.status} {err.code} ({', '.join(sorted(err.fields))})")
+        detail = f"BFUS {err.status} {err.code} ({', '.join(sorted(err.fields))})"
+        return PermanentFailure(REASONS.get(err.status, "bfus_rejected"), text, detail, customerno=customerno)

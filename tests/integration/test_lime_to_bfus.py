@@ -166,3 +166,19 @@ def test_a_change_whose_webhook_lime_dropped_is_caught_by_the_sweep(make_stack: 
     assert stack.bfus.writes == {"POST": 0, "PUT": 1}
     sent, failed = records(stack, "to_bfus")
     assert ([r["customerno"] for r in sent], failed) == ([customerno], [])
+
+
+def test_a_refusal_of_a_swept_change_is_recorded_against_its_customer(make_stack: Callable[..., Stack]) -> None:
+    """A swept event names only the company; its failed record still names the
+    customer and the update that BFUS refused, as a webhook's would."""
+    stack = make_stack(partitions=4, outbound=True, config={"outbound": {"sweep_interval": 0.5}},
+                       lime_settings={"webhook_retry_base": 0.2}).start(workers=1)
+    stack.subscribe_webhooks()
+    customerno = synced_customers(stack, 2)[0]
+    stack.lime.webhooks.lose_rate = 1.0
+    company = companies(stack, customerno=customerno)[0]
+    lime(stack).update("company", company["_id"], {"email": "not an address"})
+    wait_for(lambda: records(stack, "to_bfus")[1], 30, "the sweep's failed record")
+    _, failed = records(stack, "to_bfus")
+    assert [(r["reason"], r["operation"], r["customerno"], r["key"], r["company"]) for r in failed] == [
+        ("bfus_rejected", "updated", customerno, customerno, company["_id"])]
