@@ -4,8 +4,8 @@ companies Lime changed since the last sweep (``min-_timestamp``, Lime's own advi
 polling; Lime's clock, so no skew) and queues an event for each one whose values show
 something to send, to its partition, like a webhook. Companies whose values match
 their fingerprint (every company the integration itself wrote) cost nothing beyond
-the list: one Lime call per 50 changed companies, and one per sweep when none
-changed."""
+the list: one Lime call per 50 changed companies (a few more when companies change
+during the sweep: they are met again), and one per sweep when none changed."""
 
 from __future__ import annotations
 
@@ -41,20 +41,40 @@ class Sweep:
             self.since = (stamp - dt.timedelta(seconds=lookback)).isoformat(timespec="microseconds")
 
     def once(self) -> int:
-        """One sweep; the number of events queued."""
-        params = {"_sort": "_timestamp"}
-        if self.since is not None:
-            params["min-_timestamp"] = self.since
+        """One sweep; the number of events queued.
+
+        It pages by Lime's clock, not by offset: each page asks for the companies
+        changed at or after the newest ``_timestamp`` seen (``min-_timestamp``, in
+        ``_timestamp, _id`` order), so a company changed while the sweep runs moves
+        ahead and is met again, and none slides past a page boundary unseen, as it
+        would under offset paging while BFUS's stream rewrites companies. The ones
+        met twice (their stamp equals the boundary) are skipped the second time."""
         queued = listed = 0
-        for company in self.lime.iterate(self.outbound.limetype, params, page_size=PAGE):
-            listed += 1
-            self.since = max(self.since or "", str(company.get("_timestamp") or ""))
-            if self.outbound.nothing_to_send(company):
-                continue
-            self._queue(LimeEvent(self.outbound.limetype, "update", company["_id"]))
-            queued += 1
+        at_since: set[int] = set()  # ids met whose _timestamp equals self.since
+        while True:
+            params: dict[str, object] = {"_sort": "_timestamp,_id", "_limit": PAGE}
+            if self.since is not None:
+                params["min-_timestamp"] = self.since
+            if len(at_since) >= PAGE:  # a page's worth of companies of one stamp: step over them
+                params["_offset"] = len(at_since)
+            page, _ = self.lime.list_page(self.outbound.limetype, params)
+            fresh = [c for c in page if not (self._stamp(c) == self.since and c["_id"] in at_since)]
+            for company in fresh:
+                listed += 1
+                if self._stamp(company) != self.since:
+                    self.since, at_since = self._stamp(company), set()
+                at_since.add(company["_id"])
+                if not self.outbound.nothing_to_send(company):
+                    self._queue(LimeEvent(self.outbound.limetype, "update", company["_id"]))
+                    queued += 1
+            if len(page) < PAGE or not fresh:
+                break
         log.info("sweep_done", listed=listed, queued=queued)
         return queued
+
+    @staticmethod
+    def _stamp(company: dict[str, object]) -> str:
+        return str(company.get("_timestamp") or "")
 
     def _queue(self, event: LimeEvent) -> None:
         body = json.dumps({"event": f"{event.limetype}.update",
