@@ -23,6 +23,10 @@ from worker.outbound import Outbound
 
 log = get_logger(component="sweep")
 PAGE = 50
+# How much further back than two intervals a worker's first sweep looks: partition 0
+# passes to it only after its last owner is gone, which for a killed worker takes the
+# broker's heartbeat timeout (2 x broker.heartbeat) and a rebalance; this covers that.
+TAKEOVER = 300.0
 
 
 class Sweep:
@@ -83,16 +87,16 @@ class Sweep:
                                queue_properties(f"sweep:{event.id}"))
 
 def sweep_on_schedule(sweep: Sweep, interval: float, is_owner: Callable[[], bool], stopping: threading.Event) -> None:
-    """The first sweep looks back two intervals from Lime's newest change (so a worker
-    taking over finds what its predecessor had not swept yet); later ones at what
-    changed since. Lime or the broker away: the next interval tries again from the
-    same point."""
+    """The first sweep looks back two intervals and :data:`TAKEOVER` from Lime's newest
+    change (so a worker taking over finds what its predecessor had not swept yet);
+    later ones at what changed since. Lime or the broker away: the next interval
+    tries again from the same point."""
     while not stopping.wait(interval):
         if not is_owner():
             continue
         try:
             if sweep.since is None:
-                sweep.start_point(2 * interval)
+                sweep.start_point(2 * interval + TAKEOVER)
             sweep.once()
         except (LimeUnavailable, BrokerUnavailable) as err:
             log.warning("sweep_postponed", error=str(err))
