@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.fingerprint import normal
 from shared.lime import option_key
 from shared.mapping import ObjectMapper
 
@@ -26,23 +27,29 @@ class CheckReport:
     unlogged: list[int] = field(default_factory=list)
     logged_twice: list[int] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
+    # Lime -> BFUS on: companies whose fields that flow to BFUS differ from BFUS's
+    # customer, and companies marked for BFUS that never got a customer number.
+    disagreeing: list[str] = field(default_factory=list)
+    unsent: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.mismatched or self.missing or self.duplicated or self.unlogged or self.logged_twice
-                    or self.out_of_order)
+                    or self.out_of_order or self.disagreeing or self.unsent)
 
     def summary(self) -> str:
         return (
             f"objects {self.objects} (mismatched {len(self.mismatched)}, missing {len(self.missing)}, "
             f"duplicated {len(self.duplicated)}); messages {self.messages}: processed {self.processed}, "
             f"failed {self.failed}, unlogged (lost) {len(self.unlogged)}, logged twice {len(self.logged_twice)}, "
-            f"applied out of order {len(self.out_of_order)}"
+            f"applied out of order {len(self.out_of_order)}; disagreeing with BFUS {len(self.disagreeing)}, "
+            f"marked for BFUS but not sent {len(self.unsent)}"
         )
 
     def details(self, limit: int = 10) -> str:
         lines = [self.summary()]
-        for name in ("mismatched", "missing", "duplicated", "unlogged", "logged_twice", "out_of_order"):
+        for name in ("mismatched", "missing", "duplicated", "unlogged", "logged_twice", "out_of_order", "disagreeing",
+                     "unsent"):
             items = getattr(self, name)
             if items:
                 lines.append(f"  {name}: {items[:limit]}{' ...' if len(items) > limit else ''}")
@@ -124,17 +131,47 @@ def check_log(report: CheckReport, delivered_ids: Iterable[int], processed: list
         last[obj] = max(record["messageid"], last.get(obj, 0))
 
 
+def check_agreement(report: CheckReport, mapper: ObjectMapper, bfus_customers: dict[str, dict[str, Any]],
+                    companies: Iterable[dict[str, Any]], mark: str | None) -> None:
+    """Lime -> BFUS: every company linked to a live BFUS customer holds, in the fields
+    that flow to BFUS, what BFUS holds now; every company marked for BFUS (``mark``)
+    has a customer number."""
+    for company in companies:
+        customerno = company.get(mapper.key_property)
+        if not customerno:
+            if mark and company.get(mark) is True:
+                report.unsent.append(f"company {company['_id']}")
+            continue
+        customer = bfus_customers.get(str(customerno))
+        if customer is None:
+            continue  # deleted in BFUS (the inbound check covers what Lime shows of it)
+        expected = mapper.map({f: customer.get(f) for f in mapper.to_bfus})
+        diffs = [f"{p}: lime={company.get(p)!r} bfus={expected[p]!r}" for p in mapper.flowing_properties
+                 if normal(company.get(p)) != normal(expected[p])]
+        if diffs:
+            report.disagreeing.append(f"company {company['_id']} / customer {customerno}: " + "; ".join(diffs))
+
+
+def inbound_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The log records of BFUS messages (not of changes sent to BFUS)."""
+    return [r for r in records if option_key(r.get("direction")) in (None, "", "from_bfus")]
+
+
 def check_customers(stack: Any) -> CheckReport:
     """A running :class:`sandbox.stack.Stack`: every customer BFUS sent a message about
-    equals its last snapshot in Lime, and the log records match the delivered messages."""
+    equals its last snapshot in Lime, and the log records match the delivered messages;
+    with Lime -> BFUS on, Lime and BFUS also agree on every field that flows to BFUS."""
     from shared.lime import LimeClient
     from shared.limemeta import check_against_lime
 
     mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
     report = CheckReport()
     sent = {m["key"] for m in stack.bfus.store.messages() if m["objecttype"] == "customer"}
-    check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"), stack.lime_objects("company"),
-                  sent)
+    companies = stack.lime_objects("company")
+    check_objects(report, mappers["customer"], stack.bfus.store.snapshots("customer"), companies, sent)
     processed, failed = stack.log_records()
-    check_log(report, stack.bfus.store.delivered_ids(), processed, failed)
+    check_log(report, stack.bfus.store.delivered_ids(), inbound_records(processed), inbound_records(failed))
+    if stack.config.outbound.enabled:
+        live = {k: stack.bfus.store.get("customer", k)["data"] for k in stack.bfus.store.keys("customer")}
+        check_agreement(report, mappers["customer"], live, companies, stack.config.outbound.create_when)
     return report

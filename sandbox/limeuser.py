@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,13 +43,15 @@ class LimeUser:
     person, never the fingerprint); ``mark`` is the yes/no property that sends a new
     company to BFUS (``outbound.create_when``)."""
 
-    def __init__(self, lime: LimeClient, mapper: ObjectMapper, mark: str, seed: int = 5, tries: int = 5):
+    def __init__(self, lime: LimeClient, mapper: ObjectMapper, mark: str, seed: int = 5, tries: int = 5,
+                 pause: float = 0.0):
         self.lime = lime
         self.mapper = mapper
         self.mark = mark
         self.rng = random.Random(seed)
         self.data = SwedishData(self.rng)
         self.tries = tries
+        self.pause = pause  # seconds between tries
         self.report = LimeUserReport()
 
     def lime_values(self, bfus_values: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +107,6 @@ class LimeUser:
                 write()
                 return True
             except LimeError:
-                continue
+                time.sleep(self.pause)
         self.report.refused += 1
         return False

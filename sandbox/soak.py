@@ -3,30 +3,39 @@
 The BFUS stand-in sends N changes over M customers through the receiver while worker
 processes run; meanwhile one worker is SIGKILLed and restarted twice, another joins,
 the broker is restarted, and the Lime stand-in fails a share of requests, adds
-latency spikes and is down for a while. Afterwards the checker proves from the Lime
-stand-in's data that every company equals its customer's last snapshot, that every
-message id has exactly one log record, that no message was applied after a newer one
-of the same object, and that nothing was lost.
+latency spikes and is down for a while. Lime -> BFUS is on: Lime's webhooks (a share
+of them lost, for the sweep to catch) reach the receiver while a simulated Lime user
+edits a few hundred companies and registers new ones for BFUS. Afterwards the checker
+proves from the stand-ins' data that every company equals its customer's last
+snapshot, that every BFUS message id has exactly one log record, that no message was
+applied after a newer one of the same object, that nothing was lost, and that Lime
+and BFUS agree on every field that flows to BFUS.
 
     python -m sandbox.soak                      # the full run (make soak)
-    python -m sandbox.soak --changes 2000 --customers 300 --outage 5
+    python -m sandbox.soak --changes 2000 --customers 300 --outage 5 --lime-edits 60 --lime-creates 5
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandbox.broker import BrokerHandle, exit_on_sigterm, provide_broker
 from sandbox.check import CheckReport, check_customers
 from sandbox.lime.faults import Faults
+from sandbox.limeuser import LimeUser, LimeUserReport
 from sandbox.stack import Stack, WorkerChild, wait_for
+from shared.lime import LimeClient, option_key
+from shared.limemeta import check_against_lime
 from shared.logs import configure_logging
 
 
@@ -41,6 +50,32 @@ class SoakOptions:
     spike_ms: float = 400.0
     partitions: int = 16
     timeout: float = 1800.0
+    lime_edits: int = 300  # edits by a simulated Lime user during the stream (Lime -> BFUS)
+    lime_creates: int = 20  # companies it registers for BFUS
+    lime_user_rate: float = 5.0  # its writes per second
+    webhook_loss: float = 0.01  # share of Lime's webhooks lost, for the sweep to catch
+    sweep_interval: float = 10.0
+
+
+@dataclass
+class OutboundFigures:
+    """Lime -> BFUS during the soak."""
+
+    user: LimeUserReport
+    bfus_writes: dict[str, int]
+    sent: int  # processed records with direction to_bfus
+    refused_deleted: int  # failed to_bfus records of edits to customers BFUS had deleted (a true refusal)
+    refused_otherwise: list[str]  # any other failed to_bfus record: "reason customerno" (a fault)
+    webhooks: dict[str, int]
+
+    def summary(self) -> str:
+        w = self.webhooks
+        return (f"  Lime user: {self.user.summary()}\n"
+                f"  to BFUS: {self.sent} sent (BFUS writes: {self.bfus_writes['POST']} POST, "
+                f"{self.bfus_writes['PUT']} PUT); refused by BFUS: {self.refused_deleted} edits of customers BFUS "
+                f"had deleted, {len(self.refused_otherwise)} otherwise {self.refused_otherwise[:5]}\n"
+                f"  webhooks: delivered {w['delivered']}, lost {w['lost']} (for the sweep to catch), "
+                f"duplicated {w['duplicated']}")
 
 
 @dataclass
@@ -49,18 +84,26 @@ class SoakResult:
     wall_time: float
     events: list[str] = field(default_factory=list)
     lime_calls: int = 0
+    outbound: OutboundFigures | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not (self.outbound and self.outbound.refused_otherwise)
 
     def summary(self) -> str:
         r = self.report
         return "\n".join([
-            f"soak: {'PASSED' if r.ok else 'FAILED'} in {self.wall_time:.1f}s",
+            f"soak: {'PASSED' if self.ok else 'FAILED'} in {self.wall_time:.1f}s",
             f"  messages delivered by BFUS: {r.messages}",
             f"  log records: {r.processed} processed + {r.failed} failed; lost (no record): {len(r.unlogged)}; "
             f"with more than one record: {len(r.logged_twice)}",
             f"  companies checked: {r.objects}; differing from the last snapshot: {len(r.mismatched)}; "
             f"missing: {len(r.missing)}; duplicated: {len(r.duplicated)}",
             f"  applied after a newer message of the same object: {len(r.out_of_order)}",
+            f"  Lime and BFUS disagreeing on a field that flows to BFUS: {len(r.disagreeing)}; companies marked "
+            f"for BFUS never sent: {len(r.unsent)}",
             f"  Lime calls: {self.lime_calls} ({self.lime_calls / max(1, r.messages):.2f} per message)",
+            *([self.outbound.summary()] if self.outbound else []),
             "  events: " + "; ".join(self.events),
         ])
 
@@ -81,13 +124,21 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
     url = broker.create_vhost()
     faults = Faults(error_rate=options.error_rate, spike_rate=options.spike_rate, spike_ms=options.spike_ms)
     stack = Stack(url, workdir, partitions=options.partitions, management_url=broker.management_url or "",
-                  config={"lime": {"rate_limit": 5000.0}, "worker": {"retry_max": 2.0, "breaker_threshold": 5}},
-                  lime_settings={"faults": faults, "seed": 11}, bfus_retry_pause=0.2)
+                  config={"lime": {"rate_limit": 5000.0}, "worker": {"retry_max": 2.0, "breaker_threshold": 5},
+                          "outbound": {"sweep_interval": options.sweep_interval}},
+                  lime_settings={"faults": faults, "seed": 11, "webhook_retry_base": 0.5}, bfus_retry_pause=0.2,
+                  outbound=True)
+    user_done = threading.Event()
     try:
         stack.start(workers=0)
         children = [stack.spawn_worker(f"worker-{i + 1}") for i in range(options.workers)]
         for child in children:
             child.wait_log("worker_consuming")
+        stack.subscribe_webhooks()
+        stack.lime.webhooks.lose_rate = options.webhook_loss
+        lime = LimeClient(stack.config.lime)
+        user = LimeUser(lime, check_against_lime(stack.config, lime.limetypes())["customer"],
+                        stack.config.outbound.create_when, seed=17, pause=0.5)
         event(f"{options.workers} workers up; sending {options.changes} changes over {options.customers} customers")
         stack.bfus.feed(options.changes, customers=options.customers)
 
@@ -111,6 +162,10 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
             broker.restart()
             event("RabbitMQ back")
 
+        def lime_user() -> None:
+            threading.Thread(target=_edit_and_create, args=(stack, user, options, user_done), daemon=True).start()
+            event(f"a Lime user starts {options.lime_edits} edits and {options.lime_creates} new companies")
+
         def lime_outage() -> None:
             stack.lime.stop()
             event(f"Lime down for {options.outage:.0f}s")
@@ -118,7 +173,7 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
             stack.lime.start()
             event("Lime back")
 
-        plan = [(0.10, lambda: restart_killed(children[0])), (0.25, join), (0.40, restart_broker),
+        plan = [(0.05, lime_user), (0.10, lambda: restart_killed(children[0])), (0.25, join), (0.40, restart_broker),
                 (0.55, lambda: restart_killed(children[1])), (0.70, lime_outage)]
         last_report = 0.0
         deadline = started + options.timeout
@@ -134,14 +189,74 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
                     f"logged {logged}")
                 last_report = time.monotonic()
             time.sleep(0.5)
-        wait_for(lambda: stack.logged_count() >= options.changes, 120, f"{options.changes} log records")
-        wall = time.monotonic() - started
+        wait_for(lambda: user_done.is_set() and _settled(stack), 300, "every message and webhook to be handled")
         stack.lime.faults.configure({"error_rate": 0, "spike_rate": 0})
-        report = check_customers(stack)
-        return SoakResult(report, wall, events, stack.lime.faults.stats()["total"])
+        report = _converged(stack, timeout=max(60.0, 6 * options.sweep_interval))
+        wall = time.monotonic() - started
+        return SoakResult(report, wall, events, stack.lime.faults.stats()["total"], _outbound_figures(stack, user))
     finally:
+        user_done.set()
         stack.stop()
         broker.delete_vhost(url)
+
+
+def _outbound_figures(stack: Stack, user: LimeUser) -> OutboundFigures:
+    processed, failed = stack.log_records()
+    refused = [r for r in failed if option_key(r.get("direction")) == "to_bfus"]
+
+    def deleted_in_bfus(record: dict[str, Any]) -> bool:
+        customer = stack.bfus.store.get("customer", str(record.get("customerno")))
+        return option_key(record.get("reason")) == "bfus_not_found" and customer is not None and customer["deleted"]
+
+    return OutboundFigures(
+        user.report, dict(stack.bfus.writes), sum(1 for r in processed if option_key(r.get("direction")) == "to_bfus"),
+        sum(1 for r in refused if deleted_in_bfus(r)),
+        [f"{option_key(r.get('reason'))} {r.get('customerno')}" for r in refused if not deleted_in_bfus(r)],
+        dict(stack.lime.webhooks.stats))
+
+
+def _edit_and_create(stack: Stack, user: LimeUser, options: SoakOptions, done: threading.Event) -> None:
+    """The Lime user: edits of random live companies and a few new ones, at its pace,
+    while the stream runs (Lime's faults and outage hit it as they hit the workers)."""
+    try:
+        kinds = ["edit"] * options.lime_edits + ["create"] * options.lime_creates
+        random.Random(3).shuffle(kinds)
+        for kind in kinds:
+            if done.is_set():
+                return
+            if kind == "create":
+                user.create()
+            else:
+                editable = [c for c in stack.lime_objects(user.mapper.limetype) if user.editable(c)]
+                if editable:
+                    user.edit(user.rng.choice(editable))
+            done.wait(1 / options.lime_user_rate)
+    finally:
+        done.set()
+
+
+def _settled(stack: Stack) -> bool:
+    """BFUS has delivered everything and each message has its record; Lime has sent
+    every webhook (the workers are other processes: what they hold shows in what
+    follows, and :func:`_converged` waits for that)."""
+    from sandbox.check import inbound_records
+
+    if stack.bfus.store.queue_status()["pending"] or stack.lime.webhooks.pending():
+        return False
+    processed, failed = stack.log_records()
+    return len(inbound_records(processed)) + len(inbound_records(failed)) >= len(stack.bfus.store.delivered_ids())
+
+
+def _converged(stack: Stack, timeout: float) -> CheckReport:
+    """The checker's report once it passes with everything settled, or its last one
+    after ``timeout`` (a change the sweep must catch takes up to one sweep interval,
+    and what it sends comes back from BFUS as one more message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = check_customers(stack)
+        if (report.ok and _settled(stack)) or time.monotonic() > deadline:
+            return report
+        time.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,10 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=defaults.customers)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--outage", type=float, default=defaults.outage, help="seconds Lime is down")
+    parser.add_argument("--lime-edits", type=int, default=defaults.lime_edits, help="edits by a Lime user")
+    parser.add_argument("--lime-creates", type=int, default=defaults.lime_creates, help="companies it creates")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     configure_logging("error")
-    options = SoakOptions(changes=args.changes, customers=args.customers, workers=args.workers, outage=args.outage)
+    options = SoakOptions(changes=args.changes, customers=args.customers, workers=args.workers, outage=args.outage,
+                          lime_edits=args.lime_edits, lime_creates=args.lime_creates)
     broker = provide_broker(allow_container=False, install=True)
     if broker.node is None:
         print("soak: needs a private RabbitMQ node it may restart (unset RABBITMQ_URL)", file=sys.stderr)
@@ -165,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         broker.close()
     print(result.summary())
-    if not result.report.ok:
+    if not result.ok:
         print(result.report.details(), file=sys.stderr)
         print(f"worker logs kept in {workdir}", file=sys.stderr)
         return 1
