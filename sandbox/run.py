@@ -76,6 +76,7 @@ api_key = "{RECEIVER_KEY}"
 processes = 2
 threads = 4
 lime_secret = "{WEBHOOK_SECRET}"
+public_url = "http://127.0.0.1:{ports['receiver']}/"
 deliveries_db = "{workdir / 'deliveries.sqlite'}"
 
 [lime]
@@ -201,7 +202,7 @@ def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Pr
     processes.start("receiver", [*cfg, "receiver"])
     receiver = f"http://127.0.0.1:{ports['receiver']}/"
     _wait_until(lambda: (r := _get(f"{receiver}readyz")) is not None and r.ok, 60, "receiver", processes)
-    _subscribe(lime_api, f"{receiver}lime/events")
+    _subscribe(cfg, processes)
     for i in range(options.workers):
         processes.start(f"worker-{i + 1}", [*cfg, "worker", "--name", f"worker-{i + 1}"])
     processes.start("bfus", [*cfg, "sandbox-bfus", "--db", str(workdir / "bfus.db"), "--admin-key", BFUS_ADMIN,
@@ -225,7 +226,8 @@ Everything is up. Where to look:
   BFUS stand-in   {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
                   {options.seed_customers} customers it had before the integration reach Lime only by
                   bfus-lime migrate
-  Lime -> BFUS    Lime's company events go to POST {receiver}lime/events (signed);
+  Lime -> BFUS    Lime's company events go to POST {receiver}lime/events, signed
+                  (subscribed by bfus-lime webhooks register; see bfus-lime webhooks list);
                   a company with {MARK} = yes and no customer number is created in BFUS
   Logs            {processes.logdir}/
 Sending {options.changes} changes (customers, facilities, contracts, meters) over {options.customers} customers \
@@ -242,12 +244,13 @@ at {options.rate:g}/s. Ctrl-C stops everything.
     return _progress(options, config_path, lime_api, bfus, processes, stop)
 
 
-def _subscribe(lime_api: str, target_url: str) -> None:
-    """Lime's company events to the receiver, signed with the configured secret."""
-    response = requests.post(f"{lime_api}subscription/", headers={"X-API-Key": LIME_KEY}, timeout=10, json={
-        "events": [f"company.{e}" for e in ("new", "update", "delete", "restore")], "target_url": target_url,
-        "secret": WEBHOOK_SECRET, "dont_disable_on_failed_delivery": True})
-    response.raise_for_status()
+def _subscribe(cfg: list[str], processes: Processes) -> None:
+    """Lime's company events to the receiver, as an operator subscribes them."""
+    done = subprocess.run([*BFUS_LIME, *cfg, "webhooks", "register"], capture_output=True, text=True, timeout=60)
+    with open(processes.logdir / "webhooks.log", "a") as log:
+        log.write(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"bfus-lime webhooks register failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
 def _public(url: str | None) -> str:

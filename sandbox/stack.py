@@ -23,6 +23,8 @@ from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.serve import ServerThread
 from shared.config import Config, build_config, deep_merge
+from shared.lime import LimeClient
+from shared.subscriptions import Subscriptions, Wanted
 from shared.topology import Topology
 from worker.factory import WorkerProcess, build_worker
 
@@ -128,14 +130,11 @@ class Stack:
         return child
 
     def subscribe_webhooks(self, signature: str = "v2") -> int:
-        """Lime's company events to this stack's receiver, signed with its secret."""
-        response = requests.post(f"{self.lime.api_url}subscription/", headers={"X-API-Key": self.lime.api_key},
-                                 json={"events": [f"company.{e}" for e in ("new", "update", "delete", "restore")],
-                                       "target_url": f"{self.receiver_url}lime/events",
-                                       "secret": self.config.receiver.lime_secret, "signature": signature,
-                                       "dont_disable_on_failed_delivery": True}, timeout=10)
-        response.raise_for_status()
-        return int(response.json()["id"])
+        """Lime's company events to this stack's receiver, signed with its secret (as
+        ``bfus-lime webhooks register`` subscribes; ``signature`` picks the stand-in's scheme)."""
+        wanted = Wanted(f"{self.receiver_url}lime/events", self.config.receiver.lime_secret,
+                        extra={"signature": signature})
+        return Subscriptions(LimeClient(self.config.lime)).register(wanted).subscription_id
 
     def start(self, workers: int = 1, post: bool = True) -> Stack:
         self.start_receiver()
