@@ -293,6 +293,8 @@ class MessageHandler:
         except PermanentFailure as failure:
             if failure.customerno:  # a swept event names only the company: the failure knows its customer
                 facts = replace(facts, operation="updated", key=failure.customerno, customerno=failure.customerno)
+            if requeued is None and self._refused_before(event.id, failure, sleep, delivery.key):
+                return
             self._fail(delivery, facts, failure.reason, failure.error, raw, event.id, sleep, failure.detail)
             return
         if sent is None:
@@ -309,6 +311,24 @@ class MessageHandler:
             self._retrying(lambda: self.records.resolve(requeued, processed, "sent"), "resolve_failed", sleep,
                            delivery.key)
         log.info("sent_to_bfus", operation=sent.operation, fields=sorted(sent.fields), requeued=requeued is not None)
+
+    def _refused_before(self, company_id: int, failure: PermanentFailure, sleep: Callable[[float], bool],
+                        key: str) -> bool:
+        """BFUS refused this company's state before, for the same reason, and that
+        failed record is still open: it takes this refusal (BFUS's latest text, one
+        more attempt) instead of a second record and dead letter. What goes to BFUS is
+        the company as Lime has it when sent, so requeueing that one record sends
+        whatever Lime holds then; another webhook or a sweep that meets the company
+        again adds nothing to the failed-message log."""
+        found = self._retrying(lambda: self.records.open_refusal(company_id, failure.reason), "find_refusal", sleep,
+                               key)
+        if found is None:
+            return False
+        attempts = (found.get("attempts") or 0) + 1
+        self._retrying(lambda: self.records.failed_again(found["_id"], failure.reason, failure.error, attempts),
+                       "log_failed", sleep, key)
+        log.info("refusal_already_recorded", reason=failure.reason, record_id=found["_id"], attempts=attempts)
+        return True
 
     def _fail_invalid(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         headers = delivery.headers

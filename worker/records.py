@@ -12,7 +12,7 @@ from shared.envelope import Envelope
 from shared.headers import integer
 from shared.jsonbody import loads_or_none, storable
 from shared.lime import LimeClient
-from shared.logrecords import APPLIED, FAILED, FROM_BFUS, RESOLVED
+from shared.logrecords import APPLIED, FAILED, FROM_BFUS, RESOLVED, TO_BFUS
 from shared.mapping import scrub_personal
 from worker.apply import Outcome
 from worker.outbound import Sent
@@ -131,6 +131,13 @@ class LogWriter:
     def sent(self, facts: MessageFacts, sent: Sent, limetype: str, company_id: int) -> int:
         """A change that went to BFUS: what was sent and BFUS's answer."""
         return self.processed(facts, Outcome(APPLIED, limetype, company_id, company_id), sent.describe())
+
+    def open_refusal(self, company_id: int, reason: str) -> dict[str, Any] | None:
+        """The unresolved failed record of a change to BFUS of this company that BFUS
+        refused for ``reason``, if any (one Lime call)."""
+        found, _ = self.lime.list_page(self.failed_type, {
+            "company": company_id, "direction": TO_BFUS, "status": FAILED, "reason": reason[:64], "_limit": 1})
+        return found[0] if found else None
 
     def failed_again(self, record_id: int, reason: str, error: str, attempts: int) -> None:
         """A requeued message failed once more: its record, not a new one."""

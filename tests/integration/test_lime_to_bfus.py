@@ -182,3 +182,26 @@ def test_a_refusal_of_a_swept_change_is_recorded_against_its_customer(make_stack
     _, failed = records(stack, "to_bfus")
     assert [(r["reason"], r["operation"], r["customerno"], r["key"], r["company"]) for r in failed] == [
         ("bfus_rejected", "updated", customerno, customerno, company["_id"])]
+
+
+def test_a_refusal_met_again_adds_to_its_open_failed_record(stack: Stack) -> None:
+    """Another webhook (or a sweep) about a company BFUS refused, before anyone mended
+    it: the open failed record takes BFUS's new answer; no second record or dead letter."""
+    customerno = synced_customers(stack, 2)[0]
+    company = companies(stack, customerno=customerno)[0]
+    lime(stack).update("company", company["_id"], {"email": "not an address"})
+    wait_for(lambda: records(stack, "to_bfus")[1], 30, "the failed record")
+    stack.wait_quiet()
+    lime(stack).update("company", company["_id"], {"email": "still@not@an.address", "postalcity": "Lund"})
+    wait_for(lambda: records(stack, "to_bfus")[1][0]["attempts"] == 2, 30, "the second refusal")
+    stack.wait_quiet()
+    _, failed = records(stack, "to_bfus")
+    assert [(r["reason"], r["attempts"], status_of(r)) for r in failed] == [("bfus_rejected", 2, "failed")]
+    assert "email" in failed[0]["error"]
+    dead = DeadLetters(stack.config.broker, lime(stack), stack.config.lime.failed_limetype)
+    assert [letter.record_id for letter in dead.letters()] == [failed[0]["_id"]]
+    assert bfus_customer(stack, customerno)["city"] != "Lund"  # BFUS refuses the change whole
+
+    lime(stack).update("company", company["_id"], {"email": "kontor@example.se"})  # mended: the next edit goes
+    wait_for(lambda: bfus_customer(stack, customerno)["email"] == "kontor@example.se", 30, "the mended change")
+    assert bfus_customer(stack, customerno)["city"] == "Lund"
