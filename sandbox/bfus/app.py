@@ -63,6 +63,9 @@ class BfusStandIn:
         self._feeds: list[threading.Thread] = []
         self._stop_feeds = threading.Event()
         self.writes = {"POST": 0, "PUT": 0}  # customer writes through the API, accepted or not
+        # The accepted ones in order: (method, customer number, the fields sent). Tests
+        # read what reached BFUS from here (its change messages carry whole states).
+        self.accepted: list[tuple[str, str, dict[str, Any]]] = []
         self.unavailable = False  # a test's outage: the API answers 503
 
     def start(self) -> BfusStandIn:
@@ -180,6 +183,7 @@ def _api_blueprint() -> Blueprint:
         customerno = standin.changes.new_customerno()
         customer.update(customerno=customerno, status="active", category=None, createddate=today, changeddate=today)
         standin.store.change("customer", "created", customerno, customerno, customer)
+        standin.accepted.append(("POST", customerno, changes))
         response = jsonify(customer)
         response.status_code = 201
         return response
@@ -197,12 +201,14 @@ def _api_blueprint() -> Blueprint:
         if found is None or found["deleted"]:
             return _error(404, "not_found", f"Customer {customerno} does not exist.")
         if all(found["data"].get(k) == v for k, v in changes.items()):
+            standin.accepted.append(("PUT", customerno, changes))
             return jsonify(found["data"])
         customer = {**found["data"], **changes, "changeddate": now().date().isoformat()}
         refused = _refusal(customer, whole=True) or _duplicate(customer, customerno)
         if refused is not None:
             return refused
         standin.store.change("customer", "updated", customerno, customerno, customer)
+        standin.accepted.append(("PUT", customerno, changes))
         return jsonify(customer)
 
     return bp

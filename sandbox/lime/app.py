@@ -10,7 +10,9 @@
     /<application>/api/v1/subscription/<id>/            GET, PUT, DELETE
     /<application>/api/v1/subscription/available/       GET
     /_admin/objects/<type>  GET (every object, no paging)   /_admin/counts  GET
-    /_admin/webhooks  GET (delivery counts), PUT {"lose_rate", "duplicate_rate"}
+    /_admin/webhooks  GET (delivery counts), PUT {"lose_rate", "duplicate_rate"} (shares, at random)
+                      or {"lose_next", "duplicate_next", "object_id"} (the next few deliveries,
+                      of the object's events or, without object_id, of any)
 
 Every create, update and delete through the API fires the webhooks of
 sandbox/lime/webhooks.py.
@@ -372,7 +374,8 @@ def _admin_blueprint() -> Blueprint:
     def webhook_stats() -> Response:
         hooks = webhooks()
         return _json({**hooks.stats, "pending": hooks.pending(), "lose_rate": hooks.lose_rate,
-                      "duplicate_rate": hooks.duplicate_rate}, content_type="application/json")
+                      "duplicate_rate": hooks.duplicate_rate, **hooks.pending_faults()},
+                     content_type="application/json")
 
     @bp.put("/webhooks")
     def webhook_faults() -> Response:
@@ -382,7 +385,20 @@ def _admin_blueprint() -> Blueprint:
                 value = body[name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                     return _error(400, "invalid_body", f"{name} is a share between 0 and 1.")
-                setattr(webhooks(), name, float(value))
+        object_id = body.get("object_id")
+        if object_id is not None and (isinstance(object_id, bool) or not isinstance(object_id, int)):
+            return _error(400, "invalid_body", "object_id is the id of a Lime object.")
+        for name in ("lose_next", "duplicate_next"):
+            value = body.get(name)
+            if name in body and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                return _error(400, "invalid_body", f"{name} is a number of deliveries (0 or more).")
+        for name in ("lose_rate", "duplicate_rate"):
+            if name in body:
+                setattr(webhooks(), name, float(body[name]))
+        if "lose_next" in body:
+            webhooks().lose_next(body["lose_next"], object_id)
+        if "duplicate_next" in body:
+            webhooks().duplicate_next(body["duplicate_next"], object_id)
         return webhook_stats()
 
     @bp.get("/counts")

@@ -11,7 +11,9 @@
   later ones go ahead (so order is not kept), five tries in all; then it is dropped,
   ``webhook.msg_dropped`` fires, and the subscription is disabled unless it says
   ``dont_disable_on_failed_delivery``;
-- faults for tests: a share of deliveries lost (never sent) or sent twice.
+- faults for tests: a share of deliveries lost (never sent) or sent twice
+  (``lose_rate``, ``duplicate_rate``), or, to choose which, the next few deliveries,
+  of one object's events or of any (``lose_next``, ``duplicate_next``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,6 +78,10 @@ class Webhooks:
         self.tries = tries
         self.lose_rate = 0.0  # share of deliveries never sent (a test's lost webhook)
         self.duplicate_rate = 0.0  # share sent twice
+        # Deliveries still to lose / send twice, by the id of the object the event is
+        # about (None: whatever the event); see lose_next and duplicate_next.
+        self._lose_next: Counter[int | None] = Counter()
+        self._duplicate_next: Counter[int | None] = Counter()
         self._random = random.Random(seed)
         self._subscriptions: dict[int, Subscription] = {}
         self._ids = itertools.count(1)
@@ -121,20 +128,61 @@ class Webhooks:
         with self._cond:
             return self._subscriptions.pop(sub_id, None) is not None
 
+    # ------------------------------------------------------------------ faults
+
+    def lose_next(self, count: int, object_id: int | None = None) -> None:
+        """Lose the next ``count`` deliveries of events about the object ``object_id``
+        (None: of any event): never sent, as Lime drops one. Replaces what was asked
+        before for that object; 0 takes it back."""
+        self._set_next(self._lose_next, count, object_id)
+
+    def duplicate_next(self, count: int, object_id: int | None = None) -> None:
+        """Send each of the next ``count`` deliveries of events about ``object_id`` (None:
+        of any event) twice. Replaces what was asked before for that object."""
+        self._set_next(self._duplicate_next, count, object_id)
+
+    def pending_faults(self) -> dict[str, int]:
+        """Deliveries still to lose and to send twice, over every object."""
+        with self._cond:
+            return {"lose_next": sum(self._lose_next.values()), "duplicate_next": sum(self._duplicate_next.values())}
+
+    def _set_next(self, counts: Counter[int | None], count: int, object_id: int | None) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError("count must be a whole number >= 0")
+        with self._cond:
+            if count:
+                counts[object_id] = count
+            else:
+                counts.pop(object_id, None)
+
+    @staticmethod
+    def _take(counts: Counter[int | None], object_id: int | None) -> bool:
+        """Use one of the deliveries asked for (the object's own first); under the lock."""
+        for key in (object_id, None) if object_id is not None else (None,):
+            if counts[key] > 0:
+                counts[key] -= 1
+                if not counts[key]:
+                    del counts[key]
+                return True
+            counts.pop(key, None)
+        return False
+
     # ------------------------------------------------------------------ events
 
     def fire(self, event: str, body: dict[str, Any]) -> int:
         """Queue a delivery of ``event`` to every enabled subscription of it."""
         payload = json.dumps({"event": event, "body": body}, ensure_ascii=False).encode()
+        object_id = body.get("id") if isinstance(body.get("id"), int) else None
         queued = 0
         with self._cond:
             for sub in self._subscriptions.values():
                 if not sub.enabled or event not in sub.events:
                     continue
-                if self._random.random() < self.lose_rate:
+                if self._take(self._lose_next, object_id) or self._random.random() < self.lose_rate:
                     self.stats["lost"] += 1
                     continue
-                copies = 2 if self._random.random() < self.duplicate_rate else 1
+                twice = self._take(self._duplicate_next, object_id) or self._random.random() < self.duplicate_rate
+                copies = 2 if twice else 1
                 self.stats["duplicated"] += copies - 1
                 for _ in range(copies):
                     heapq.heappush(self._queue, Delivery(time.monotonic(), next(self._seq), sub.id, event, payload))

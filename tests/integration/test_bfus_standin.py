@@ -212,6 +212,11 @@ def test_a_valid_customer_is_created_numbered_and_sent_as_a_change(bfus: BfusSta
     assert update["operation"] == "updated" and update["data"]["street"] == "Kungsgatan 2"
     same = write(bfus, "PUT", f"customers/{customer['customerno']}", {"street": "Kungsgatan 2"})
     assert same.status_code == 200 and bfus.store.queue_status()["last_id"] == 2  # nothing changed: no message
+    assert write(bfus, "PUT", f"customers/{customer['customerno']}", {"email": "nope"}).status_code == 422
+    number = customer["customerno"]
+    assert bfus.accepted == [("POST", number, person), ("PUT", number, {"street": "Kungsgatan 2"}),
+                             ("PUT", number, {"street": "Kungsgatan 2"})]  # what reached BFUS, refusals not
+    assert bfus.writes == {"POST": 1, "PUT": 3}
 
 
 @pytest.mark.parametrize("change, field", [

@@ -158,3 +158,50 @@ def test_lost_and_duplicated_deliveries_can_be_asked_for(lime: LimeStandIn, targ
     requests.post(f"{lime.api_url}limeobject/company/", json={"name": "Lost AB"}, headers=KEY, timeout=10)
     stats = requests.get(f"{lime.server.url}_admin/webhooks", headers=admin, timeout=10).json()
     assert stats["lost"] == 1 and stats["duplicated"] == 1 and len(target.got) == 2
+
+
+def test_the_next_deliveries_of_one_object_or_of_any_can_be_lost_or_sent_twice(lime: LimeStandIn,
+                                                                                target: Receiver) -> None:
+    """lose_next / duplicate_next: a test chooses which deliveries go wrong (the rates
+    above choose by chance)."""
+    subscribe(lime, target)
+    admin = {"X-Admin-Key": "dev-lime-admin"}
+
+    def faults(**body: Any) -> requests.Response:
+        return requests.put(f"{lime.server.url}_admin/webhooks", json=body, headers=admin, timeout=10)
+
+    def write(method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = requests.request(method, f"{lime.api_url}limeobject/company/{path}", json=body, headers=KEY,
+                                    timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    one, two = write("POST", "", {"name": "Ett AB"}), write("POST", "", {"name": "Två AB"})
+    wait_for(lambda: len(target.got) == 2, 10, "both creates delivered")
+    answer = faults(lose_next=2, object_id=one["_id"])
+    assert answer.status_code == 200 and answer.json()["lose_next"] == 2
+    faults(duplicate_next=1, object_id=two["_id"])
+    for name in ("Ett 2 AB", "Ett 3 AB", "Ett 4 AB"):
+        write("PUT", f"{one['_id']}/", {"name": name})
+    write("PUT", f"{two['_id']}/", {"name": "Två 2 AB"})
+    write("PUT", f"{two['_id']}/", {"name": "Två 3 AB"})
+    wait_for(lambda: lime.webhooks.pending() == 0 and len(target.got) >= 6, 10, "the deliveries")
+    names = sorted(e["body"]["values"]["name"] for e in target.events()[2:])
+    assert names == ["Ett 4 AB", "Två 2 AB", "Två 2 AB", "Två 3 AB"]  # one's next two lost, two's next one twice
+    stats = requests.get(f"{lime.server.url}_admin/webhooks", headers=admin, timeout=10).json()
+    assert (stats["lost"], stats["duplicated"], stats["lose_next"], stats["duplicate_next"]) == (2, 1, 0, 0)
+
+    faults(lose_next=1)  # the next delivery, whatever it is about
+    write("PUT", f"{two['_id']}/", {"name": "Två 4 AB"})
+    write("PUT", f"{one['_id']}/", {"name": "Ett 5 AB"})
+    wait_for(lambda: lime.webhooks.pending() == 0 and len(target.got) >= 7, 10, "the delivery")
+    assert [e["body"]["values"]["name"] for e in target.events()[6:]] == ["Ett 5 AB"]
+
+    faults(lose_next=3, object_id=one["_id"])
+    faults(lose_next=0, object_id=one["_id"])  # taken back
+    write("PUT", f"{one['_id']}/", {"name": "Ett 6 AB"})
+    wait_for(lambda: len(target.got) == 8, 10, "the delivery")
+    for bad in ({"lose_next": -1}, {"duplicate_next": 1.5}, {"lose_next": True}, {"lose_next": 1, "object_id": "1"},
+                {"lose_rate": 2, "lose_next": 1}):
+        assert faults(**bad).status_code == 400, bad
+    assert lime.webhooks.pending_faults() == {"lose_next": 0, "duplicate_next": 0}  # a refused body sets nothing
