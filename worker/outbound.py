@@ -18,7 +18,7 @@ from typing import Any
 from shared.bfus import BfusClient, BfusRejected
 from shared.fingerprint import changed, normal
 from shared.lime import LimeClient, LimeRejected
-from shared.mapping import MappingError, ObjectMapper
+from shared.mapping import PRIVATE_NAME_FIELDS, MappingError, ObjectMapper, is_private
 from worker.apply import PermanentFailure
 
 # BFUS fields sent when a customer is created, beside the flowing ones: who it is.
@@ -67,6 +67,11 @@ class Outbound:
         self.flowing = mapper.flowing_properties
         identity = tuple(mapper.fields[f].property for f in IDENTITY_FIELDS if f in mapper.fields)
         self.create_properties = tuple(dict.fromkeys(identity + self.flowing))
+        # With personal data left out, Lime shows a private customer's name as the
+        # anonymous one ("Customer 100234"): that name is not the customer's and never flows.
+        name = PRIVATE_NAME_FIELDS.get(mapper.objecttype, "") if mapper.exclude_personal else ""
+        self.anonymous_name = mapper.fields[name].property if name in mapper.fields else None
+        self.type_property = mapper.fields["customertype"].property if "customertype" in mapper.fields else None
 
     @property
     def limetype(self) -> str:
@@ -79,7 +84,19 @@ class Outbound:
         return bool(self.create_when) and normal(values.get(self.create_when)) is True
 
     def _changed(self, values: dict[str, Any]) -> list[str]:
-        return changed(values, values.get(self.mapper.fingerprint_property or ""), self.flowing)
+        found = changed(values, values.get(self.mapper.fingerprint_property or ""), self.flowing)
+        if self.anonymous_name in found and self._private(values):
+            found.remove(self.anonymous_name)
+        return found
+
+    def _private(self, values: dict[str, Any]) -> bool:
+        if self.type_property is None:
+            return True  # no customer type to tell: treat it as a person's
+        try:
+            customertype = self.mapper.bfus_values(values, (self.type_property,))
+        except MappingError:
+            return True
+        return is_private(self.mapper.objecttype, customertype)
 
     def nothing_to_send(self, values: dict[str, Any]) -> bool:
         """From a webhook's values alone: no flowing field differs from what BFUS last

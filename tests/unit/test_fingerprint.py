@@ -67,3 +67,19 @@ def test_without_outbound_nothing_extra_is_written(limetypes: dict[str, Any]) ->
     config = build_config({}, environ={})
     customers = build_mappers(config.mapping, limetypes)["customer"]
     assert "bfusfingerprint" not in customers.map(CUSTOMER)
+
+
+def test_with_personal_data_left_out_a_private_customers_anonymous_name_never_flows(
+        limetypes: dict[str, Any]) -> None:
+    """Lime shows a private customer's name as "Customer 100234": editing it in Lime
+    sends nothing to BFUS (it is not the customer's name); a company's name still flows."""
+    from worker.outbound import Outbound
+
+    customers = mapper(limetypes, exclude_personal_data=True)
+    outbound = Outbound(None, None, customers)  # type: ignore[arg-type]  # the webhook check makes no call
+    person = customers.map({**CUSTOMER, "customertype": "private", "orgno": None, "country": "SE"})
+    assert person["name"] == "Customer 100234"
+    assert outbound.nothing_to_send({**person, "name": "Ebba Lund"})
+    assert not outbound.nothing_to_send({**person, "name": "Ebba Lund", "country": "NO"})
+    company = customers.map(CUSTOMER)
+    assert not outbound.nothing_to_send({**company, "name": "Kvarnbacken AB"})
