@@ -174,6 +174,8 @@ def send_to_bfus(ctx: click.Context, company_id: int, dry_run: bool) -> None:
         if dry_run or not plan.operation:
             return
         sent = outbound.carry_out(plan)
+        if sent is not None:
+            outbound.remember(sent)
     except PermanentFailure as failure:
         _fail(ctx, failure.error, FAILURES)
     if sent is None:  # a creation BFUS refused as a duplicate, made by an earlier try that linked the company

@@ -32,6 +32,14 @@ def fingerprint(values: Mapping[str, Any], properties: tuple[str, ...]) -> str:
     return json.dumps({p: digest(values[p]) for p in sorted(properties) if p in values}, separators=(",", ":"))
 
 
+def advanced(text: Any, values: Mapping[str, Any], properties: tuple[str, ...]) -> str:
+    """The fingerprint ``text`` with ``properties`` at their ``values``: what BFUS has
+    once they were sent to it (the other properties keep what BFUS last had)."""
+    base = parse(text)
+    base.update({p: digest(values.get(p)) for p in properties})
+    return json.dumps(dict(sorted(base.items())), separators=(",", ":"))
+
+
 def parse(text: Any) -> dict[str, str]:
     """A fingerprint property's value as property -> hash ({} when absent or not one)."""
     if not isinstance(text, str) or not text.startswith("{"):

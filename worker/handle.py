@@ -289,7 +289,8 @@ class MessageHandler:
         facts = MessageFacts(None, outbound.mapper.objecttype, "updated" if customerno else "created", customerno,
                              customerno, None, TO_BFUS)
         try:
-            sent = self._retrying(lambda: outbound.send(event.id), "send_to_bfus", sleep, delivery.key)
+            sent = self._retrying(lambda: outbound.carry_out(outbound.plan(event.id)), "send_to_bfus", sleep,
+                                  delivery.key)
         except PermanentFailure as failure:
             if failure.customerno:  # a swept event names only the company: the failure knows its customer
                 facts = replace(facts, operation="updated", key=failure.customerno, customerno=failure.customerno)
@@ -303,6 +304,7 @@ class MessageHandler:
                 self._retrying(lambda: self.records.resolve(requeued, None, "nothing left to send"), "resolve_failed",
                                sleep, delivery.key)
             return
+        self._retrying(lambda: outbound.remember(sent), "remember_sent", sleep, delivery.key)
         structlog.contextvars.bind_contextvars(customerno=sent.customerno)
         facts = replace(facts, operation=sent.operation, key=sent.customerno, customerno=sent.customerno)
         processed = self._retrying(lambda: self.records.sent(facts, sent, outbound.limetype, event.id),

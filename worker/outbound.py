@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bfus import BfusClient, BfusRejected
-from shared.fingerprint import changed, normal
+from shared.fingerprint import advanced, changed, normal
 from shared.lime import LimeClient, LimeRejected
 from shared.mapping import PRIVATE_NAME_FIELDS, MappingError, ObjectMapper, is_private
 from worker.apply import PermanentFailure
@@ -35,6 +35,10 @@ class Sent:
     customerno: str
     fields: dict[str, Any]
     status: int  # BFUS's answer
+    company_id: int = 0
+    # What Lime's company must now hold (Outbound.remember): the customer number BFUS
+    # gave a new customer, and the fingerprint with the sent fields as BFUS has them.
+    lime_values: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def describe(self) -> str:
         names = ", ".join(sorted(self.fields))
@@ -56,6 +60,7 @@ class Plan:
     in_bfus: dict[str, Any] = field(default_factory=dict, repr=False)
     why: str = ""
     found: bool = True
+    fingerprint: str | None = field(default=None, repr=False)  # the company's, once BFUS has ``fields``
 
 
 class Outbound:
@@ -108,9 +113,21 @@ class Outbound:
         return not self._changed(values)
 
     def send(self, company_id: int) -> Sent | None:
-        """Bring BFUS up to date with the company as Lime has it now; None when
-        nothing needed sending."""
-        return self.carry_out(self.plan(company_id))
+        """Bring BFUS up to date with the company as Lime has it now, and Lime with
+        what BFUS then has; None when nothing needed sending."""
+        sent = self.carry_out(self.plan(company_id))
+        if sent is not None:
+            self.remember(sent)
+        return sent
+
+    def remember(self, sent: Sent) -> None:
+        """Write to the company what BFUS now has: a new customer's number, and the
+        fingerprint with the fields just sent (one Lime call). Until BFUS's own change
+        message about them arrives, the next event of the company then sees those
+        fields as BFUS's, not as a Lime edit to send again over a newer BFUS change.
+        A step of its own, so that Lime being away here never sends BFUS anything twice."""
+        if sent.lime_values:
+            self.lime.update(self.limetype, sent.company_id, sent.lime_values)
 
     def plan(self, company_id: int) -> Plan:
         """What :meth:`send` would send for the company as Lime has it now, found with
@@ -128,7 +145,7 @@ class Outbound:
                         else "creating customers from Lime is off (outbound.create_when)")
                 return Plan(company_id, NOTHING, why=f"it has no customer number and {rule}")
             fields = {k: v for k, v in self._bfus_values(company, self.create_properties).items() if v is not None}
-            return Plan(company_id, CREATE, "", fields)
+            return Plan(company_id, CREATE, "", fields, fingerprint=self._fingerprint(company, self.flowing))
         properties = self._changed(company)
         if not properties:
             return Plan(company_id, NOTHING, customerno,
@@ -143,34 +160,44 @@ class Outbound:
         if not differing:
             return Plan(company_id, NOTHING, customerno, why="BFUS already has the values changed in Lime")
         fields = self._bfus_values(company, differing, customerno)
-        return Plan(company_id, UPDATE, customerno, fields, {f: current.get(f) for f in fields})
+        return Plan(company_id, UPDATE, customerno, fields, {f: current.get(f) for f in fields},
+                    fingerprint=self._fingerprint(company, differing))
+
+    def _fingerprint(self, company: dict[str, Any], sent: tuple[str, ...]) -> str | None:
+        prop = self.mapper.fingerprint_property
+        return advanced(company.get(prop), company, sent) if prop else None
 
     def carry_out(self, plan: Plan) -> Sent | None:
         """Send what :meth:`plan` found; None when there was nothing to send (or an
         earlier try of the same creation got through)."""
         if plan.operation == CREATE:
-            return self._create(plan.company_id, plan.fields)
+            return self._create(plan)
         if plan.operation != UPDATE:
             return None
         try:
             answer = self.bfus.update_customer(plan.customerno, plan.fields)
         except BfusRejected as err:
             raise self._refused(err, "update", plan.customerno) from None
-        return Sent("updated", str(answer.get("customerno") or plan.customerno), plan.fields, 200)
+        return Sent("updated", str(answer.get("customerno") or plan.customerno), plan.fields, 200, plan.company_id,
+                    self._known(plan))
 
-    def _create(self, company_id: int, fields: dict[str, Any]) -> Sent | None:
+    def _create(self, plan: Plan) -> Sent | None:
         try:
-            created = self.bfus.create_customer(fields)
+            created = self.bfus.create_customer(plan.fields)
         except BfusRejected as err:
-            if err.status == 409 and self._linked(self.lime.get(self.limetype, company_id)):
+            if err.status == 409 and self._linked(self.lime.get(self.limetype, plan.company_id)):
                 return None  # an earlier try got through and the company is linked since
             raise self._refused(err, "create") from None
         customerno = str(created.get("customerno") or "")
         if not customerno:
             raise PermanentFailure("bfus_error", "BFUS created the customer but answered no customer number.",
                                    "no customerno in BFUS's answer")
-        self.lime.update(self.limetype, company_id, {self.mapper.key_property: customerno})
-        return Sent("created", customerno, fields, 201)
+        return Sent("created", customerno, plan.fields, 201, plan.company_id,
+                    {self.mapper.key_property: customerno, **self._known(plan)})
+
+    def _known(self, plan: Plan) -> dict[str, Any]:
+        prop = self.mapper.fingerprint_property
+        return {prop: plan.fingerprint} if prop and plan.fingerprint is not None else {}
 
     def _mapped(self, customer: dict[str, Any], customerno: str) -> dict[str, Any]:
         try:

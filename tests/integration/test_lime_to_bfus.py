@@ -205,3 +205,19 @@ def test_a_refusal_met_again_adds_to_its_open_failed_record(stack: Stack) -> Non
     lime(stack).update("company", company["_id"], {"email": "kontor@example.se"})  # mended: the next edit goes
     wait_for(lambda: bfus_customer(stack, customerno)["email"] == "kontor@example.se", 30, "the mended change")
     assert bfus_customer(stack, customerno)["city"] == "Lund"
+
+
+def test_an_edit_right_after_a_creation_reaches_bfus_before_bfus_tells_lime_of_the_customer(stack: Stack) -> None:
+    """The number written back carries the fingerprint of what BFUS got, so an edit made
+    before BFUS's own "created" message reaches Lime is sent, not overwritten by it."""
+    stack.bfus.poster.pause()
+    created = lime(stack).create("company", {
+        "name": "Kvarnbackens Bageri AB", "customertype": "company", "registrationno": "556036-0793",
+        "postaladdress1": "Kvarnvägen 3", "postalzipcode": "223 50", "postalcity": "Lund", "sendtobfus": True})
+    customerno = wait_for(lambda: lime(stack).get("company", created["_id"]).get("customerno"), 30, "the number")
+    lime(stack).update("company", created["_id"], {"postalcity": "Malmö"})
+    wait_for(lambda: bfus_customer(stack, customerno)["city"] == "Malmö", 30, "the edit to reach BFUS")
+    stack.bfus.poster.resume()
+    stack.wait_quiet()
+    assert lime(stack).get("company", created["_id"])["postalcity"] == "Malmö"
+    assert stack.bfus.writes == {"POST": 1, "PUT": 1}

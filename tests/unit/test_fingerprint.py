@@ -83,3 +83,12 @@ def test_with_personal_data_left_out_a_private_customers_anonymous_name_never_fl
     assert not outbound.nothing_to_send({**person, "name": "Ebba Lund", "country": "NO"})
     company = customers.map(CUSTOMER)
     assert not outbound.nothing_to_send({**company, "name": "Kvarnbacken AB"})
+
+
+def test_advanced_takes_the_sent_values_and_keeps_the_rest() -> None:
+    before = fp.fingerprint({"phone": "+4640123", "postalcity": "Malmö"}, ("phone", "postalcity"))
+    after = fp.advanced(before, {"phone": "+46701234567", "postalcity": "Lund"}, ("phone",))
+    assert fp.changed({"phone": "+46701234567", "postalcity": "Malmö"}, after, ("phone", "postalcity")) == []
+    assert fp.changed({"phone": "+46701234567", "postalcity": "Lund"}, after, ("phone", "postalcity")) == [
+        "postalcity"]
+    assert fp.parse(fp.advanced(None, {"phone": None}, ("phone",))) == {"phone": fp.digest("")}
