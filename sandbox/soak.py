@@ -228,8 +228,10 @@ def _edit_and_create(stack: Stack, user: LimeUser, options: SoakOptions, done: t
                 user.create()
             else:
                 editable = [c for c in stack.lime_objects(user.mapper.limetype) if user.editable(c)]
-                if editable:
-                    user.edit(user.rng.choice(editable))
+                chosen = user.rng.choice(editable) if editable else None
+                fresh = chosen and stack.lime.store.get(user.mapper.limetype, chosen["_id"])
+                if fresh and user.editable(fresh):  # as a person sees it now (BFUS may have deleted it meanwhile)
+                    user.edit(fresh)
             done.wait(1 / options.lime_user_rate)
     finally:
         done.set()
