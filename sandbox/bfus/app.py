@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class BfusStandIn:
         # read what reached BFUS from here (its change messages carry whole states).
         self.accepted: list[tuple[str, str, dict[str, Any]]] = []
         self.unavailable = False  # a test's outage: the API answers 503
+        self.write_delay = 0.0  # seconds a customer write waits before it is applied and answered (a slow BFUS)
 
     def start(self) -> BfusStandIn:
         self.server.start()
@@ -171,6 +173,7 @@ def _api_blueprint() -> Blueprint:
         """A new customer: validated, given the next customer number, and, like every
         change in BFUS, queued as a change message."""
         _standin().writes["POST"] += 1
+        _slow_write()
         changes = _write_body()
         if isinstance(changes, Response):
             return changes
@@ -193,6 +196,7 @@ def _api_blueprint() -> Blueprint:
         """Only the fields sent change; the whole new state is queued as a change message
         (nothing is queued when nothing changed)."""
         _standin().writes["PUT"] += 1
+        _slow_write()
         changes = _write_body()
         if isinstance(changes, Response):
             return changes
@@ -212,6 +216,13 @@ def _api_blueprint() -> Blueprint:
         return jsonify(customer)
 
     return bp
+
+
+def _slow_write() -> None:
+    """A slow BFUS: the write is received (and counted) now, applied and answered after
+    ``write_delay`` seconds."""
+    if _standin().write_delay > 0:
+        time.sleep(_standin().write_delay)
 
 
 def _write_body() -> dict[str, Any] | Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,10 @@ def test_a_valid_customer_is_created_numbered_and_sent_as_a_change(bfus: BfusSta
     assert bfus.accepted == [("POST", number, person), ("PUT", number, {"street": "Kungsgatan 2"}),
                              ("PUT", number, {"street": "Kungsgatan 2"})]  # what reached BFUS, refusals not
     assert bfus.writes == {"POST": 1, "PUT": 3}
+    bfus.write_delay = 0.3  # a slow BFUS: counted at once, applied and answered later
+    started = time.monotonic()
+    slow = write(bfus, "PUT", f"customers/{number}", {"street": "Kungsgatan 3"})
+    assert slow.status_code == 200 and time.monotonic() - started >= 0.3 and bfus.writes["PUT"] == 4
 
 
 @pytest.mark.parametrize("change, field", [
