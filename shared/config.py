@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "BFUSLIME_"
@@ -106,6 +107,32 @@ class WorkerConfig:
 class BfusConfig:
     url: str
     token: str
+    ui_url: str = ""  # BFUS's user-interface base: the jump follows only bookmark addresses under it
+
+
+JUMP_CLIENTS = ("MFU", "BFU")  # BFUS's web client, its desktop client
+JUMP_SECRET_MIN = 16
+
+
+@dataclass(frozen=True)
+class JumpConfig:
+    """The jump from a Lime object to BFUS (docs/jump.md): ``GET /jump/<limetype>/<id>``
+    signed with ``secret`` (empty: jump off), links written to Lime opening ``client``,
+    ``links`` Lime limetype -> the link property holding the object's jump address."""
+
+    secret: str = ""
+    previous_secret: str = ""  # still accepted while a new secret is rolled out
+    client: str = "MFU"
+    links: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secrets a signature is checked against: the current one, then the previous."""
+        return tuple(s for s in (self.secret, self.previous_secret) if s)
 
 
 @dataclass(frozen=True)
@@ -187,6 +214,7 @@ class Config:
     admin: AdminConfig
     retention: RetentionConfig
     outbound: OutboundConfig = OutboundConfig(False, "", 0.0)
+    jump: JumpConfig = field(default_factory=JumpConfig)
     source: str = field(default="defaults", compare=False)
 
 
@@ -294,13 +322,52 @@ class WorkerSchema(_Strict):
         return WorkerConfig(**data)
 
 
+def _ui_base_url(value: str) -> None:
+    """Empty, or the http(s) base address every BFUS bookmark starts with."""
+    if value == "":
+        return
+    _url_with_scheme("http", "https")(value)
+    if "?" in value or "#" in value or any(c.isspace() for c in value):
+        raise ValidationError("Must be BFUS's user-interface base address, without ?, # or spaces.")
+
+
 class BfusSchema(_Strict):
     url = fields.String(required=True, validate=_url_with_scheme("http", "https"))
     token = fields.String(required=True)
+    ui_url = fields.String(required=True, validate=_ui_base_url)
 
     @post_load
     def make(self, data: dict, **_: Any) -> BfusConfig:
+        if data["ui_url"] and not data["ui_url"].endswith("/"):
+            data["ui_url"] += "/"  # https://bfus.example.se/ui must not admit https://bfus.example.se/ui.evil/
         return BfusConfig(**data)
+
+
+def _jump_secret(value: str) -> None:
+    if value and len(value) < JUMP_SECRET_MIN:
+        raise ValidationError(f"Must be at least {JUMP_SECRET_MIN} characters (or empty).")
+
+
+class JumpSchema(_Strict):
+    secret = fields.String(required=True, validate=_jump_secret)
+    previous_secret = fields.String(required=True, validate=_jump_secret)
+    client = fields.String(required=True, validate=validate.OneOf(JUMP_CLIENTS))
+    links = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+    @validates("links")
+    def check_links(self, links: dict, **_: Any) -> None:
+        """Each entry named by its limetype (jump.links.company: ...)."""
+        found: dict[str, list[str]] = {}
+        for limetype, prop in links.items():
+            for what, name in (("limetype", limetype), ("link property", prop)):
+                if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                    found.setdefault(limetype, []).append(f"The {what} must be a lower-case name ([a-z][a-z0-9_]*).")
+        if found:
+            raise ValidationError(found)  # a table of messages per entry: jump.links.<limetype>
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> JumpConfig:
+        return JumpConfig(**data)
 
 
 class OutboundSchema(_Strict):
@@ -431,6 +498,7 @@ class ConfigSchema(_Strict):
     admin = fields.Nested(AdminSchema, required=True)
     retention = fields.Nested(RetentionSchema, required=True)
     outbound = fields.Nested(OutboundSchema, required=True)
+    jump = fields.Nested(JumpSchema, required=True)
 
     @post_load
     def make(self, data: dict, **_: Any) -> Config:
@@ -502,6 +570,37 @@ def _required_secrets(config: Config, need: tuple[str, ...]) -> list[str]:
     return problems
 
 
+def _jump_problems(config: Config) -> list[str]:
+    """What the jump needs from other sections (checked once every section is valid)."""
+    jump = config.jump
+    problems = []
+    if jump.previous_secret and not jump.secret:
+        problems.append("jump.previous_secret: Must be empty while jump.secret is (jump off); while rotating, "
+                        "the new secret goes in jump.secret and the old one here.")
+    if jump.enabled and not config.bfus.ui_url:
+        problems.append("bfus.ui_url: Must be set when jump is on (jump.secret): the jump redirects only to "
+                        "BFUS addresses under it.")
+    if jump.links:
+        if not jump.secret:
+            problems.append(f"jump.secret: Must be set when jump.links names link properties (config file or "
+                            f"{ENV_PREFIX}JUMP__SECRET).")
+        if not config.receiver.public_url:
+            problems.append("receiver.public_url: Must be set when jump.links names link properties (the links "
+                            "written to Lime point to <public_url>jump/...).")
+    synced: dict[str, list[str]] = {}
+    for objecttype, spec in config.mapping.objects.items():
+        if spec.sync:
+            synced.setdefault(spec.limetype, []).append(objecttype)
+    for limetype in sorted(jump.links):
+        if limetype not in synced:
+            problems.append(f"jump.links.{limetype}: '{limetype}' is not the limetype of a synced mapping "
+                            f"(synced: {', '.join(sorted(synced)) or 'none'}).")
+        elif len(synced[limetype]) > 1:
+            problems.append(f"jump.links.{limetype}: '{limetype}' is the limetype of more than one synced mapping "
+                            f"({', '.join(synced[limetype])}), so a jump could not tell which BFUS object to open.")
+    return problems
+
+
 def build_config(
     raw: Mapping | None = None,
     environ: Mapping[str, str] | None = None,
@@ -518,7 +617,7 @@ def build_config(
         config: Config = ConfigSchema().load(tree)
     except ValidationError as err:
         raise ConfigError(_flatten(err.messages)) from None
-    problems = _required_secrets(config, need)
+    problems = _jump_problems(config) + _required_secrets(config, need)
     if problems:
         raise ConfigError(problems)
     return Config(**{**config.__dict__, "source": source})

@@ -1,5 +1,5 @@
 """Lime's limetype metadata: waiting for it, and checking the configuration against it
-(the mapping and the two log limetypes). Used by the worker at start-up, the
+(the mapping, the two log limetypes, the jump's link properties). Used by the worker at start-up, the
 migration and `bfus-lime check-config`."""
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, O
         mappers = {}
     if config.outbound.enabled:
         problems.extend(_outbound_problems(config, limetypes, mappers))
+    problems.extend(jump_problems(config, limetypes))
     if problems:
         raise MappingSetupError(problems)
     return mappers
@@ -78,4 +79,25 @@ def _outbound_problems(config: Config, limetypes: dict[str, Any], mappers: dict[
         problems.append("receiver.lime_secret: Must be set when outbound is on (the webhook subscription's secret).")
     if not config.bfus.token:
         problems.append("bfus.token: Must be set when outbound is on.")
+    return problems
+
+
+def jump_problems(config: Config, limetypes: dict[str, Any]) -> list[str]:
+    """The jump's link properties (jump.links) against Lime: each exists on its limetype
+    and is a link property. The configuration itself (secret, receiver.public_url, the
+    limetypes being mapped ones) was checked when it was loaded."""
+    problems = []
+    if config.jump.enabled and not config.bfus.token:
+        problems.append("bfus.token: Must be set when jump is on (the receiver asks BFUS for bookmarks).")
+    for limetype, prop in sorted(config.jump.links.items()):
+        lt = limetypes.get(limetype)
+        if lt is None:
+            problems.append(f"jump.links.{limetype}: Lime has no limetype '{limetype}'.")
+            continue
+        meta = lt["properties"].get(prop)
+        if meta is None:
+            problems.append(f"jump.links.{limetype}: limetype '{limetype}' has no property '{prop}' (add a link "
+                            f"property in Lime Admin, docs/jump.md).")
+        elif meta.get("type") != "link":
+            problems.append(f"jump.links.{limetype}: '{prop}' has type {meta.get('type')}, not link.")
     return problems
