@@ -11,8 +11,9 @@ catches what Lime never delivered):
 - the number of writes is bounded, so nothing ping-pongs: BFUS writes <= the Lime
   user's edits and creates, and each Lime edit of a field reaches BFUS at most once;
   the integration's company writes in Lime <= BFUS's change messages + the customer
-  numbers written back; every write to BFUS has its to_bfus log record; a second
-  sweep finds nothing to send.
+  numbers written back + the fingerprints written after updates (+ writes Lime did
+  not answer in time, which are made again); every write to BFUS has its to_bfus log
+  record; a second sweep finds nothing to send.
 
 The docs define who wins a true race (BFUS orders everything; a Lime edit that BFUS's
 snapshot overtakes is lost), so only agreement is asserted, never a winner."""
