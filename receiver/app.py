@@ -10,7 +10,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from deadletters import admin
-from receiver import health, lime_events, messages
+from receiver import health, jump, lime_events, messages
 from receiver.errors import error_response
 from shared.config import Config, load_config
 from shared.publisher import ConfirmedPublisher
@@ -30,6 +30,7 @@ def create_app(config: Config | None = None, publisher: ConfirmedPublisher | Non
     app.register_blueprint(messages.bp)
     app.register_blueprint(lime_events.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(jump.bp)
     app.register_blueprint(admin.bp)
 
     @app.errorhandler(HTTPException)

@@ -1,20 +1,26 @@
 """What a request handler of the receiver reaches through the app: its configuration,
-its publisher and topology, and the 503 answer for when the broker cannot take a
-message."""
+its publisher and topology, the 503 answer for when the broker cannot take a message,
+and (for the jump only) a Lime and a BFUS client, built on first use."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import Response, current_app
 
 from receiver.errors import error_response
+from shared.bfus import BfusClient
 from shared.config import Config
+from shared.lime import LimeClient
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.topology import Topology
 
 log = get_logger(component="receiver")
+_building = threading.Lock()
+# A person waits for the jump: BFUS gets 10 s to answer, not the 60 s a migration allows.
+JUMP_BFUS_TIMEOUT = (3.05, 10.0)
 
 
 def config() -> Config:
@@ -27,6 +33,26 @@ def publisher() -> ConfirmedPublisher:
 
 def topology() -> Topology:
     return current_app.extensions["topology"]
+
+
+def lime() -> LimeClient:
+    """This process's Lime client (the lime section), made on first use: only the jump
+    calls Lime from the receiver."""
+    with _building:
+        found = current_app.extensions.get("lime")
+        if found is None:
+            found = current_app.extensions["lime"] = LimeClient(config().lime, pool_size=config().receiver.threads)
+        return found
+
+
+def bfus() -> BfusClient:
+    """This process's BFUS client (the bfus section), made on first use: only the jump
+    calls BFUS from the receiver."""
+    with _building:
+        found = current_app.extensions.get("bfus")
+        if found is None:
+            found = current_app.extensions["bfus"] = BfusClient(config().bfus, timeout=JUMP_BFUS_TIMEOUT)
+        return found
 
 
 def unavailable(err: BrokerUnavailable) -> Response:

@@ -127,3 +127,14 @@ class BfusClient:
 
     def update_customer(self, customerno: str, fields: dict[str, Any]) -> dict[str, Any]:
         return self._once("PUT", f"api/v1/customers/{quote(customerno, safe='')}", fields)
+
+    def bookmark(self, objecttype: str, key: str, client: str) -> str:
+        """The address of a BFUS bookmark opening one object in ``client`` (BFU or MFU),
+        ``POST /api/v1/bookmarks`` (contract.md §4), tried once. BfusUnavailable,
+        BfusRejected (BFUS's reason), or BfusError when the answer carries no url. The
+        caller checks the address lies under bfus.ui_url before sending anyone there."""
+        found = self._once("POST", "api/v1/bookmarks", {"objecttype": objecttype, "key": key, "client": client})
+        url = found.get("url")
+        if not isinstance(url, str) or not url:
+            raise BfusError("BFUS answered a bookmark without a url")
+        return url

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from shared.config import JUMP_CLIENTS, JumpConfig
 
@@ -62,13 +62,16 @@ def jump_url(public_url: str, secret: str, limetype: str, object_id: int, client
 
 def is_under(url: str, base: str) -> bool:
     """Whether ``url`` lies under ``base`` (bfus.ui_url): same scheme and host, its path
-    below base's, and no spaces or control characters. An empty base admits nothing."""
+    below base's without ``.``/``..`` segments, and no spaces, control characters or
+    backslashes. An empty base admits nothing."""
     if not base or not url.startswith(base if base.endswith("/") else base + "/"):
         return False
     if any(ord(c) < 33 or ord(c) == 127 or c == "\\" for c in url):
         return False
     found, wanted = urlsplit(url), urlsplit(base)
-    return (found.scheme, found.netloc) == (wanted.scheme, wanted.netloc) and found.path.startswith(wanted.path)
+    climbs = any(unquote(segment) in (".", "..") for segment in found.path.split("/"))  # a browser would leave base
+    return ((found.scheme, found.netloc) == (wanted.scheme, wanted.netloc) and found.path.startswith(wanted.path)
+            and not climbs)
 
 
 @dataclass(frozen=True)

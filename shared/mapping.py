@@ -240,6 +240,13 @@ def scrub_personal(objecttype: str, data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def objecttype_of(mapping: MappingConfig, limetype: str) -> tuple[str, ObjectMapping] | None:
+    """The synced BFUS objecttype whose Lime limetype is ``limetype``, with its mapping
+    (``spec.key`` the Lime property holding the BFUS key); None when none is."""
+    found = [(t, spec) for t, spec in mapping.objects.items() if spec.sync and spec.limetype == limetype]
+    return found[0] if len(found) == 1 else None
+
+
 def build_mappers(mapping: MappingConfig, limetypes: Mapping[str, Mapping[str, Any]],
                   outbound: bool = False) -> dict[str, ObjectMapper]:
     """Mappers for every synced objecttype, checked against Lime's metadata. Raises

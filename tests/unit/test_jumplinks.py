@@ -90,6 +90,10 @@ def test_jump_links_give_each_configured_limetype_its_property() -> None:
     ("https://bfus.example.se/ui/x\r\nSet-Cookie: a=b", False),
     ("https://bfus.example.se/ui/\\evil.test", False),
     ("https://bfus.example.se/ui/ x", False),
+    ("https://bfus.example.se/ui/../admin", False),  # a browser resolves it to /admin
+    ("https://bfus.example.se/ui/%2e%2e/admin", False),
+    ("https://bfus.example.se/ui/./x", False),
+    ("https://bfus.example.se/ui/a..b/c.d", True),
     ("", False),
 ])
 def test_only_addresses_under_the_ui_base_are_followed(url: str, under: bool) -> None:
