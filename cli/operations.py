@@ -35,6 +35,13 @@ def check_config(ctx: click.Context) -> None:
         click.echo(f"  not synced (logged as skipped_not_configured): {', '.join(skipped)}")
     if config.mapping.exclude_personal_data:
         click.echo("  personal data: left out")
+    jump = config.jump
+    if jump.enabled:
+        links = ", ".join(f"{lt}.{prop}" for lt, prop in sorted(jump.links.items())) or "none written"
+        click.echo(f"  jump: on, to bookmarks under {config.bfus.ui_url}; links ({jump.client}): {links}"
+                   + ("; previous secret still accepted" if jump.previous_secret else ""))
+    else:
+        click.echo("  jump: off (no jump.secret)")
     click.echo("mapping fits Lime")
 
 

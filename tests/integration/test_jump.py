@@ -283,3 +283,28 @@ def test_lime_down_is_503_with_a_link_to_try_again(stack: Stack, logs: Logs) -> 
     assert logs.jumps()[0]["outcome"] == "lime_unavailable"
     stack.lime.faults.configure({"down": False})
     assert go(stack, "company", company_id).status_code == 302
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def test_check_config_shows_the_jump_and_checks_its_link_properties(tmp_path: Any, lime: Any) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    base = (f'[lime]\nurl = "{lime.api_url}"\napi_key = "{lime.api_key}"\n[receiver]\npublic_url = "https://bl.test/"\n'
+            f'[bfus]\ntoken = "t"\nui_url = "https://bfus.test/ui/"\n[jump]\nsecret = "{SECRET}"\n')
+    path = tmp_path / "bfus-lime.toml"
+    path.write_text(base)
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 0, result.output
+    assert "jump: on, to bookmarks under https://bfus.test/ui/; links (MFU): none written" in result.output
+    path.write_text(base + '[jump.links]\ncompany = "name"\nmeter = "nosuchlink"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 2
+    assert "jump.links.company: 'name' has type string, not link." in result.output
+    assert "jump.links.meter: limetype 'meter' has no property 'nosuchlink'" in result.output
+    path.write_text(base.replace(f'secret = "{SECRET}"', 'secret = ""') + '[jump.links]\ncompany = "bfuslink"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 2 and "jump.secret: Must be set when jump.links names link properties" in result.output
