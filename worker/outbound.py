@@ -18,12 +18,14 @@ from typing import Any
 from shared.bfus import BfusClient, BfusRejected
 from shared.fingerprint import advanced, changed, normal
 from shared.lime import LimeClient, LimeRejected
+from shared.logs import get_logger
 from shared.mapping import PRIVATE_NAME_FIELDS, MappingError, ObjectMapper, is_private
 from worker.apply import PermanentFailure
 
 # BFUS fields sent when a customer is created, beside the flowing ones: who it is.
 IDENTITY_FIELDS = ("customertype", "orgno", "socialsecurityno")
 REASONS = {409: "bfus_duplicate", 404: "bfus_not_found"}
+log = get_logger(component="outbound")
 CREATE, UPDATE, NOTHING = "create", "update", ""
 
 
@@ -39,6 +41,7 @@ class Sent:
     # What Lime's company must now hold (Outbound.remember): the customer number BFUS
     # gave a new customer, and the fingerprint with the sent fields as BFUS has them.
     lime_values: dict[str, Any] = field(default_factory=dict, repr=False)
+    seen: str = ""  # the company's fingerprint when it was read, before the BFUS write
 
     def describe(self) -> str:
         names = ", ".join(sorted(self.fields))
@@ -61,6 +64,7 @@ class Plan:
     why: str = ""
     found: bool = True
     fingerprint: str | None = field(default=None, repr=False)  # the company's, once BFUS has ``fields``
+    seen: str = field(default="", repr=False)  # the company's fingerprint as read
 
 
 class Outbound:
@@ -125,9 +129,30 @@ class Outbound:
         fingerprint with the fields just sent (one Lime call). Until BFUS's own change
         message about them arrives, the next event of the company then sees those
         fields as BFUS's, not as a Lime edit to send again over a newer BFUS change.
-        A step of its own, so that Lime being away here never sends BFUS anything twice."""
-        if sent.lime_values:
-            self.lime.update(self.limetype, sent.company_id, sent.lime_values)
+        A step of its own, so that Lime being away here never sends BFUS anything twice.
+
+        The company is read first (one more Lime call): if BFUS's own change message
+        reached it while BFUS was being written, that write's fingerprint is BFUS's
+        word on the values it put in Lime and stands (overwriting it would make them
+        look like Lime edits, to be sent back over the person's edit); the sent fields
+        then get their fingerprint when BFUS's message about them arrives. A company
+        linked meanwhile (BFUS's "created" message overtook this) keeps its number."""
+        values = dict(sent.lime_values)
+        prop = self.mapper.fingerprint_property
+        if not values:
+            return
+        try:
+            now = self.lime.get(self.limetype, sent.company_id)
+            if prop and str(now.get(prop) or "") != sent.seen:
+                values.pop(prop, None)
+            if self._linked(now) == sent.customerno:
+                values.pop(self.mapper.key_property, None)
+            if values:
+                self.lime.update(self.limetype, sent.company_id, values)
+        except LimeRejected as err:
+            if err.status != 404:  # removed in Lime since: nothing to remember
+                raise
+        log.info("sent_remembered", fingerprint=prop in values, number=self.mapper.key_property in values)
 
     def plan(self, company_id: int) -> Plan:
         """What :meth:`send` would send for the company as Lime has it now, found with
@@ -145,7 +170,8 @@ class Outbound:
                         else "creating customers from Lime is off (outbound.create_when)")
                 return Plan(company_id, NOTHING, why=f"it has no customer number and {rule}")
             fields = {k: v for k, v in self._bfus_values(company, self.create_properties).items() if v is not None}
-            return Plan(company_id, CREATE, "", fields, fingerprint=self._fingerprint(company, self.flowing))
+            return Plan(company_id, CREATE, "", fields, fingerprint=self._fingerprint(company, self.flowing),
+                        seen=self._seen(company))
         properties = self._changed(company)
         if not properties:
             return Plan(company_id, NOTHING, customerno,
@@ -161,7 +187,10 @@ class Outbound:
             return Plan(company_id, NOTHING, customerno, why="BFUS already has the values changed in Lime")
         fields = self._bfus_values(company, differing, customerno)
         return Plan(company_id, UPDATE, customerno, fields, {f: current.get(f) for f in fields},
-                    fingerprint=self._fingerprint(company, differing))
+                    fingerprint=self._fingerprint(company, differing), seen=self._seen(company))
+
+    def _seen(self, company: dict[str, Any]) -> str:
+        return str(company.get(self.mapper.fingerprint_property or "") or "")
 
     def _fingerprint(self, company: dict[str, Any], sent: tuple[str, ...]) -> str | None:
         prop = self.mapper.fingerprint_property
@@ -179,7 +208,7 @@ class Outbound:
         except BfusRejected as err:
             raise self._refused(err, "update", plan.customerno) from None
         return Sent("updated", str(answer.get("customerno") or plan.customerno), plan.fields, 200, plan.company_id,
-                    self._known(plan))
+                    self._known(plan), plan.seen)
 
     def _create(self, plan: Plan) -> Sent | None:
         try:
@@ -193,7 +222,7 @@ class Outbound:
             raise PermanentFailure("bfus_error", "BFUS created the customer but answered no customer number.",
                                    "no customerno in BFUS's answer")
         return Sent("created", customerno, plan.fields, 201, plan.company_id,
-                    {self.mapper.key_property: customerno, **self._known(plan)})
+                    {self.mapper.key_property: customerno, **self._known(plan)}, plan.seen)
 
     def _known(self, plan: Plan) -> dict[str, Any]:
         prop = self.mapper.fingerprint_property

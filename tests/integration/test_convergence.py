@@ -404,9 +404,6 @@ def test_an_edit_sent_once_is_not_sent_again_over_a_newer_bfus_change(stack: Sta
     assert stack.lime.store.get("company", company)["phone"] == "+4631556677"
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: Outbound.remember advances the fingerprint it read before "
-                   "sending, so a BFUS message applied to Lime meanwhile has its fingerprint overwritten and the "
-                   "value it wrote looks like a Lime edit, sent back to BFUS over the Lime user's edit")
 def test_a_bfus_message_applied_while_an_edit_is_sent_keeps_its_fingerprint(stack: Stack) -> None:
     """A BFUS user changes the city; before that reaches Lime, a Lime user edits the
     phone and the integration sends it, BFUS being slow to answer; BFUS's city message
