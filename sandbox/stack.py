@@ -199,7 +199,8 @@ class Stack:
         stack's in-process receiver and workers only)."""
         if self.bfus.store.queue_status()["pending"] or self.lime.app.extensions["lime_webhooks"].pending():
             return False
-        if any(w.worker.received != w.worker.settled for w in self.workers):
+        live = [w for w in self.workers if w.thread is None or w.thread.is_alive()]
+        if any(w.worker.received != w.worker.settled for w in live):  # an ended one's went back to the broker
             return False
         exchange = Topology.from_config(self.config.broker).exchange
         publishers = [w.publisher for w in self.workers] + [self.receiver_app.extensions["publisher"]]

@@ -86,8 +86,11 @@ def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHa
     assert "Everything is up. Where to look:" in result.stdout
     assert "X-API-Key: dev-lime-key" in result.stdout
     assert "All 60 changes are in Lime (60 processed, 0 failed)" in result.stdout
+    [reached] = [line for line in result.stdout.splitlines() if "reached BFUS after" in line]  # then Lime -> BFUS
+    assert "3 companies created" in reached and "refused" not in reached, reached
     assert "Stopped every process `run` started." in result.stdout
     logs = sorted(p.name for p in (tmp_path / "run" / "logs").iterdir())
-    assert logs == ["bfus.log", "lime.log", "receiver.log", "worker-1.log", "worker-2.log"]
+    assert logs == ["bfus.log", "lime.log", "receiver.log", "webhooks.log", "worker-1.log", "worker-2.log"]
+    assert "subscription 1 for http://127.0.0.1:" in (tmp_path / "run" / "logs" / "webhooks.log").read_text()
     stopped = [p for p in logs if "worker_stopped" in (tmp_path / "run" / "logs" / p).read_text()]
     assert stopped == ["worker-1.log", "worker-2.log"]

@@ -79,13 +79,10 @@ def new_orgno() -> str:
 
 def retire(process: WorkerProcess) -> None:
     """Stop a worker and wait for it to end. Deliveries it had taken but not started
-    went back to the broker when its channels closed and are the next owner's now;
-    Stack.quiet compares each in-process worker's received with its settled, so an
-    ended worker must not count them as still in its hands (settled, and what its
-    publisher confirmed, keep counting)."""
+    went back to the broker when its channels closed and are the next owner's now
+    (Stack.quiet looks only at live workers' hands)."""
     process.stop()
     assert process.join(30), f"{process.worker.name} did not stop"
-    process.worker.received = process.worker.settled
 
 
 def unanswered(stack: Stack) -> int:
