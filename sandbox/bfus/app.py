@@ -4,10 +4,35 @@ change queue that posts to the receiver.
     GET  /api/v1/<objecttype>s?offset=&limit=&status=&changedsince=&category=&customerno=   (Bearer token)
          -> {"items", "next", "total", "queueid"}: queueid is the last change the page includes
     GET  /api/v1/customers/<customerno>
+    POST /api/v1/customers, PUT /api/v1/customers/<customerno>
+    POST /api/v1/bookmarks  {"objecttype", "key", "client": "BFU"|"MFU"} -> 201 {"url"}
+    GET  /mfu/<objecttype>/<key>[?client=BFU]   MFU's page of the object, where bookmarks lead (no auth)
     POST /_admin/changes  {"count", "customers", "rate", "delete_share", "objecttypes"}   (X-Admin-Key)
     GET  /_admin/queue          queue status: pending, delivered, head
     POST /_admin/poster         {"paused": true|false}
     GET  /_admin/snapshots/<objecttype>   last state of every object, deleted included
+    GET  /_admin/bookmarks      bookmark counts, the UI base and its test override
+    PUT  /_admin/bookmarks      {"base_override": "<a base>" | null}
+
+Bookmarks (contract.md §4, issue 13). ``POST /api/v1/bookmarks`` answers **201**
+``{"url": ...}`` (a bookmark is made), always under the user-interface base
+``BfusStandIn.ui_url`` (``settings.ui_url``, default the stand-in's own address +
+``mfu/``), which is what ``bfus.ui_url`` names:
+
+    MFU (web client):      <ui_url><objecttype>/<key>             MFU's page of the object
+    BFU (desktop client):  <ui_url><objecttype>/<key>?client=BFU  the same page handing over to
+                           BFU (its link bfu://open/<objecttype>/<key>): a desktop client has no
+                           web address of its own, and a bookmark lies under the UI base
+
+(the key URL-quoted). A body that is not a JSON object: 400 ``invalid_body``; a bad or
+unknown field: 422 ``invalid_bookmark`` with ``fields``; an object BFUS does not have,
+or has deleted (its reads do not show those either): 404 ``not_found``. Like every API
+call it needs the bearer token (401) and answers 503 while ``unavailable`` is set.
+Test controls: ``bookmark_delay`` (seconds before answering: a BFUS slower than the
+caller's timeout), ``bookmark_base_override`` (answer URLs on another base, e.g.
+``https://evil.example/``, for the no-open-redirect test; also PUT /_admin/bookmarks);
+``bookmarks`` lists the ones made (objecttype, key, client), ``bookmark_requests``
+counts every request that reached the endpoint (refused ones too).
 """
 
 from __future__ import annotations
@@ -18,18 +43,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from sandbox.bfus.changes import ChangeMaker, ChangeMix
+from sandbox.bfus.mfu import mfu_blueprint
 from sandbox.bfus.poster import QueuePoster
 from sandbox.bfus.store import BfusStore, now
-from sandbox.bfus.validation import WRITABLE, customer_problems, write_problems
+from sandbox.bfus.validation import OBJECTTYPES, WRITABLE, bookmark_problems, customer_problems, write_problems
 from sandbox.httperrors import answer_http_errors_in_json
 from shared.bfus import PLURALS
-
-OBJECTTYPES = ("customer", "contract", "facility", "meter")
 
 
 @dataclass
@@ -42,6 +66,7 @@ class BfusSandboxSettings:
     retry_pause: float = 1.0
     seed: int | None = None
     max_limit: int = 1000
+    ui_url: str | None = None  # BFUS's user-interface base (bookmarks start with it); None: <own address>mfu/
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -69,6 +94,11 @@ class BfusStandIn:
         self.accepted: list[tuple[str, str, dict[str, Any]]] = []
         self.unavailable = False  # a test's outage: the API answers 503
         self.write_delay = 0.0  # seconds a customer write waits before it is applied and answered (a slow BFUS)
+        self.bookmarks: list[tuple[str, str, str]] = []  # bookmarks made: (objecttype, key, client), in order
+        self.bookmark_requests = 0  # requests that reached POST /api/v1/bookmarks, refused ones too
+        self.bookmark_delay = 0.0  # seconds a bookmark request waits before it is answered (a slow BFUS)
+        self.bookmark_base_override: str | None = None  # a test's BFUS answering bookmarks outside ui_url
+        self._bookmark_lock = threading.Lock()
 
     def start(self) -> BfusStandIn:
         self.server.start()
@@ -84,6 +114,18 @@ class BfusStandIn:
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def ui_url(self) -> str:
+        """BFUS's user-interface base: every bookmark starts with it (``bfus.ui_url``)."""
+        base = self.settings.ui_url or f"{self.url}mfu/"
+        return base if base.endswith("/") else base + "/"
+
+    def bookmark_url(self, objecttype: str, key: str, client: str) -> str:
+        """Where a bookmark of the object leads: its MFU page (for BFU, the page handing
+        over to the desktop client), on ``bookmark_base_override`` when a test set one."""
+        base = self.bookmark_base_override if self.bookmark_base_override is not None else self.ui_url
+        return f"{base}{objecttype}/{quote(key, safe='')}" + ("?client=BFU" if client == "BFU" else "")
 
     def feed(self, count: int, customers: int | None = None, rate: float | None = None,
              mix: ChangeMix | None = None, objecttypes: tuple[str, ...] = ("customer",)) -> threading.Thread:
@@ -103,11 +145,12 @@ class BfusStandIn:
         app.extensions["bfus"] = self
         app.register_blueprint(_api_blueprint(), url_prefix="/api/v1")
         app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
+        app.register_blueprint(mfu_blueprint(), url_prefix="/mfu")
 
         @app.get("/")
         def index() -> Response:
             lists = {t: f"{request.host_url}api/v1/{PLURALS[t]}" for t in OBJECTTYPES}
-            return jsonify({"service": "BFUS stand-in", "api": lists})
+            return jsonify({"service": "BFUS stand-in", "api": lists, "ui": self.ui_url})
 
         answer_http_errors_in_json(app, _error)
         return app
@@ -215,6 +258,35 @@ def _api_blueprint() -> Blueprint:
         standin.accepted.append(("PUT", customerno, changes))
         return jsonify(customer)
 
+    @bp.post("/bookmarks")
+    def bookmark() -> Response:
+        """A bookmark opening one object in BFU or MFU: 201 {"url"} under the UI base."""
+        standin = _standin()
+        with standin._bookmark_lock:
+            standin.bookmark_requests += 1
+        if standin.bookmark_delay > 0:
+            time.sleep(standin.bookmark_delay)
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _error(400, "invalid_body", 'Send one JSON object: {"objecttype", "key", "client"}.')
+        problems = bookmark_problems(body)
+        if problems:
+            response = jsonify({"error": "invalid_bookmark", "message": "The bookmark is not valid: " + "; ".join(
+                f"{name}: {' '.join(texts)}" for name, texts in sorted(problems.items())), "fields": problems})
+            response.status_code = 422
+            return response
+        objecttype, key, client = body["objecttype"], body["key"], body["client"]
+        found = standin.store.get(objecttype, key)
+        if found is None:
+            return _error(404, "not_found", f"No {objecttype} {key} in BFUS.")
+        if found["deleted"]:
+            return _error(404, "not_found", f"The {objecttype} {key} was deleted in BFUS.")
+        with standin._bookmark_lock:
+            standin.bookmarks.append((objecttype, key, client))
+        response = jsonify({"url": standin.bookmark_url(objecttype, key, client)})
+        response.status_code = 201
+        return response
+
     return bp
 
 
@@ -307,5 +379,22 @@ def _admin_blueprint() -> Blueprint:
     @bp.get("/snapshots/<objecttype>")
     def snapshots(objecttype: str) -> Response:
         return jsonify(_standin().store.snapshots(objecttype))
+
+    @bp.get("/bookmarks")
+    def bookmarks() -> Response:
+        standin = _standin()
+        return jsonify({"ui_url": standin.ui_url, "base_override": standin.bookmark_base_override,
+                        "made": len(standin.bookmarks), "requests": standin.bookmark_requests})
+
+    @bp.put("/bookmarks")
+    def bookmark_controls() -> Response:
+        """``{"base_override": "https://evil.example/"}``: bookmarks answered on that base
+        instead of the UI base (a test of the jump's no-open-redirect check); null: back."""
+        body = request.get_json(silent=True)
+        override = body.get("base_override", "") if isinstance(body, dict) else ""
+        if override is not None and not (isinstance(override, str) and override):
+            return _error(400, "invalid_body", 'Send {"base_override": "<a base address>"} or null for none.')
+        _standin().bookmark_base_override = override
+        return bookmarks()
 
     return bp

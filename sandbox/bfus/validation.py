@@ -1,7 +1,8 @@
 """What BFUS accepts when a customer is written through its API (contract.md §4): the
 customer's own fields, a personnummer or organisationsnummer with a valid check digit,
 a name, an address with a Swedish postcode, an e-mail address that looks like one.
-Fields BFUS owns (its number, status, category, dates) are not writable."""
+Fields BFUS owns (its number, status, category, dates) are not writable. And what a
+bookmark request must hold."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 
 from sandbox.bfus.swedish import luhn_digit
 
+OBJECTTYPES = ("customer", "contract", "facility", "meter")
+CLIENTS = ("BFU", "MFU")  # BFUS's desktop client and its web client
+KEY_LENGTH = 64  # an object key is at most this long (contract.md §1)
 WRITABLE = ("customertype", "name", "firstname", "lastname", "socialsecurityno", "orgno", "street", "zipcode",
             "city", "country", "phone", "mobilephone", "email", "paymentmethod", "einvoice")
 BFUS_OWNED = ("customerno", "status", "category", "createddate", "changeddate")
@@ -93,6 +97,26 @@ def write_problems(changes: Any) -> dict[str, list[str]]:
         if name in BFUS_OWNED:
             problems[name] = ["Managed by BFUS; not writable."]
         elif name not in WRITABLE:
+            problems[name] = ["Unknown field."]
+    return problems
+
+
+def bookmark_problems(body: dict[str, Any]) -> dict[str, list[str]]:
+    """Per field, what is wrong with a bookmark request ``{"objecttype", "key", "client"}``."""
+    problems: dict[str, list[str]] = {}
+    objecttype = body.get("objecttype")
+    if not isinstance(objecttype, str) or objecttype not in OBJECTTYPES:
+        problems["objecttype"] = [f"Must be one of {', '.join(OBJECTTYPES)}."]
+    key: Any = body.get("key")
+    if not _text(key):
+        problems["key"] = ["Required: the object's key (customer, contract, facility or meter number)."]
+    elif len(key) > KEY_LENGTH:
+        problems["key"] = [f"At most {KEY_LENGTH} characters."]
+    client = body.get("client")
+    if not isinstance(client, str) or client not in CLIENTS:
+        problems["client"] = ["Must be BFU (the desktop client) or MFU (the web client)."]
+    for name in body:
+        if name not in ("objecttype", "key", "client"):
             problems[name] = ["Unknown field."]
     return problems
 

@@ -3,6 +3,7 @@ a queue that keeps a message at the head until it is answered 2xx."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask, Response, request
+from htmlpage import Page
 
 from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
 from sandbox.bfus.swedish import luhn_digit
@@ -252,3 +254,161 @@ def test_writes_need_the_token_and_a_json_object(bfus: BfusStandIn) -> None:
     assert requests.post(f"{bfus.url}api/v1/customers", json=PERSON, timeout=10).status_code == 401
     assert write(bfus, "POST", "customers", ["not", "an", "object"]).status_code == 400
     assert write(bfus, "PUT", "customers/999999", {"street": "X 1"}).status_code == 404
+
+
+# --------------------------------------------------------------------------- bookmarks and MFU (issue 13)
+
+BEARER = {"Authorization": "Bearer dev-bfus-token"}
+
+
+def bookmark(bfus: BfusStandIn, body: Any, **kw: Any) -> requests.Response:
+    return requests.post(f"{bfus.url}api/v1/bookmarks", json=body, headers=kw.pop("headers", BEARER),
+                         timeout=kw.pop("timeout", 10), **kw)
+
+
+def one_of_each(bfus: BfusStandIn) -> dict[str, str]:
+    """A seeded customer with a facility, contract and meter: objecttype -> key."""
+    bfus.changes.seed_customers(3)
+    keys = {"customer": bfus.store.keys("customer")[0]}
+    children = bfus.store.children(keys["customer"])
+    for objecttype in ("contract", "facility", "meter"):
+        keys[objecttype] = next((c["key"] for c in children if c["objecttype"] == objecttype), "")
+    if not keys["meter"]:  # not every facility is metered: any customer's meter
+        keys["meter"] = bfus.store.keys("meter")[0]
+    return keys
+
+
+def test_a_bookmark_leads_to_the_objects_mfu_page(bfus: BfusStandIn) -> None:
+    keys = one_of_each(bfus)
+    assert bfus.ui_url == f"{bfus.url}mfu/"
+    for objecttype, key in keys.items():
+        made = bookmark(bfus, {"objecttype": objecttype, "key": key, "client": "MFU"})
+        assert made.status_code == 201, made.text
+        assert made.json() == {"url": f"{bfus.ui_url}{objecttype}/{key}"}
+        page = requests.get(made.json()["url"], timeout=10)  # no token: a user-interface page
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        data = bfus.store.get(objecttype, key)["data"]  # type: ignore[index]
+        shown = Page(page.text).values
+        assert shown["objecttype"] == objecttype and shown["number"] == key and shown["status"]
+        if objecttype == "customer":
+            assert shown["name"] == data["name"] and Page(page.text).title == f"{data['name']} · MFU"
+            assert shown["status"] == data["status"] == "active"
+            children = {href for _, href in Page(page.text).links}
+            assert f"/mfu/contract/{keys['contract']}" in children  # its contracts, facilities, meters
+        else:
+            assert shown["customerno"] == data["customerno"]
+    assert bfus.bookmarks == [(t, k, "MFU") for t, k in keys.items()] and bfus.bookmark_requests == 4
+
+
+def test_a_bfu_bookmark_is_a_page_under_the_ui_base_handing_over_to_the_desktop_client(bfus: BfusStandIn) -> None:
+    keys = one_of_each(bfus)
+    made = bookmark(bfus, {"objecttype": "contract", "key": keys["contract"], "client": "BFU"})
+    assert made.status_code == 201
+    url = made.json()["url"]
+    assert url == f"{bfus.ui_url}contract/{keys['contract']}?client=BFU" and url.startswith(bfus.ui_url)
+    page = Page(requests.get(url, timeout=10).text)
+    assert ["Open in BFU", f"bfu://open/contract/{keys['contract']}"] in page.links
+    assert ["stay in MFU", f"/mfu/contract/{keys['contract']}"] in page.links
+    assert page.values["number"] == keys["contract"]  # and the object itself, in MFU
+    assert bfus.bookmarks == [("contract", keys["contract"], "BFU")]
+
+
+def test_a_key_is_quoted_in_the_bookmark_and_found_again_on_the_page(bfus: BfusStandIn) -> None:
+    key = "A 7/B-ö"
+    bfus.store.put_silently("contract", key, "100001", {"contractno": key, "customerno": "100001",
+                                                        "status": "pending", "product": "gas"})
+    url = bookmark(bfus, {"objecttype": "contract", "key": key, "client": "MFU"}).json()["url"]
+    assert url == f"{bfus.ui_url}contract/A%207%2FB-%C3%B6"
+    page = Page(requests.get(url, timeout=10).text)
+    assert (page.values["number"], page.values["status"]) == (key, "pending")
+    assert page.title == f"Contract {key} (gas) · MFU"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"objecttype": "invoice", "key": "1", "client": "MFU"}, "objecttype"),
+    ({"key": "1", "client": "MFU"}, "objecttype"),
+    ({"objecttype": "customer", "key": "", "client": "MFU"}, "key"),
+    ({"objecttype": "customer", "key": 100001, "client": "MFU"}, "key"),
+    ({"objecttype": "customer", "key": "1" * 65, "client": "MFU"}, "key"),
+    ({"objecttype": "customer", "key": "100001"}, "client"),
+    ({"objecttype": "customer", "key": "100001", "client": "mfu"}, "client"),
+    ({"objecttype": "customer", "key": "100001", "client": "WEB"}, "client"),
+    ({"objecttype": "customer", "key": "100001", "client": "MFU", "page": 2}, "page"),
+])
+def test_an_invalid_bookmark_request_is_422_naming_the_field(bfus: BfusStandIn, body: dict, field: str) -> None:
+    bfus.changes.seed_customers(1)
+    refused = bookmark(bfus, body)
+    assert refused.status_code == 422, refused.text
+    answer = refused.json()
+    assert answer["error"] == "invalid_bookmark" and list(answer["fields"]) == [field]
+    assert field in answer["message"] and bfus.bookmarks == []
+
+
+def test_bookmark_refusals_not_an_object_no_token_unknown_and_deleted(bfus: BfusStandIn) -> None:
+    [customerno] = bfus.changes.seed_customers(1)
+    not_json = requests.post(f"{bfus.url}api/v1/bookmarks", data="customer", headers=BEARER, timeout=10)
+    assert not_json.status_code == 400 and not_json.json()["error"] == "invalid_body"
+    assert bookmark(bfus, ["customer", customerno, "MFU"]).status_code == 400
+    wrong = bookmark(bfus, {"objecttype": "customer", "key": customerno, "client": "MFU"},
+                     headers={"Authorization": "Bearer guessed"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+    unknown = bookmark(bfus, {"objecttype": "meter", "key": "99", "client": "MFU"})
+    assert unknown.status_code == 404 and unknown.json() == {"error": "not_found", "message": "No meter 99 in BFUS."}
+    data = bfus.store.get("customer", customerno)["data"]  # type: ignore[index]
+    bfus.store.change("customer", "deleted", customerno, customerno, data)
+    deleted = bookmark(bfus, {"objecttype": "customer", "key": customerno, "client": "BFU"})
+    assert deleted.status_code == 404 and deleted.json() == {
+        "error": "not_found", "message": f"The customer {customerno} was deleted in BFUS."}
+    assert bfus.bookmarks == [] and bfus.bookmark_requests == 4  # the 401 never reached it
+    for path, text in ((f"customer/{customerno}", f"Customer {customerno} was deleted in BFUS."),
+                       ("meter/99", "BFUS has no meter 99."), ("invoice/1", "BFUS has no objecttype 'invoice'.")):
+        page = requests.get(f"{bfus.ui_url}{path}", timeout=10)
+        assert page.status_code == 404 and page.headers["Content-Type"].startswith("text/html")
+        assert text in html.unescape(page.text) and Page(page.text).title == "Not found in BFUS · MFU"
+
+
+def test_bfus_down_answers_bookmarks_503_and_a_slow_one_answers_late(bfus: BfusStandIn) -> None:
+    [customerno] = bfus.changes.seed_customers(1)
+    body = {"objecttype": "customer", "key": customerno, "client": "MFU"}
+    bfus.unavailable = True
+    down = bookmark(bfus, body)
+    assert down.status_code == 503 and down.json()["error"] == "unavailable"
+    assert bfus.bookmark_requests == 0 and bfus.bookmarks == []
+    assert requests.get(f"{bfus.ui_url}customer/{customerno}", timeout=10).status_code == 200  # the UI: not the API
+    bfus.unavailable = False
+    assert bookmark(bfus, body).status_code == 201
+    bfus.bookmark_delay = 0.5
+    with pytest.raises(requests.Timeout):
+        bookmark(bfus, body, timeout=0.1)  # a caller that waits less than BFUS takes
+    started = time.monotonic()
+    assert bookmark(bfus, body).status_code == 201 and time.monotonic() - started >= 0.5
+
+
+def test_a_test_can_make_bookmarks_answer_outside_the_ui_base(bfus: BfusStandIn) -> None:
+    [customerno] = bfus.changes.seed_customers(1)
+    body = {"objecttype": "customer", "key": customerno, "client": "MFU"}
+    bfus.bookmark_base_override = "https://evil.example/mfu/"
+    assert bookmark(bfus, body).json()["url"] == f"https://evil.example/mfu/customer/{customerno}"
+    admin = {"X-Admin-Key": "dev-bfus-admin"}
+    assert requests.put(f"{bfus.url}_admin/bookmarks", json={"base_override": "x"}, timeout=10).status_code == 401
+    climbing = f"{bfus.ui_url}../../"
+    put = requests.put(f"{bfus.url}_admin/bookmarks", json={"base_override": climbing}, headers=admin, timeout=10)
+    assert put.status_code == 200 and put.json() == {"ui_url": bfus.ui_url, "base_override": climbing, "made": 1,
+                                                     "requests": 1}
+    assert bookmark(bfus, body).json()["url"] == f"{climbing}customer/{customerno}"
+    for bad in ({"base_override": ""}, {"base_override": 5}, {}, ["x"]):
+        assert requests.put(f"{bfus.url}_admin/bookmarks", json=bad, headers=admin, timeout=10).status_code == 400
+    back = requests.put(f"{bfus.url}_admin/bookmarks", json={"base_override": None}, headers=admin, timeout=10)
+    assert back.json()["base_override"] is None and bfus.bookmark_base_override is None
+    assert bookmark(bfus, body).json()["url"] == f"{bfus.ui_url}customer/{customerno}"
+    status = requests.get(f"{bfus.url}_admin/bookmarks", headers=admin, timeout=10).json()
+    assert (status["made"], status["requests"]) == (3, 3)
+    assert requests.get(bfus.url, timeout=10).json()["ui"] == bfus.ui_url
+
+
+def test_the_ui_base_can_be_configured(tmp_path: Path) -> None:
+    standin = BfusStandIn(BfusSandboxSettings(db_path=tmp_path / "bfus.db", target_url="http://127.0.0.1:9/",
+                                              api_key="k", ui_url="https://bfus.example.se/ui"), post=False)
+    assert standin.ui_url == "https://bfus.example.se/ui/"
+    assert standin.bookmark_url("facility", "735999100000000001", "BFU") == (
+        "https://bfus.example.se/ui/facility/735999100000000001?client=BFU")
