@@ -13,6 +13,9 @@
     /_admin/webhooks  GET (delivery counts), PUT {"lose_rate", "duplicate_rate"} (shares, at random)
                       or {"lose_next", "duplicate_next", "object_id"} (the next few deliveries,
                       of the object's events or, without object_id, of any)
+    /<application>/web/<limetype>/<id>                  GET: the object's card in the web client, an
+                      HTML page: its properties and an actionpad with each non-empty link property
+                      as a link named by its localname (sandbox/lime/web.py; no API key, no faults)
 
 Every create, update and delete through the API fires the webhooks of
 sandbox/lime/webhooks.py.
@@ -33,6 +36,7 @@ from sandbox.httperrors import answer_http_errors_in_json
 from sandbox.lime.faults import FaultInjector, Faults
 from sandbox.lime.schema import load_schema
 from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
+from sandbox.lime.web import web_blueprint
 from sandbox.lime.webhooks import EVENTS, SIGNATURES, Webhooks
 from shared.lime import option_key
 
@@ -72,6 +76,7 @@ def create_lime_app(settings: LimeSandboxSettings) -> Flask:
     app.url_map.strict_slashes = False
     app.register_blueprint(_api_blueprint(), url_prefix=f"/{settings.application}/api/v1")
     app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
+    app.register_blueprint(web_blueprint(), url_prefix=f"/{settings.application}/web")
 
     @app.errorhandler(LimeRequestError)
     def lime_error(err: LimeRequestError) -> Response:
@@ -433,6 +438,14 @@ class LimeStandIn:
     @property
     def api_url(self) -> str:
         return f"{self.server.url}{self.settings.application}/api/v1/"
+
+    @property
+    def web_url(self) -> str:
+        """The web client's base: a card is ``<web_url><limetype>/<id>``."""
+        return f"{self.server.url}{self.settings.application}/web/"
+
+    def card_url(self, limetype: str, object_id: int) -> str:
+        return f"{self.web_url}{limetype}/{object_id}"
 
     @property
     def api_key(self) -> str:

@@ -6,6 +6,10 @@
     name = { type = "string", length = 128, required = true }
     customertype = { type = "option", options = ["private", "company"] }
     persons = { type = "hasmany", related = "person", backreference = "company" }
+    bfuslink = { type = "link", length = 512, localname = "Open in MFU" }
+
+A link property is text holding an http(s) address or "" (checked by the store); the
+web card shows it in the actionpad, named by its localname (sandbox/lime/web.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sandbox.lime.schema import TEXT_TYPES, Limetype, Property
 from sandbox.sqlite import ThreadLocalDB
@@ -43,6 +44,22 @@ def _parse_time(value: str) -> str:
     if parsed.tzinfo is None:
         parsed = parsed.astimezone()
     return parsed.isoformat(timespec="microseconds")
+
+
+def link_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a link property's value: a link is an http(s) address
+    (what the card opens when clicked) or empty."""
+    if value == "":
+        return None
+    if any(ord(c) < 33 or ord(c) == 127 for c in value):
+        return "an address has no spaces or control characters"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "not an address"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "expects an http(s) address such as https://example.com/ (or \"\" for none)"
+    return None
 
 
 def _parse_date(value: str) -> str:
@@ -90,6 +107,10 @@ class LimeStore:
                     + (", " + cols if cols else "")
                     + ")"
                 )
+                have = {row["name"] for row in db.execute(f"PRAGMA table_info({self._table(lt.name)})")}
+                for p in lt.stored_properties:
+                    if p.name not in have:  # a property added to the schema since this database was made
+                        db.execute(f"ALTER TABLE {self._table(lt.name)} ADD COLUMN {self._column_ddl(p)}")
                 for p in lt.stored_properties:
                     db.execute(
                         f'CREATE INDEX IF NOT EXISTS "ix_{lt.name}_{p.name}" '
@@ -128,6 +149,9 @@ class LimeStore:
                 )
             if prop.required and value == "":
                 raise bad_request(f"Property '{where}' is required and may not be empty.", "required")
+            problem = link_problem(value) if prop.type == "link" else None
+            if problem:
+                raise bad_request(f"Property '{where}': {problem}, got {value!r}.", "invalid_value")
             return value
         if value is None:
             if prop.required:

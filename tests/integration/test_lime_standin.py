@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from htmlpage import Page
 
 from sandbox.lime.app import LimeStandIn
+from sandbox.lime.schema import Limetype, load_schema
+from sandbox.lime.store import LimeStore
 
 ADMIN = {"X-Admin-Key": "dev-lime-admin"}
 
@@ -264,3 +269,101 @@ def test_requests_are_counted_by_method_and_limetype(api: Api) -> None:
     stats = requests.get(f"{api.root}_admin/stats", headers=ADMIN, timeout=10).json()
     assert stats["requests"] == {"POST company": 2, "GET company": 1, "GET person": 1}
     assert stats["total"] == 4
+
+
+# --------------------------------------------------------------------------- link properties and the card (issue 13)
+
+JUMP = "https://bfus-lime.example.se/jump/company/1001?client=MFU&sig=9f2c0a"
+
+
+def test_bfuslink_is_a_link_property_of_the_synced_limetypes(api: Api) -> None:
+    for limetype in ("company", "agreement", "facility", "meter"):
+        props = {p["name"]: p for p in api.get(f"limetype/{limetype}/").json()["_embedded"]["properties"]}
+        assert props["bfuslink"] == {"name": "bfuslink", "localname": "Open in MFU", "type": "link",
+                                     "required": False, "length": 512}
+    person = {p["name"] for p in api.get("limetype/person/").json()["_embedded"]["properties"]}
+    assert "bfuslink" not in person
+
+
+@pytest.mark.parametrize("value", [JUMP, "http://127.0.0.1:8080/jump/meter/7?client=BFU&sig=ab", "HTTPS://Lime.Test",
+                                   ""])
+def test_a_link_property_takes_an_http_address_or_nothing(api: Api, value: str) -> None:
+    created = api.company(bfuslink=value)
+    assert created["bfuslink"] == value
+    changed = api.put(f"limeobject/company/{created['_id']}/", {"bfuslink": JUMP if value == "" else ""})
+    assert changed.status_code == 200 and changed.json()["bfuslink"] == (JUMP if value == "" else "")
+    assert api.company()["bfuslink"] == ""  # unset: empty, as every text-like property
+
+
+@pytest.mark.parametrize("value", [
+    "javascript:alert(1)", "ftp://files.example.se/a", "bfus-lime.example.se/jump/company/1", "https://",
+    "https:///path-only", "https://bfus lime.example.se/", " https://lime.test/", "https://[::1/", None, 5,
+    "https://lime.test/" + "x" * 500,
+])
+def test_a_link_property_refuses_anything_else(api: Api, value: Any) -> None:
+    refused = api.post("limeobject/agreement/", {"contractno": "A-1", "bfuslink": value})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_value", refused.text
+    assert "agreement.bfuslink" in refused.json()["message"]
+    agreement = api.post("limeobject/agreement/", {"contractno": "A-2"}).json()
+    assert api.put(f"limeobject/agreement/{agreement['_id']}/", {"bfuslink": value}).status_code == 400
+    assert api.get(f"limeobject/agreement/{agreement['_id']}/").json()["bfuslink"] == ""
+
+
+def card(lime: LimeStandIn, limetype: str, object_id: Any) -> requests.Response:
+    return requests.get(lime.card_url(limetype, object_id), timeout=10)  # no API key: a web-client page
+
+
+def test_the_card_shows_the_properties_and_the_links_in_its_actionpad(lime: LimeStandIn, api: Api) -> None:
+    company = api.company(name="Kvarnbackens Bageri AB", customerno="100234", registrationno="556677-8899",
+                          bfusstatus="former", einvoice=True, bfuslink=JUMP)
+    agreement = api.post("limeobject/agreement/", {"contractno": "A-77", "company": company["_id"],
+                                                   "product": "water"}).json()
+    response = card(lime, "company", company["_id"])
+    assert lime.card_url("company", company["_id"]) == f"{lime.server.url}lime/web/company/{company['_id']}"
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    page = Page(response.text, "property")
+    assert page.title == "Kvarnbackens Bageri AB · Company · Lime CRM"
+    assert page.values["name"] == "Kvarnbackens Bageri AB" and page.values["customerno"] == "100234"
+    assert page.values["registrationno"] == "556677-8899" and "Org. no" in response.text  # labelled by localname
+    assert (page.values["bfusstatus"], page.values["einvoice"]) == ("Former customer", "Yes")  # as a user reads them
+    assert page.values["agreements"] == "A-77"
+    assert page.links[0] == ["Open in MFU", JUMP]  # the actionpad comes first
+    assert ["A-77", f"/lime/web/agreement/{agreement['_id']}"] in page.links
+    assert "bfuslink" not in page.values and "Open in MFU" not in page.values.values()  # only in the actionpad
+    assert [text for text, _ in page.links].count("Open in MFU") == 1
+    shown = card(lime, "agreement", agreement["_id"]).text  # its link is empty: no action
+    back = Page(shown, "property")
+    assert back.values["company"] == "Kvarnbackens Bageri AB" and back.values["product"] == "Water"
+    assert ["Kvarnbackens Bageri AB", f"/lime/web/company/{company['_id']}"] in back.links
+    assert "Open in MFU" not in {text for text, _ in back.links} and "No links." in shown
+
+
+def test_a_card_is_not_an_api_request_and_outlives_lime_faults(lime: LimeStandIn, api: Api) -> None:
+    company = api.company(bfuslink=JUMP)
+    requests.post(f"{api.root}_admin/stats/reset", headers=ADMIN, timeout=10)
+    api.faults(down=True)
+    assert card(lime, "company", company["_id"]).status_code == 200
+    api.faults(down=False)
+    assert requests.get(f"{api.root}_admin/stats", headers=ADMIN, timeout=10).json()["total"] == 0
+
+
+@pytest.mark.parametrize("path, text", [
+    ("company/999999", "Lime has no company 999999."),
+    ("spaceship/1001", "Lime has no limetype 'spaceship'."),
+    ("company/abc", "Lime has no company abc."),
+])
+def test_an_unknown_card_is_a_404_page(lime: LimeStandIn, path: str, text: str) -> None:
+    response = requests.get(f"{lime.web_url}{path}", timeout=10)
+    assert response.status_code == 404 and response.headers["Content-Type"].startswith("text/html")
+    assert text in html.unescape(response.text) and Page(response.text).title == "Not found · Lime CRM"
+
+
+def test_a_property_added_to_the_schema_gets_its_column_in_an_existing_database(tmp_path: Path) -> None:
+    schema = load_schema()
+    older = {name: Limetype(lt.name, {k: p for k, p in lt.properties.items() if k != "bfuslink"}, lt.descriptive,
+                            lt.localname) for name, lt in schema.items()}
+    LimeStore(tmp_path / "lime.db", older).create("company", {"name": "Äldre AB"})
+    store = LimeStore(tmp_path / "lime.db", schema)
+    [company] = store.all_objects("company")
+    assert company["bfuslink"] == ""
+    assert store.update("company", company["_id"], {"bfuslink": JUMP})["bfuslink"] == JUMP
