@@ -18,6 +18,7 @@ from flask import Flask, Response, jsonify, request
 from sandbox.bfus.app import BfusSandboxSettings
 from sandbox.serve import ServerThread
 from sandbox.stack import Stack
+from shared.config import build_config, deep_merge
 from shared.jumplinks import jump_url, sign
 from shared.lime import LimeClient
 from shared.logs import configure_logging
@@ -66,13 +67,20 @@ def fake_bfus() -> Iterator[FakeBfus]:
         fake.server.stop()
 
 
-def jump_stack(make_stack: Callable[..., Stack], bfus: FakeBfus | None = None, **jump: Any) -> Stack:
-    """A stack with the jump on; BFUS is ``bfus`` when given, else the stack's stand-in."""
+def jump_stack(make_stack: Callable[..., Stack], bfus: FakeBfus | None = None, start: bool = True,
+               **jump: Any) -> Stack:
+    """A stack with the jump on, its receiver started; BFUS is ``bfus`` when given, else
+    the stack's stand-in (bfus.ui_url its user-interface base, once it has one)."""
     config: dict[str, Any] = {"jump": {"secret": SECRET, **jump}, "bfus": {"ui_url": "http://127.0.0.1:9/mfu/"}}
     if bfus is not None:
         config["bfus"] = {"url": bfus.url, "ui_url": bfus.ui_url}
     stack = make_stack(partitions=2, config=config)
-    stack.start_receiver()
+    standin_ui = getattr(stack.bfus, "ui_url", None)
+    if bfus is None and standin_ui:  # the stand-in's port is chosen with the stack: name its base now
+        stack.raw = deep_merge(stack.raw, {"bfus": {"ui_url": standin_ui}})
+        stack.config = build_config(stack.raw, environ={})
+    if start:
+        stack.start_receiver()
     return stack
 
 
@@ -240,6 +248,19 @@ def test_bfus_down_is_503_with_a_link_to_try_again(make_stack: Callable[..., Sta
     assert logs.jumps()[0]["outcome"] == "bfus_unavailable"
 
 
+def test_bfus_slower_than_the_jump_waits_is_503(make_stack: Callable[..., Stack],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from receiver import context
+
+    monkeypatch.setattr(context, "JUMP_BFUS_TIMEOUT", (3.05, 0.5))  # the receiver's client is made after this
+    stack = jump_stack(make_stack)
+    standin_bookmarks(stack)
+    stack.bfus.start()
+    stack.bfus.bookmark_delay = 1.5
+    response = go(stack, "company", company(stack))
+    is_page(response, 503, "BFUS is not answering", "Try again")
+
+
 def test_bfus_not_running_is_503(make_stack: Callable[..., Stack]) -> None:
     stack = jump_stack(make_stack)  # the stand-in is not started: its port refuses connections
     is_page(go(stack, "company", company(stack)), 503, "BFUS is not answering")
@@ -308,3 +329,53 @@ def test_check_config_shows_the_jump_and_checks_its_link_properties(tmp_path: An
     path.write_text(base.replace(f'secret = "{SECRET}"', 'secret = ""') + '[jump.links]\ncompany = "bfuslink"\n')
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
     assert result.exit_code == 2 and "jump.secret: Must be set when jump.links names link properties" in result.output
+
+
+# --------------------------------------------------------------------------- with the BFUS stand-in
+
+
+@pytest.fixture
+def synced(make_stack: Callable[..., Stack]) -> Stack:
+    """The whole stack with jump on: BFUS's customers, contracts, facilities and meters
+    synced to Lime by a worker."""
+    stack = jump_stack(make_stack, start=False)
+    standin_bookmarks(stack)
+    stack.start(workers=1)
+    stack.bfus.changes.make(60, customers=5, objecttypes=("customer", "contract", "facility", "meter"))
+    stack.wait_quiet()
+    return stack
+
+
+@pytest.mark.parametrize("limetype, objecttype, key_property", [
+    ("company", "customer", "customerno"), ("agreement", "contract", "contractno"),
+    ("facility", "facility", "facilityno"), ("meter", "meter", "meterno")])
+def test_a_synced_object_opens_its_mfu_page_in_the_bfus_standin(synced: Stack, limetype: str, objecttype: str,
+                                                                 key_property: str) -> None:
+    found = synced.lime_objects(limetype)[0]
+    key = found[key_property]
+    response = go(synced, limetype, found["_id"])
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"{synced.bfus.ui_url}{objecttype}/{key}"
+    assert synced.bfus.bookmarks == [(objecttype, key, "MFU")]
+    page = requests.get(response.headers["Location"], timeout=30)  # where the browser lands
+    assert page.status_code == 200 and key in page.text
+
+
+def test_the_desktop_client_gets_its_bookmark_too(synced: Stack) -> None:
+    found = synced.lime_objects("company")[0]
+    response = go(synced, "company", found["_id"], "BFU")
+    assert response.status_code == 302 and response.headers["Location"].startswith(synced.bfus.ui_url)
+    assert synced.bfus.bookmarks == [("customer", found["customerno"], "BFU")]
+
+
+def test_a_customer_bfus_does_not_have_is_502_with_bfus_reason(synced: Stack) -> None:
+    stray = company(synced, "999999", "Inte i BFUS AB")  # a number BFUS never gave
+    is_page(go(synced, "company", stray), 502, "BFUS refused", "999999")
+
+
+def test_the_standin_answering_outside_its_ui_base_is_refused(synced: Stack, logs: Logs) -> None:
+    synced.bfus.bookmark_base_override = "https://evil.example/"
+    found = synced.lime_objects("company")[0]
+    is_page(go(synced, "company", found["_id"]), 502, "BFUS answered an unexpected address")
+    assert logs.jumps()[0]["outcome"] == "bfus_address_refused"
+    assert "evil.example" in logs.text  # the host BFUS named is logged
