@@ -16,6 +16,7 @@ import requests
 from flask import Flask, Response, jsonify, request
 
 from sandbox.bfus.app import BfusSandboxSettings
+from sandbox.bfus.changes import ChangeMix
 from sandbox.serve import ServerThread
 from sandbox.stack import Stack
 from shared.config import build_config, deep_merge
@@ -321,6 +322,10 @@ def test_check_config_shows_the_jump_and_checks_its_link_properties(tmp_path: An
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
     assert result.exit_code == 0, result.output
     assert "jump: on, to bookmarks under https://bfus.test/ui/; links (MFU): none written" in result.output
+    path.write_text(base + '[jump.links]\ncompany = "bfuslink"\nagreement = "bfuslink"\nmeter = "bfuslink"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 0, result.output
+    assert "links (MFU): agreement.bfuslink, company.bfuslink, meter.bfuslink" in result.output
     path.write_text(base + '[jump.links]\ncompany = "name"\nmeter = "nosuchlink"\n')
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
     assert result.exit_code == 2
@@ -337,11 +342,12 @@ def test_check_config_shows_the_jump_and_checks_its_link_properties(tmp_path: An
 @pytest.fixture
 def synced(make_stack: Callable[..., Stack]) -> Stack:
     """The whole stack with jump on: BFUS's customers, contracts, facilities and meters
-    synced to Lime by a worker."""
+    synced to Lime by a worker (none deleted: BFUS makes no bookmark of a deleted one)."""
     stack = jump_stack(make_stack, start=False)
     standin_bookmarks(stack)
     stack.start(workers=1)
-    stack.bfus.changes.make(60, customers=5, objecttypes=("customer", "contract", "facility", "meter"))
+    stack.bfus.changes.make(60, customers=5, mix=ChangeMix(update=1.0, delete=0.0),
+                            objecttypes=("customer", "contract", "facility", "meter"))
     stack.wait_quiet()
     return stack
 

@@ -96,26 +96,19 @@ def test_a_limetype_two_mappings_share_is_refused() -> None:
     assert found[0].startswith("jump.links.facility: 'facility' is the limetype of more than one synced mapping")
 
 
-def _with_link(limetypes: dict[str, Any], limetype: str, prop: str, kind: str) -> dict[str, Any]:
-    out = {name: {**lt, "properties": dict(lt["properties"])} for name, lt in limetypes.items()}
-    out[limetype]["properties"][prop] = {"name": prop, "type": kind}
-    return out
-
-
 def test_check_config_wants_each_link_property_in_lime_and_of_type_link(limetypes: dict[str, Any]) -> None:
-    config = build_config(with_on(jump={"links": {"company": "bfuslink", "meter": "bfuslink"}}), {})
-    found = _with_link(limetypes, "company", "bfuslink", "string")
-    assert jump_problems(config, found) == [
-        "jump.links.company: 'bfuslink' has type string, not link.",
-        "jump.links.meter: limetype 'meter' has no property 'bfuslink' (add a link property in Lime Admin, "
+    config = build_config(with_on(jump={"links": {"company": "name", "meter": "nosuchlink"}}), {})
+    assert jump_problems(config, limetypes) == [
+        "jump.links.company: 'name' has type string, not link.",
+        "jump.links.meter: limetype 'meter' has no property 'nosuchlink' (add a link property in Lime Admin, "
         "docs/jump.md).",
     ]
-    fitting = _with_link(_with_link(limetypes, "company", "bfuslink", "link"), "meter", "bfuslink", "link")
-    assert jump_problems(config, fitting) == []
-    assert set(check_against_lime(config, fitting)) == {"customer", "contract", "facility", "meter"}
     with pytest.raises(MappingSetupError) as caught:
-        check_against_lime(config, found)
+        check_against_lime(config, limetypes)
     assert any(p.startswith("jump.links.company:") for p in caught.value.problems)
+    fitting = build_config(with_on(jump={"links": LINKS}), {})  # the stand-in's bfuslink on all four
+    assert jump_problems(fitting, limetypes) == []
+    assert set(check_against_lime(fitting, limetypes)) == {"customer", "contract", "facility", "meter"}
 
 
 def test_check_config_wants_the_bfus_token_when_jump_is_on(limetypes: dict[str, Any]) -> None:
