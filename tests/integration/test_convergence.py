@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import pika
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -39,7 +38,6 @@ from shared.fingerprint import normal
 from shared.lime import LimeClient, option_key
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.mapping import BFUS_OWNED, ObjectMapper
-from shared.topology import Topology
 from worker.factory import WorkerProcess
 
 # Values a person may type in Lime for the fields that flow (default mapping to_bfus),
@@ -94,19 +92,7 @@ def unanswered(stack: Stack) -> int:
 def caught_up(stack: Stack) -> bool:
     """Stack.quiet but for BFUS's own queue: Lime's deliveries sent, and every message
     the receiver and the workers queued handled by a worker."""
-    if stack.lime.webhooks.pending() or any(w.worker.received != w.worker.settled for w in stack.workers):
-        return False
-    topology = Topology.from_config(stack.config.broker)
-    publishers = [w.publisher for w in stack.workers] + [stack.receiver_app.extensions["publisher"]]
-    if sum(w.worker.settled for w in stack.workers) < sum(p.confirmed[topology.exchange] for p in publishers):
-        return False
-    connection = pika.BlockingConnection(pika.URLParameters(stack.config.broker.url))
-    try:
-        channel = connection.channel()
-        return all(channel.queue_declare(q, passive=True).method.message_count == 0
-                   for q in topology.partition_queues)
-    finally:
-        connection.close()
+    return stack.quiet(bfus_queue=False)
 
 
 def catch_up(stack: Stack) -> None:
