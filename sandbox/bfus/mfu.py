@@ -17,9 +17,10 @@ import datetime as dt
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, render_template_string, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 
 from sandbox.bfus.validation import OBJECTTYPES
+from sandbox.pages import html_page
 
 NAMES = {"customer": "Customer", "contract": "Contract", "facility": "Facility", "meter": "Meter"}
 NUMBERS = {"customer": "customerno", "contract": "contractno", "facility": "facilityno", "meter": "meterno"}
@@ -120,8 +121,7 @@ def mfu_blueprint() -> Blueprint:
 
 
 def _page(status: int, title: str, **context: Any) -> Response:
-    html = render_template_string(PAGE, title=title, status=status, **context)
-    return Response(html, status=status, content_type="text/html; charset=utf-8")
+    return html_page(PAGE, status, title, **context)
 
 
 PAGE = """<!doctype html>

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template_string, url_for
+from flask import Blueprint, Response, current_app, url_for
 
 from sandbox.lime.schema import Limetype, Property
 from sandbox.lime.store import Filter, LimeRequestError, LimeStore
+from sandbox.pages import html_page
 
 RELATED_SHOWN = 20  # objects of a hasmany relation listed on a card
 
@@ -84,8 +85,7 @@ def web_blueprint() -> Blueprint:
 
 
 def _page(status: int, title: str, **context: Any) -> Response:
-    html = render_template_string(PAGE, title=title, status=status, **context)
-    return Response(html, status=status, content_type="text/html; charset=utf-8")
+    return html_page(PAGE, status, title, **context)
 
 
 PAGE = """<!doctype html>
