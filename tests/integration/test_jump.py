@@ -228,16 +228,8 @@ def test_an_object_without_a_bfus_key_is_409_saying_what_is_missing(stack: Stack
     assert receiver_calls(stack) == (1, 0) and fake_bfus.requests == []
 
 
-def standin_bookmarks(stack: Stack) -> None:
-    """Skip until the BFUS stand-in answers POST /api/v1/bookmarks (its outage switch
-    guards only routes it has)."""
-    if not any(rule.rule == "/api/v1/bookmarks" for rule in stack.bfus.app.url_map.iter_rules()):
-        pytest.skip("the BFUS stand-in has no bookmark endpoint yet")
-
-
 def test_bfus_down_is_503_with_a_link_to_try_again(make_stack: Callable[..., Stack], logs: Logs) -> None:
     stack = jump_stack(make_stack)  # the BFUS stand-in, switched to answer 503
-    standin_bookmarks(stack)
     stack.bfus.start()
     stack.bfus.unavailable = True
     company_id = company(stack)
@@ -255,7 +247,6 @@ def test_bfus_slower_than_the_jump_waits_is_503(make_stack: Callable[..., Stack]
 
     monkeypatch.setattr(context, "JUMP_BFUS_TIMEOUT", (3.05, 0.5))  # the receiver's client is made after this
     stack = jump_stack(make_stack)
-    standin_bookmarks(stack)
     stack.bfus.start()
     stack.bfus.bookmark_delay = 1.5
     response = go(stack, "company", company(stack))
@@ -344,7 +335,6 @@ def synced(make_stack: Callable[..., Stack]) -> Stack:
     """The whole stack with jump on: BFUS's customers, contracts, facilities and meters
     synced to Lime by a worker (none deleted: BFUS makes no bookmark of a deleted one)."""
     stack = jump_stack(make_stack, start=False)
-    standin_bookmarks(stack)
     stack.start(workers=1)
     stack.bfus.changes.make(60, customers=5, mix=ChangeMix(update=1.0, delete=0.0),
                             objecttypes=("customer", "contract", "facility", "meter"))
