@@ -150,6 +150,7 @@ def describe_plan(plan: Any, dry_run: bool = True) -> list[str]:
 def send_to_bfus(ctx: click.Context, company_id: int, dry_run: bool) -> None:
     """Send one Lime company to BFUS now: what a person changed, or a new customer."""
     from shared.bfus import BfusClient
+    from shared.jumplinks import JumpLinks
     from shared.lime import LimeClient
     from shared.limemeta import check_against_lime
     from shared.logrecords import TO_BFUS
@@ -163,7 +164,8 @@ def send_to_bfus(ctx: click.Context, company_id: int, dry_run: bool) -> None:
     lime = LimeClient(config.lime)
     mapper = check_against_lime(config, lime.limetypes())["customer"]
     bfus = BfusClient(config.bfus, timeout=(config.lime.connect_timeout, config.lime.read_timeout))
-    outbound = Outbound(lime, bfus, mapper, config.outbound.create_when)
+    outbound = Outbound(lime, bfus, mapper, config.outbound.create_when, JumpLinks(config.jump,
+                                                                                  config.receiver.public_url))
     try:
         plan = outbound.plan(company_id)
         if not plan.found:

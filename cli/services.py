@@ -107,7 +107,7 @@ def sandbox_bfus(ctx: click.Context, host: str, port: int | None, db_path: str, 
     target = target_url or f"http://{config.receiver.host}:{config.receiver.port}/bfus/messages"
     settings = BfusSandboxSettings(
         db_path=db_path, target_url=target, api_key=config.receiver.api_key, token=config.bfus.token,
-        admin_key=admin_key, retry_pause=retry_pause, seed=seed,
+        admin_key=admin_key, retry_pause=retry_pause, seed=seed, ui_url=config.bfus.ui_url or None,
     )
     standin = BfusStandIn(settings, host, port or urlsplit(config.bfus.url).port or 80)
     if seed_customers:

@@ -21,6 +21,7 @@ from migration.run import FOLDER, Migration, MigrationOptions
 from shared.bfus import BfusClient
 from shared.config import Config
 from shared.exitcodes import DONE, FAILURES, STOPPED, USAGE
+from shared.jumplinks import JumpLinks
 from shared.lime import CircuitBreaker, LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
 
@@ -112,7 +113,7 @@ def run_migration(config: Config, options: MigrationOptions) -> int:
         try:
             stop = threading.Event()
             migration = Migration(config.broker, config.worker, options, lime, BfusClient(config.bfus, stop=stop),
-                                  mappers, progress, stop)
+                                  mappers, progress, stop, JumpLinks(config.jump, config.receiver.public_url))
         except MigrationError as err:
             console.print(f"bfus-lime migrate: {err}", soft_wrap=True)
             return USAGE

@@ -38,6 +38,7 @@ from migration.report import DONE, Report
 from shared.bfus import BfusClient
 from shared.config import BrokerConfig, WorkerConfig
 from shared.envelope import partition_key
+from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient, LimeRejected, LimeUnavailable, option_key
 from shared.logs import get_logger
 from shared.mapping import BFUS_KEY_FIELDS, MappingError, ObjectMapper
@@ -104,8 +105,9 @@ class Indexed:
 class Migration:
     def __init__(self, broker: BrokerConfig, retries: WorkerConfig, options: MigrationOptions, lime: LimeClient,
                  bfus: BfusClient, mappers: dict[str, ObjectMapper], progress: Any = None,
-                 stop: threading.Event | None = None):
-        """``retries``: the worker's backoff settings, used through Lime outages."""
+                 stop: threading.Event | None = None, links: JumpLinks | None = None):
+        """``retries``: the worker's backoff settings, used through Lime outages.
+        ``links``: the jump links every write sets (docs/jump.md), None for none."""
         self.broker = broker
         self.retries = retries
         self.options = options
@@ -113,6 +115,7 @@ class Migration:
         self.bfus = bfus
         self.mappers = mappers
         self.progress = progress
+        self.links = links
         self.topology = Topology.from_config(broker)
         types = options.objecttypes or tuple(t for t in ORDER if t in mappers)
         unknown = [t for t in types if t not in mappers]
@@ -165,7 +168,7 @@ class Migration:
                 target = self.mappers[rule.objecttype]
                 limetypes.setdefault(target.limetype, target)
         for limetype, mapper in limetypes.items():
-            props = set(mapper.properties) - {"_links"}
+            props = set(mapper.properties) - {"_links"} | ({self._link_property(limetype)} - {None})
             entries: dict[str, Indexed] = {}
             for obj in self.lime.iterate(limetype, {"_sort": "_id"}, self.options.lime_page_size, self._retrying):
                 key = obj.get(mapper.key_property)
@@ -207,6 +210,7 @@ class Migration:
             return "created", values, None
         if existing.watermark is not None and existing.watermark > item.queueid:
             return "newer_in_lime", {}, existing
+        values.update(self._link(mapper.limetype, existing.id))
         changed = {p: v for p, v in values.items() if existing.values.get(p) != v}
         return ("updated", changed, existing) if changed else ("unchanged", {}, existing)
 
@@ -225,7 +229,7 @@ class Migration:
             if mapper.spec.watermark:
                 values[mapper.spec.watermark] = item.queueid
             try:
-                written = self._retrying(lambda: self._write(mapper, values, existing))
+                written = self._write(mapper, values, existing)
             except LimeRejected as err:
                 return self._failed(item, "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}",
                                     checkpoint, report)
@@ -239,9 +243,30 @@ class Migration:
             report.counts[item.objecttype][outcome] += 1
 
     def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: Indexed | None) -> dict[str, Any]:
-        if existing is None:
-            return self.lime.create(mapper.limetype, values)
-        return self.lime.update(mapper.limetype, existing.id, values)
+        """Each call retried through Lime outages on its own (a create is never repeated
+        for a lost link write)."""
+        limetype = mapper.limetype
+        if existing is not None:
+            return self._retrying(lambda: self.lime.update(limetype, existing.id, values))
+        if not self._link_property(limetype):
+            return self._retrying(lambda: self.lime.create(limetype, values))
+        # The jump link names the Lime id, known once the object exists: a second call,
+        # with the watermark, so that a stop between the two leaves an object without
+        # one, which the next run finds and overwrites with its link.
+        watermark = mapper.spec.watermark
+        created = self._retrying(lambda: self.lime.create(limetype, {p: v for p, v in values.items()
+                                                                     if p != watermark}))
+        second = {**self._link(limetype, created["_id"]), **({watermark: values[watermark]} if watermark else {})}
+        self._retrying(lambda: self.lime.update(limetype, created["_id"], second))
+        values.update(second)
+        return created
+
+    def _link_property(self, limetype: str) -> str | None:
+        return self.links.property_of(limetype) if self.links is not None else None
+
+    def _link(self, limetype: str, object_id: int) -> dict[str, str]:
+        """``{link property: jump address}`` for an object of ``limetype`` (``{}`` when none)."""
+        return self.links.values(limetype, object_id) if self.links is not None else {}
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """``call`` through Lime outages and 429s; Stopped when the migration is asked to stop."""

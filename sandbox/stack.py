@@ -23,6 +23,7 @@ from sandbox.bfus.app import BfusSandboxSettings, BfusStandIn
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.serve import ServerThread
 from shared.config import Config, build_config, deep_merge
+from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient
 from shared.subscriptions import Subscriptions, Wanted
 from shared.topology import Topology
@@ -30,6 +31,9 @@ from worker.factory import WorkerProcess, build_worker
 
 RECEIVER_KEY = "dev-receiver-key"
 WEBHOOK_SECRET = "dev-lime-webhook-secret"
+JUMP_SECRET = "dev-jump-link-secret"
+# The stand-in Lime's link property on each synced limetype (sandbox/lime/default_schema.toml).
+JUMP_LINKS = {"company": "bfuslink", "agreement": "bfuslink", "facility": "bfuslink", "meter": "bfuslink"}
 BFUS_LIME = [sys.executable, "-m", "cli"]  # the bfus-lime command, run by this Python
 
 
@@ -58,9 +62,11 @@ class Stack:
         seed: int = 7,
         management_url: str = "",
         outbound: bool = False,
+        jump: bool = False,
     ):
         """``outbound``: Lime -> BFUS on (docs/lime-to-bfus.md); call
-        :meth:`subscribe_webhooks` for Lime to send its events."""
+        :meth:`subscribe_webhooks` for Lime to send its events. ``jump``: the jump to
+        BFUS on (docs/jump.md), every write setting the stand-in Lime's link properties."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lime = LimeStandIn(LimeSandboxSettings(db_path=self.workdir / "lime.db", **(lime_settings or {})))
@@ -76,11 +82,15 @@ class Stack:
                      "read_timeout": 5.0},
             "worker": {"retry_initial": 0.05, "retry_max": 0.5, "shutdown_timeout": 10.0,
                        "rebalance_interval": 0.25, "concurrency": 8},
-            "bfus": {"url": f"http://127.0.0.1:{bfus_port}/", "token": BfusSandboxSettings.token},
+            "bfus": {"url": f"http://127.0.0.1:{bfus_port}/", "token": BfusSandboxSettings.token,
+                     "ui_url": f"http://127.0.0.1:{bfus_port}/mfu/"},  # the stand-in's default
         }
         if outbound:
             raw["receiver"].update(lime_secret=WEBHOOK_SECRET, deliveries_db=str(self.workdir / "deliveries.sqlite"))
             raw["outbound"] = {"enabled": True, "create_when": "sendtobfus", "sweep_interval": 0}
+        if jump:
+            raw["receiver"]["public_url"] = f"http://127.0.0.1:{self.receiver_port}/"
+            raw["jump"] = {"secret": JUMP_SECRET, "links": JUMP_LINKS}
         self.raw = deep_merge(raw, config or {})
         self.config: Config = build_config(self.raw, environ={})
         self.children: list[ChildProcess] = []
@@ -178,6 +188,13 @@ class Stack:
 
     def lime_objects(self, limetype: str) -> list[dict[str, Any]]:
         return self.lime.store.all_objects(limetype)
+
+    def outdated_jump_links(self) -> list[tuple[str, int]]:
+        """(limetype, id) of each Lime object of a linked limetype whose link property is
+        not its jump address under the stack's configuration (docs/jump.md)."""
+        links = JumpLinks(self.config.jump, self.config.receiver.public_url)
+        return [(limetype, o["_id"]) for limetype, prop in sorted(self.config.jump.links.items())
+                for o in self.lime_objects(limetype) if o.get(prop) != links.url(limetype, o["_id"])]
 
     def log_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return (

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.envelope import Envelope
+from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient, LimeRejected
 from shared.mapping import MappingError, ObjectMapper, is_personal
 
@@ -85,14 +86,16 @@ class Applier:
     """Stateless but for the Lime client: the caller passes the partition's cache."""
 
     def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], exclude_personal: bool = False,
-                 link_by_identity: bool = False):
+                 link_by_identity: bool = False, links: JumpLinks | None = None):
         """``link_by_identity`` (companies are created in BFUS from Lime): a customer
         Lime has no company for by number may be one just created from Lime whose
-        number is not written back yet; see :meth:`_unlinked`."""
+        number is not written back yet; see :meth:`_unlinked`. ``links``: the jump
+        links every write sets (docs/jump.md), None for none."""
         self.lime = lime
         self.mappers = mappers
         self.exclude_personal = exclude_personal
         self.link_by_identity = link_by_identity
+        self.links = links
 
     def apply(self, env: Envelope, cache: IdCache) -> Outcome:
         mapper = self.mappers.get(env.objecttype)
@@ -213,17 +216,38 @@ class Applier:
         try:
             if known is not None:
                 try:
-                    self.lime.update(mapper.limetype, known.id, values)
+                    self.lime.update(mapper.limetype, known.id, {**values, **self._link(mapper, known.id)})
                     cache.put(mapper.limetype, env.key, Known(known.id, watermark))
                     return known.id
                 except LimeRejected as err:
                     if err.status != 404:
                         raise
                     cache.drop(mapper.limetype, env.key)  # removed in Lime since we cached it
-            created = self.lime.create(mapper.limetype, values)
+            return self._create(mapper, env, values, cache)
         except LimeRejected as err:
             raise PermanentFailure(
                 "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}", f"Lime {err.status} {err.code}"
             ) from None
+
+    def _link(self, mapper: ObjectMapper, object_id: int) -> dict[str, str]:
+        return self.links.values(mapper.limetype, object_id) if self.links is not None else {}
+
+    def _create(self, mapper: ObjectMapper, env: Envelope, values: dict[str, Any], cache: IdCache) -> int:
+        """Create the object. Its jump link names its Lime id, known only once it
+        exists, so a linked limetype takes a second call: the link together with the
+        watermark. Until that lands the object has no watermark, so a retry or a
+        redelivery after a crash between the two calls finds it unmarked and writes
+        the message again, link included."""
+        watermark = env.id if mapper.spec.watermark else None
+        if self.links is None or not self.links.property_of(mapper.limetype):
+            created = self.lime.create(mapper.limetype, values)
+            cache.put(mapper.limetype, env.key, Known(created["_id"], watermark))
+            return created["_id"]
+        created = self.lime.create(mapper.limetype, {k: v for k, v in values.items() if k != mapper.spec.watermark})
+        cache.put(mapper.limetype, env.key, Known(created["_id"], None))
+        second: dict[str, Any] = dict(self._link(mapper, created["_id"]))
+        if mapper.spec.watermark:
+            second[mapper.spec.watermark] = env.id
+        self.lime.update(mapper.limetype, created["_id"], second)
         cache.put(mapper.limetype, env.key, Known(created["_id"], watermark))
         return created["_id"]

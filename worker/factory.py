@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.bfus import BfusClient
 from shared.config import Config, ConfigError, LimeConfig, RetentionConfig
+from shared.jumplinks import JumpLinks
 from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.logs import get_logger
@@ -77,12 +78,14 @@ def build_worker(
     topology = Topology.from_config(config.broker)
     publisher = ConfirmedPublisher(config.broker, f"{name} dead letters").start()
     personal = config.mapping.exclude_personal_data
+    links = JumpLinks(config.jump, config.receiver.public_url)
     outbound = None
     if config.outbound.enabled:
         bfus = BfusClient(config.bfus, timeout=(config.lime.connect_timeout, config.lime.read_timeout), stop=stop)
-        outbound = Outbound(lime, bfus, mappers["customer"], config.outbound.create_when)
+        outbound = Outbound(lime, bfus, mappers["customer"], config.outbound.create_when, links)
     handler = MessageHandler(
-        Applier(lime, mappers, exclude_personal=personal, link_by_identity=bool(config.outbound.create_when)),
+        Applier(lime, mappers, exclude_personal=personal, link_by_identity=bool(config.outbound.create_when),
+                links=links),
         LogWriter(lime, config.lime, exclude_personal=personal, directions=config.outbound.enabled),
         publisher,
         topology,

@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.bfus import BfusClient, BfusRejected
 from shared.fingerprint import advanced, changed, normal
+from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient, LimeRejected
 from shared.logs import get_logger
 from shared.mapping import PRIVATE_NAME_FIELDS, MappingError, ObjectMapper, is_private
@@ -68,8 +69,11 @@ class Plan:
 
 
 class Outbound:
-    def __init__(self, lime: LimeClient, bfus: BfusClient, mapper: ObjectMapper, create_when: str = ""):
+    def __init__(self, lime: LimeClient, bfus: BfusClient, mapper: ObjectMapper, create_when: str = "",
+                 links: JumpLinks | None = None):
+        """``links``: the jump links a company gets with its new customer number."""
         self.lime = lime
+        self.links = links
         self.bfus = bfus
         self.mapper = mapper
         self.create_when = create_when
@@ -146,7 +150,9 @@ class Outbound:
             if prop and str(now.get(prop) or "") != sent.seen:
                 values.pop(prop, None)
             if self._linked(now) == sent.customerno:
-                values.pop(self.mapper.key_property, None)
+                values.pop(self.mapper.key_property, None)  # and BFUS's message wrote the jump link with it
+            elif self.links is not None and self.mapper.key_property in values:
+                values.update(self.links.values(self.limetype, sent.company_id))
             if values:
                 self.lime.update(self.limetype, sent.company_id, values)
         except LimeRejected as err:

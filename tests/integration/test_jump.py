@@ -18,8 +18,7 @@ from flask import Flask, Response, jsonify, request
 from sandbox.bfus.app import BfusSandboxSettings
 from sandbox.bfus.changes import ChangeMix
 from sandbox.serve import ServerThread
-from sandbox.stack import Stack
-from shared.config import build_config, deep_merge
+from sandbox.stack import Stack, wait_for
 from shared.jumplinks import jump_url, sign
 from shared.lime import LimeClient
 from shared.logs import configure_logging
@@ -70,16 +69,12 @@ def fake_bfus() -> Iterator[FakeBfus]:
 
 def jump_stack(make_stack: Callable[..., Stack], bfus: FakeBfus | None = None, start: bool = True,
                **jump: Any) -> Stack:
-    """A stack with the jump on, its receiver started; BFUS is ``bfus`` when given, else
-    the stack's stand-in (bfus.ui_url its user-interface base, once it has one)."""
-    config: dict[str, Any] = {"jump": {"secret": SECRET, **jump}, "bfus": {"ui_url": "http://127.0.0.1:9/mfu/"}}
+    """A stack with the jump on (links written to Lime), its receiver started; BFUS is
+    ``bfus`` when given, else the stack's stand-in."""
+    config: dict[str, Any] = {"jump": {"secret": SECRET, **jump}}
     if bfus is not None:
         config["bfus"] = {"url": bfus.url, "ui_url": bfus.ui_url}
-    stack = make_stack(partitions=2, config=config)
-    standin_ui = getattr(stack.bfus, "ui_url", None)
-    if bfus is None and standin_ui:  # the stand-in's port is chosen with the stack: name its base now
-        stack.raw = deep_merge(stack.raw, {"bfus": {"ui_url": standin_ui}})
-        stack.config = build_config(stack.raw, environ={})
+    stack = make_stack(partitions=2, config=config, jump=True)
     if start:
         stack.start_receiver()
     return stack
@@ -340,6 +335,29 @@ def synced(make_stack: Callable[..., Stack]) -> Stack:
                             objecttypes=("customer", "contract", "facility", "meter"))
     stack.wait_quiet()
     return stack
+
+
+def test_live_sync_writes_every_objects_jump_link_and_the_link_opens_it(synced: Stack) -> None:
+    assert all(synced.lime_objects(limetype) for limetype in synced.config.jump.links)
+    assert synced.outdated_jump_links() == []
+    meter = synced.lime_objects("meter")[0]
+    response = requests.get(meter["bfuslink"], allow_redirects=False, timeout=30)  # the link as Lime shows it
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"{synced.bfus.ui_url}meter/{meter['meterno']}"
+
+
+def test_a_company_sent_to_bfus_gets_its_link_with_its_number(make_stack: Callable[..., Stack]) -> None:
+    """The write-back of the number BFUS gave a company created in Lime carries its
+    link, before BFUS's own message about the customer arrives (held back here)."""
+    stack = make_stack(partitions=2, outbound=True, jump=True, lime_settings={"webhook_retry_base": 0.2})
+    stack.start(workers=1)
+    stack.subscribe_webhooks()
+    stack.bfus.poster.pause()
+    created = lime(stack).create("company", {
+        "name": "Kvarnbackens Bageri AB", "customertype": "company", "registrationno": "556036-0793",
+        "postaladdress1": "Kvarnvägen 3", "postalzipcode": "223 50", "postalcity": "Lund", "sendtobfus": True})
+    wait_for(lambda: lime(stack).get("company", created["_id"]).get("customerno"), 30, "the customer number")
+    assert stack.outdated_jump_links() == []
 
 
 @pytest.mark.parametrize("limetype, objecttype, key_property", [

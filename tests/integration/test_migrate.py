@@ -21,6 +21,7 @@ from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.stack import BFUS_LIME, Stack, config_environment, wait_for
 from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
+from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
 
@@ -44,7 +45,7 @@ def migrate(stack: Stack, tmp_path: Path, lime: LimeStandIn | None = None, **opt
     options.setdefault("checkpoint", tmp_path / "checkpoint.jsonl")
     options.setdefault("report", tmp_path / "report.json")
     return Migration(config.broker, config.worker, MigrationOptions(**options), client, BfusClient(config.bfus),
-                     mappers).run()
+                     mappers, links=JumpLinks(config.jump, config.receiver.public_url)).run()
 
 
 def check_all(stack: Stack, lime: LimeStandIn | None = None, keys: dict[str, set[str]] | None = None) -> CheckReport:
@@ -313,3 +314,41 @@ def test_reports_carry_options_and_totals_and_a_dry_run_keeps_its_own(make_stack
     nothing = migrate_cmd("--objecttypes", "customer", "--customer-category", "no-such-category", "--fresh",
                           "--checkpoint", str(tmp_path / "other.jsonl"))
     assert nothing.returncode == 0 and "Nothing to migrate: BFUS has no objects matching" in nothing.stderr
+
+
+def test_with_jump_links_every_object_gets_its_link_through_lime_errors(make_stack: Callable[..., Stack],
+                                                                        tmp_path: Path) -> None:
+    """A create and its link are two calls, each retried on its own: a 500 on the link
+    never makes the object twice, and every object ends with its link."""
+    stack = make_stack(partitions=4, jump=True).start(workers=0)
+    stack.bfus.changes.seed_customers(60)
+    stack.lime.faults.configure({"error_rate": 0.1})
+    report = migrate(stack, tmp_path)
+    answers = stack.lime.faults.stats()["answers"]
+    stack.lime.faults.configure({"error_rate": 0})
+    assert answers.get("500", 0) > 0 and not report.failures
+    assert stack.lime.faults.stats()["most_writes_of_one_object"] == 2  # the create, then the link
+    result = check_all(stack)
+    assert result.ok, result.details()
+    assert stack.outdated_jump_links() == [] and all(stack.lime_objects(lt) for lt in stack.config.jump.links)
+
+
+def test_a_migration_after_the_jump_secret_changed_rewrites_only_the_links(make_stack: Callable[..., Stack],
+                                                                           tmp_path: Path) -> None:
+    stack = make_stack(partitions=2, jump=True).start(workers=0)
+    stack.bfus.changes.seed_customers(30)
+    first = migrate(stack, tmp_path)
+    objects = first.objects
+    assert first.lime_calls <= 2 * objects + 8  # a create and its link per object, plus index pages
+    stack.config = build_config(deep_merge(stack.raw, {"jump": {"secret": "the-rotated-jump-secret"}}), environ={})
+    assert len(stack.outdated_jump_links()) == objects
+    stack.lime.faults.reset_stats()
+    again = migrate(stack, tmp_path, fresh=True)
+    assert {t: dict(c) for t, c in again.counts.items()} == {t: {"updated": n["created"]}
+                                                             for t, n in first.counts.items()}
+    assert lime_writes(stack.lime) == objects and stack.outdated_jump_links() == []
+    stack.lime.faults.reset_stats()
+    third = migrate(stack, tmp_path, fresh=True)
+    assert {t: dict(c) for t, c in third.counts.items()} == {t: {"unchanged": n["created"]}
+                                                             for t, n in first.counts.items()}
+    assert lime_writes(stack.lime) == 0

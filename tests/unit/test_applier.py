@@ -10,8 +10,10 @@ import pytest
 
 from builders import message
 from fakes import StoreLime
-from shared.config import build_config
+from shared.config import JumpConfig, build_config
 from shared.envelope import validate_envelope
+from shared.jumplinks import JumpLinks
+from shared.lime import LimeUnavailable
 from shared.limemeta import check_against_lime
 from worker.apply import Applier, IdCache, Known, PermanentFailure
 
@@ -126,3 +128,56 @@ def test_bfus_message_about_a_customer_created_from_lime_updates_that_company(
     assert (outcome.outcome, outcome.object_id) == ("applied", company["_id"])
     [only] = lime.objects("company")
     assert (only["customerno"], only["bfuslastmessageid"]) == ("100234", 7)
+
+
+LINKS = JumpLinks(JumpConfig(secret="a-jump-secret-of-some-length", links={"company": "bfuslink"}),
+                  "https://bfus-lime.example.se/")
+
+
+@pytest.fixture
+def linking(lime: StoreLime, limetypes: dict[str, Any]) -> Applier:
+    return Applier(lime, check_against_lime(build_config({}, environ={}), limetypes), links=LINKS)  # type: ignore[arg-type]
+
+
+def test_every_write_sets_the_objects_jump_link(linking: Applier, lime: StoreLime) -> None:
+    """A create (the id is known only after it: a second call with the link and the
+    watermark) and an update (the link rides along) both leave the jump link."""
+    cache = IdCache()
+    created = linking.apply(change(1), cache)
+    [company] = lime.objects("company")
+    assert company["bfuslink"] == LINKS.url("company", created.object_id)
+    assert (company["bfuslastmessageid"], lime.calls["POST"], lime.calls["PUT"]) == (1, 1, 1)
+    lime.store.update("company", created.object_id, {"bfuslink": "https://old.example.se/jump/company/1"})
+    linking.apply(change(2, "Renamed AB"), cache)
+    [company] = lime.objects("company")
+    assert company["bfuslink"] == LINKS.url("company", created.object_id)
+    assert (company["name"], lime.calls["POST"], lime.calls["PUT"]) == ("Renamed AB", 1, 2)
+
+
+def test_an_object_of_a_limetype_without_a_link_property_is_created_in_one_call(linking: Applier,
+                                                                               lime: StoreLime) -> None:
+    linking.apply(change(1), IdCache())  # the customer's company, for the contract's relation
+    before = lime.calls["POST"] + lime.calls["PUT"]
+    contract = validate_envelope(message(2, "100234", objecttype="contract", key="5000010", data={
+        "contractno": "5000010", "customerno": "100234", "product": "water", "status": "active"}))
+    linking.apply(contract, IdCache())
+    assert lime.calls["POST"] + lime.calls["PUT"] - before == 1
+    assert not lime.objects("agreement")[0].get("bfuslink")
+
+
+@pytest.mark.parametrize("retry_with", ["the same cache", "a new owner's empty cache"])
+def test_a_create_whose_link_write_failed_is_written_again_with_its_link(linking: Applier, lime: StoreLime,
+                                                                        retry_with: str) -> None:
+    """Lime goes away between the create and the link: the message is retried (same
+    worker) or redelivered (a crash: a new owner). The object has no watermark yet,
+    so the message is applied again, not skipped as a duplicate, and the link lands."""
+    lime.fail("PUT", LimeUnavailable("Lime answered 503", status=503))
+    cache = IdCache()
+    with pytest.raises(LimeUnavailable):
+        linking.apply(change(1), cache)
+    [company] = lime.objects("company")
+    assert not company.get("bfuslink") and company.get("bfuslastmessageid") is None
+    outcome = linking.apply(change(1), cache if retry_with == "the same cache" else IdCache())
+    assert outcome.outcome == "applied"
+    [company] = lime.objects("company")
+    assert company["bfuslink"] == LINKS.url("company", company["_id"]) and company["bfuslastmessageid"] == 1
