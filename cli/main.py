@@ -13,6 +13,7 @@ from cli.config import config_option, load
 from cli.failures import explain
 from deadletters.commands import dlq
 from migration.command import migrate
+from migration.linkrefresh_command import jump_links
 from shared.exitcodes import STOPPED
 
 
@@ -55,6 +56,6 @@ def _accept_config(command: click.Command) -> None:
             _accept_config(sub)
 
 
-for command in (*services.COMMANDS, *operations.COMMANDS, *outbound.COMMANDS, migrate, dlq):
+for command in (*services.COMMANDS, *operations.COMMANDS, *outbound.COMMANDS, migrate, jump_links, dlq):
     _accept_config(command)
     main.add_command(command)

@@ -136,6 +136,11 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+def _objects_and_next(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """A list answer's objects and the link to its next page (None on the last)."""
+    return body.get("_embedded", {}).get("limeobjects", []), body.get("_links", {}).get("next", {}).get("href")
+
+
 class LimeClient:
     def __init__(self, config: LimeConfig, pool_size: int = 16, breaker: CircuitBreaker | None = None):
         self.base_url = config.url
@@ -260,19 +265,34 @@ class LimeClient:
         self.request("DELETE", f"limeobject/{limetype}/{object_id}/")
 
     def list_page(self, limetype: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-        body = self.request("GET", f"limeobject/{limetype}/", params=params)
-        return body.get("_embedded", {}).get("limeobjects", []), body.get("_links", {}).get("next", {}).get("href")
+        return _objects_and_next(self.request("GET", f"limeobject/{limetype}/", params=params))
+
+    def pages(self, limetype: str, params: dict[str, Any] | None = None, page_size: int = 50,
+              attempt: Callable[[Callable[[], Any]], Any] = lambda call: call(),
+              start: str | None = None) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """Each page of the objects matching ``params`` with the link to the next one
+        (None on the last), following ``_links.next``; from ``start`` (a next link an
+        earlier walk gave) when given. ``attempt`` runs each page's call (a caller may
+        retry it through outages)."""
+        if start is None:
+            objects, next_url = attempt(lambda: self.list_page(limetype, {**(params or {}), "_limit": page_size}))
+        else:
+            objects, next_url = self._page_at(start, attempt)
+        yield objects, next_url
+        while next_url:
+            objects, next_url = self._page_at(next_url, attempt)
+            yield objects, next_url
+
+    def _page_at(self, url: str, attempt: Callable[[Callable[[], Any]], Any]) -> tuple[list[dict[str, Any]],
+                                                                                      str | None]:
+        return _objects_and_next(attempt(partial(self.request, "GET", url)))
 
     def iterate(self, limetype: str, params: dict[str, Any] | None = None, page_size: int = 50,
                 attempt: Callable[[Callable[[], Any]], Any] = lambda call: call()) -> Iterator[dict[str, Any]]:
         """Every object matching ``params``, following ``_links.next``. ``attempt``
         runs each page's call (a caller may retry it through outages)."""
-        objects, next_url = attempt(lambda: self.list_page(limetype, {**(params or {}), "_limit": page_size}))
-        yield from objects
-        while next_url:
-            body = attempt(partial(self.request, "GET", next_url))
-            yield from body.get("_embedded", {}).get("limeobjects", [])
-            next_url = body.get("_links", {}).get("next", {}).get("href")
+        for objects, _ in self.pages(limetype, params, page_size, attempt):
+            yield from objects
 
     def find(self, limetype: str, prop: str, value: Any, limit: int = 2) -> list[dict[str, Any]]:
         """Objects whose ``prop`` equals ``value`` (one page of at most ``limit``)."""
