@@ -140,3 +140,16 @@ def test_without_the_jump_configured_it_says_what_is_missing(make_stack: Callabl
     done = _command(stack, tmp_path, "--refresh")
     output, _ = done.communicate(timeout=60)
     assert done.returncode == 2 and "jump links are off" in output, output
+
+
+def test_the_refresh_keeps_to_its_rate(stack: Stack, tmp_path: Path) -> None:
+    """At --rate 10 it stays under a Lime allowing 30 calls a second (its first burst
+    included): Lime never has to answer 429."""
+    fill(stack, missing=60)
+    stack.lime.faults.configure({"rate_limit": 30, "rate_window": 1.0})
+    stack.lime.faults.reset_stats()
+    done = _command(stack, tmp_path, "--refresh", "--rate", "10", "--limetypes", "company")
+    output, _ = done.communicate(timeout=60)
+    assert done.returncode == 0, output
+    stats = stack.lime.faults.stats()
+    assert stats["objects_written"] == 60 and "429" not in stats["answers"], stats["answers"]
