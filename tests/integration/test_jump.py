@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask, Response, jsonify, request
+from jumpstack import SECRET, jump_stack
+from jumpstack import synced as synced
 
 from sandbox.bfus.app import BfusSandboxSettings
-from sandbox.bfus.changes import ChangeMix
 from sandbox.serve import ServerThread
 from sandbox.stack import Stack, wait_for
 from shared.jumplinks import jump_url, sign
 from shared.lime import LimeClient
 from shared.logs import configure_logging
 
-SECRET = "jump-secret-for-the-tests"
 PREVIOUS = "the-secret-before-this-one"
 
 
@@ -65,19 +65,6 @@ def fake_bfus() -> Iterator[FakeBfus]:
         yield fake
     finally:
         fake.server.stop()
-
-
-def jump_stack(make_stack: Callable[..., Stack], bfus: FakeBfus | None = None, start: bool = True,
-               **jump: Any) -> Stack:
-    """A stack with the jump on (links written to Lime), its receiver started; BFUS is
-    ``bfus`` when given, else the stack's stand-in."""
-    config: dict[str, Any] = {"jump": {"secret": SECRET, **jump}}
-    if bfus is not None:
-        config["bfus"] = {"url": bfus.url, "ui_url": bfus.ui_url}
-    stack = make_stack(partitions=2, config=config, jump=True)
-    if start:
-        stack.start_receiver()
-    return stack
 
 
 @pytest.fixture
@@ -323,18 +310,6 @@ def test_check_config_shows_the_jump_and_checks_its_link_properties(tmp_path: An
 
 
 # --------------------------------------------------------------------------- with the BFUS stand-in
-
-
-@pytest.fixture
-def synced(make_stack: Callable[..., Stack]) -> Stack:
-    """The whole stack with jump on: BFUS's customers, contracts, facilities and meters
-    synced to Lime by a worker (none deleted: BFUS makes no bookmark of a deleted one)."""
-    stack = jump_stack(make_stack, start=False)
-    stack.start(workers=1)
-    stack.bfus.changes.make(60, customers=5, mix=ChangeMix(update=1.0, delete=0.0),
-                            objecttypes=("customer", "contract", "facility", "meter"))
-    stack.wait_quiet()
-    return stack
 
 
 def test_live_sync_writes_every_objects_jump_link_and_the_link_opens_it(synced: Stack) -> None:
