@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from sandbox.broker import BrokerHandle, BrokerSetupError, free_port, provide_broker
-from sandbox.stack import BFUS_LIME
+from sandbox.stack import BFUS_LIME, JUMP_LINKS, JUMP_SECRET
 
 LIME_KEY = "dev-lime-key"
 LIME_ADMIN = "dev-lime-admin"
@@ -87,7 +87,13 @@ rate_limit = 200.0
 [bfus]
 url = "http://127.0.0.1:{ports['bfus']}/"
 token = "{BFUS_TOKEN}"
+ui_url = "http://127.0.0.1:{ports['bfus']}/mfu/"
 
+[jump]
+secret = "{JUMP_SECRET}"
+
+[jump.links]
+{"".join(f'{limetype} = "{prop}"{chr(10)}' for limetype, prop in JUMP_LINKS.items())}
 [admin]
 user = "admin"
 password = "{ADMIN_PASSWORD}"
@@ -333,12 +339,34 @@ def _progress(options: RunOptions, config_path: Path, lime_api: str, bfus: str, 
                 print(f"  {failed} failed: changes to objects of the customers BFUS had before the integration, "
                       "which Lime gets from the migration.\n  See them with `bfus-lime dlq list`; then "
                       "`bfus-lime migrate` and `bfus-lime dlq requeue --reason missing_related`.", flush=True)
+            jump_ok = _jump_example(config_path, lime_api)
             to_bfus_ok = _lime_user(options, config_path, lime_api, processes, stop)
             if options.until_done:
-                return 0 if failed == 0 and to_bfus_ok else 1
+                return 0 if failed == 0 and to_bfus_ok and jump_ok else 1
             print("Still running so you can look around. Ctrl-C stops everything.", flush=True)
         stop.wait(0.5)
     return 0
+
+
+def _jump_example(config_path: Path, lime_api: str) -> bool:
+    """A synced customer's card in the Lime stand-in and the jump link the worker wrote
+    on it, to click (docs/jump.md). False when no synced company has its link."""
+    from shared.config import load_config
+    from shared.lime import LimeClient
+
+    config = load_config(config_path, environ={})
+    prop = config.jump.links["company"]
+    found = next((c for c in LimeClient(config.lime).iterate("company", {"_sort": "_id"}, 50)
+                  if c.get("customerno") and c.get(prop)), None)
+    if found is None:
+        print("\nNo synced company has its jump link (company.bfuslink): see the worker logs.", flush=True)
+        return False
+    print(f"""
+From Lime to BFUS (docs/jump.md): customer {found['customerno']}'s card in Lime, "Open in MFU" in its actionpad:
+  {lime_api.replace("/api/v1/", "/web/")}company/{found['_id']}
+  its jump link (signed; the receiver asks BFUS for a bookmark and opens it in MFU):
+  {found[prop]}""", flush=True)
+    return True
 
 
 def _lime_user(options: RunOptions, config_path: Path, lime_api: str, processes: Processes,

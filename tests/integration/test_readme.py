@@ -4,6 +4,7 @@ failed changes resolved."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shlex
@@ -44,6 +45,20 @@ def printed_urls(output: str) -> list[tuple[str, int]]:
     return answers
 
 
+def jump_example_works(output: str) -> None:
+    """The card and the jump link `run` prints for a synced customer: the card shows the
+    link, and the link leads (by BFUS's bookmark) to the customer's MFU page."""
+    block = output.split("From Lime to BFUS")[1]
+    customerno = re.search(r"customer (\d+)'s card", block)[1]  # type: ignore[index]
+    card, link = re.findall(r"(http://\S+)", block)[:2]
+    page = requests.get(card, timeout=10)
+    assert page.status_code == 200 and html.escape(link) in page.text, card
+    jump = requests.get(link, allow_redirects=False, timeout=10)
+    assert jump.status_code == 302 and jump.headers["Location"].endswith(f"/mfu/customer/{customerno}"), jump.text
+    landed = requests.get(jump.headers["Location"], timeout=10)
+    assert landed.status_code == 200 and customerno in landed.text
+
+
 def test_the_readme_commands_work_as_written(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BFUSLIME_", "RABBITMQ"))}
     env.update(RABBITMQ_URL=amqp_url, RABBITMQ_MANAGEMENT_URL=rabbitmq.management_url or "")
@@ -56,6 +71,8 @@ def test_the_readme_commands_work_as_written(amqp_url: str, rabbitmq: BrokerHand
         wait_for(lambda: any("All 300 changes are in Lime" in line for line in output) or run.poll() is not None,
                  240, "run to apply its changes")
         assert run.poll() is None, "".join(output)
+        wait_for(lambda: any("From Lime to BFUS" in line for line in output), 30, "run's jump example")
+        jump_example_works("".join(output))
         # then the other direction: the simulated Lime user's 20 edits and 3 new companies reach BFUS
         wait_for(lambda: any("reached BFUS after" in line for line in output) or run.poll() is not None,
                  120, "run's Lime user's changes to reach BFUS")
