@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.measure import lime_calls, percentile
 from sandbox.bfus.changes import ChangeMix
 from sandbox.bfus.swedish import luhn_digit
 from sandbox.broker import exit_on_sigterm, provide_broker
@@ -30,15 +31,6 @@ from shared.logs import configure_logging
 def orgno(rng: random.Random) -> str:
     digits = "55" + "".join(str(rng.randrange(10)) for _ in range(7))
     return f"{digits[:6]}-{digits[6:]}{luhn_digit(digits)}"
-
-
-def lime_calls(stack: Stack) -> int:
-    return sum(n for k, n in stack.lime.faults.stats()["requests"].items() if not k.startswith("GET limetype"))
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def run(url: str, workdir: Path, edits: int, creates: int, customers: int, rate: float) -> None:
