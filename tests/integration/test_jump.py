@@ -20,6 +20,7 @@ from jumpstack import synced as synced
 from sandbox.bfus.app import BfusSandboxSettings
 from sandbox.serve import ServerThread
 from sandbox.stack import Stack, wait_for
+from shared.config import build_config, deep_merge
 from shared.jumplinks import jump_url, sign
 from shared.lime import LimeClient
 from shared.logs import configure_logging
@@ -278,6 +279,28 @@ def test_lime_down_is_503_with_a_link_to_try_again(stack: Stack, logs: Logs) -> 
     assert logs.jumps()[0]["outcome"] == "lime_unavailable"
     stack.lime.faults.configure({"down": False})
     assert go(stack, "company", company_id).status_code == 302
+
+
+def test_lime_refusing_other_than_not_found_is_502(make_stack: Callable[..., Stack], fake_bfus: FakeBfus,
+                                                  logs: Logs) -> None:
+    """A Lime that answers the object's read with a 4xx other than 404 (here 400, as for
+    a property the API key may not read): a page saying Lime refused, no BFUS call."""
+    app = Flask("refusing-lime")
+
+    @app.get("/lime/api/v1/limeobject/<limetype>/<int:object_id>/")
+    def refuse(limetype: str, object_id: int) -> tuple[Response, int]:
+        return jsonify(error="bad_request", message="Access to a property is denied."), 400
+
+    lime_server = ServerThread(app, threads=2).start()
+    try:
+        stack = jump_stack(make_stack, fake_bfus, start=False)
+        stack.config = build_config(deep_merge(stack.raw, {"lime": {"url": f"{lime_server.url}lime/api/v1/"}}),
+                                    environ={})
+        stack.start_receiver()
+        is_page(go(stack, "company", 1001), 502, "Lime refused", "answered 400")
+        assert logs.jumps()[0]["outcome"] == "lime_refused" and fake_bfus.requests == []
+    finally:
+        lime_server.stop()
 
 
 # --------------------------------------------------------------------------- check-config
