@@ -31,11 +31,13 @@ class CheckReport:
     # customer, and companies marked for BFUS that never got a customer number.
     disagreeing: list[str] = field(default_factory=list)
     unsent: list[str] = field(default_factory=list)
+    # Jump links on: synced objects whose link property is not their jump address.
+    unlinked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.mismatched or self.missing or self.duplicated or self.unlogged or self.logged_twice
-                    or self.out_of_order or self.disagreeing or self.unsent)
+                    or self.out_of_order or self.disagreeing or self.unsent or self.unlinked)
 
     def summary(self) -> str:
         return (
@@ -43,13 +45,13 @@ class CheckReport:
             f"duplicated {len(self.duplicated)}); messages {self.messages}: processed {self.processed}, "
             f"failed {self.failed}, unlogged (lost) {len(self.unlogged)}, logged twice {len(self.logged_twice)}, "
             f"applied out of order {len(self.out_of_order)}; disagreeing with BFUS {len(self.disagreeing)}, "
-            f"marked for BFUS but not sent {len(self.unsent)}"
+            f"marked for BFUS but not sent {len(self.unsent)}; without their jump link {len(self.unlinked)}"
         )
 
     def details(self, limit: int = 10) -> str:
         lines = [self.summary()]
         for name in ("mismatched", "missing", "duplicated", "unlogged", "logged_twice", "out_of_order", "disagreeing",
-                     "unsent"):
+                     "unsent", "unlinked"):
             items = getattr(self, name)
             if items:
                 lines.append(f"  {name}: {items[:limit]}{' ...' if len(items) > limit else ''}")
@@ -182,4 +184,5 @@ def check_customers(stack: Any) -> CheckReport:
     if stack.config.outbound.enabled:
         live = {k: stack.bfus.store.get("customer", k)["data"] for k in stack.bfus.store.keys("customer")}
         check_agreement(report, mappers["customer"], live, companies, stack.config.outbound.create_when)
+    report.unlinked = [f"{limetype} {object_id}" for limetype, object_id in stack.outdated_jump_links()]
     return report

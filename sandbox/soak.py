@@ -101,7 +101,7 @@ class SoakResult:
             f"missing: {len(r.missing)}; duplicated: {len(r.duplicated)}",
             f"  applied after a newer message of the same object: {len(r.out_of_order)}",
             f"  Lime and BFUS disagreeing on a field that flows to BFUS: {len(r.disagreeing)}; companies marked "
-            f"for BFUS never sent: {len(r.unsent)}",
+            f"for BFUS never sent: {len(r.unsent)}; synced companies without their jump link: {len(r.unlinked)}",
             f"  Lime calls: {self.lime_calls} ({self.lime_calls / max(1, r.messages):.2f} per message)",
             *([self.outbound.summary()] if self.outbound else []),
             "  events: " + "; ".join(self.events),
@@ -127,7 +127,7 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
                   config={"lime": {"rate_limit": 5000.0}, "worker": {"retry_max": 2.0, "breaker_threshold": 5},
                           "outbound": {"sweep_interval": options.sweep_interval}},
                   lime_settings={"faults": faults, "seed": 11, "webhook_retry_base": 0.5}, bfus_retry_pause=0.2,
-                  outbound=True)
+                  outbound=True, jump=True)
     user_done = threading.Event()
     try:
         stack.start(workers=0)

@@ -190,11 +190,14 @@ class Stack:
         return self.lime.store.all_objects(limetype)
 
     def outdated_jump_links(self) -> list[tuple[str, int]]:
-        """(limetype, id) of each Lime object of a linked limetype whose link property is
-        not its jump address under the stack's configuration (docs/jump.md)."""
+        """(limetype, id) of each synced Lime object (one with a BFUS key) of a linked
+        limetype whose link property is not its jump address under the stack's
+        configuration (docs/jump.md)."""
         links = JumpLinks(self.config.jump, self.config.receiver.public_url)
+        keys = {o.limetype: o.key for o in self.config.mapping.objects.values() if o.sync}
         return [(limetype, o["_id"]) for limetype, prop in sorted(self.config.jump.links.items())
-                for o in self.lime_objects(limetype) if o.get(prop) != links.url(limetype, o["_id"])]
+                for o in self.lime_objects(limetype)
+                if o.get(keys[limetype]) and o.get(prop) != links.url(limetype, o["_id"])]
 
     def log_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return (
