@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +24,15 @@ from typing import Any
 
 import requests
 
-from bench.measure import lime_calls, percentile
+from bench.measure import lime_calls, percentile, with_broker
 from migration.linkrefresh import LinkRefresh, RefreshOptions
 from sandbox.bfus.changes import ChangeMix
-from sandbox.broker import exit_on_sigterm, provide_broker
 from sandbox.stack import Stack
 from shared.bfus import BfusClient
 from shared.config import build_config, deep_merge
 from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient
 from shared.limemeta import check_against_lime
-from shared.logs import configure_logging
 from shared.retry import Backoff
 
 OBJECTTYPES = ("customer", "facility", "contract", "meter")
@@ -137,16 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--jumps", type=int, default=200)
     args = parser.parse_args(argv)
-    exit_on_sigterm()
-    configure_logging("error")
-    broker = provide_broker(allow_container=False, install=True)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
-            run(broker.create_vhost(), Path(workdir), args.changes, args.customers, args.jumps)
-    finally:
-        broker.close()
-    return 0
-
+    return with_broker(lambda url, workdir: run(url, workdir, args.changes, args.customers, args.jumps))
 
 if __name__ == "__main__":
     sys.exit(main())

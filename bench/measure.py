@@ -1,9 +1,29 @@
-"""What the benchmarks measure with: Lime calls as the stand-in counted them, and
-percentiles."""
+"""What the benchmarks share: a private broker and a scratch folder to run in, Lime
+calls as the stand-in counted them, and percentiles."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sandbox.broker import exit_on_sigterm, provide_broker
 from sandbox.stack import Stack
+from shared.logs import configure_logging
+
+
+def with_broker(body: Callable[[str, Path], None]) -> int:
+    """``body(amqp_url, workdir)`` on a vhost of a private RabbitMQ node (installed if
+    need be) and in a scratch folder, both removed afterwards; the exit code."""
+    exit_on_sigterm()
+    configure_logging("error")
+    broker = provide_broker(allow_container=False, install=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
+            body(broker.create_vhost(), Path(workdir))
+    finally:
+        broker.close()
+    return 0
 
 
 def lime_calls(stack: Stack) -> int:

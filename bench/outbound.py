@@ -15,17 +15,14 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.measure import lime_calls, percentile
+from bench.measure import lime_calls, percentile, with_broker
 from sandbox.bfus.changes import ChangeMix
 from sandbox.bfus.swedish import luhn_digit
-from sandbox.broker import exit_on_sigterm, provide_broker
 from sandbox.stack import Stack
 from shared.lime import LimeClient, option_key
-from shared.logs import configure_logging
 
 
 def orgno(rng: random.Random) -> str:
@@ -101,17 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0, help="Lime edits per second")
     args = parser.parse_args(argv)
-    exit_on_sigterm()
-    configure_logging("error")
-    broker = provide_broker(allow_container=False, install=True)
-    try:
-        url = broker.create_vhost()
-        with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
-            run(url, Path(workdir), args.edits, args.creates, args.customers, args.rate)
-    finally:
-        broker.close()
-    return 0
-
+    return with_broker(lambda url, workdir: run(url, workdir, args.edits, args.creates, args.customers, args.rate))
 
 if __name__ == "__main__":
     sys.exit(main())
