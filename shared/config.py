@@ -101,6 +101,8 @@ class WorkerConfig:
     breaker_threshold: int
     concurrency: int
     lime_error_attempts: int
+    coalesce: bool = True  # apply only the newest of a partition's waiting messages for one object
+    skip_unchanged: bool = True  # no PUT when Lime already holds the message's values
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ class WorkerSchema(_Strict):
     breaker_threshold = fields.Integer(required=True, validate=validate.Range(min=1))
     concurrency = fields.Integer(required=True, validate=validate.Range(min=1, max=256))
     lime_error_attempts = fields.Integer(required=True, validate=validate.Range(min=1))
+    coalesce = fields.Boolean(required=True)
+    skip_unchanged = fields.Boolean(required=True)
 
     @validates_schema
     def check_backoff(self, data: dict, **_: Any) -> None:

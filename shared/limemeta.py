@@ -10,7 +10,14 @@ from typing import Any
 
 from shared.config import Config
 from shared.lime import LimeClient, LimeUnavailable
-from shared.logrecords import DIRECTION_PROPERTIES, FAILED_PROPERTIES, PROCESSED_PROPERTIES
+from shared.logrecords import (
+    DIRECTION_PROPERTIES,
+    FAILED_PROPERTIES,
+    OUTCOMES,
+    PROCESSED_PROPERTIES,
+    SKIPPED_SUPERSEDED,
+    UNCHANGED,
+)
 from shared.logs import get_logger
 from shared.mapping import MappingSetupError, ObjectMapper, build_mappers
 from shared.retry import Backoff, retry, until
@@ -44,9 +51,13 @@ def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, O
             problems.append(f"lime.{kind}_limetype: Lime has no limetype '{limetype}'.")
             continue
         needed = LOG_PROPERTIES[kind] + (DIRECTION_PROPERTIES[kind] if config.outbound.enabled else ())
+        if kind == "processed" and config.worker.coalesce and "detail" not in needed:
+            needed += ("detail",)  # a superseded message's record names the message that superseded it
         missing = [p for p in needed if p not in lt["properties"]]
         if missing:
             problems.append(f"lime.{kind}_limetype: '{limetype}' lacks properties {', '.join(missing)}.")
+        elif kind == "processed":
+            problems.extend(_outcome_problems(config, limetype, lt["properties"]["outcome"]))
     try:
         mappers = build_mappers(config.mapping, limetypes, outbound=config.outbound.enabled)
     except MappingSetupError as err:
@@ -58,6 +69,20 @@ def check_against_lime(config: Config, limetypes: dict[str, Any]) -> dict[str, O
     if problems:
         raise MappingSetupError(problems)
     return mappers
+
+
+def _outcome_problems(config: Config, limetype: str, meta: dict[str, Any]) -> list[str]:
+    """An option ``outcome`` must offer every outcome the worker writes."""
+    if meta.get("type") != "option":
+        return []
+    offered = {o.get("key") for o in meta.get("options") or [] if not o.get("inactive")}
+    wanted = [o for o in OUTCOMES if (o != UNCHANGED or config.worker.skip_unchanged)
+              and (o != SKIPPED_SUPERSEDED or config.worker.coalesce)]
+    lacking = [o for o in wanted if o not in offered]
+    if not lacking:
+        return []
+    return [f"lime.processed_limetype: the outcome option of '{limetype}' lacks {', '.join(lacking)} (add them in "
+            f"Lime, or turn worker.skip_unchanged / worker.coalesce off)."]
 
 
 def _outbound_problems(config: Config, limetypes: dict[str, Any], mappers: dict[str, ObjectMapper]) -> list[str]:

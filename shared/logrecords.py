@@ -23,6 +23,9 @@ APPLIED = "applied"
 SKIPPED_STALE = "skipped_stale"
 SKIPPED_DUPLICATE = "skipped_duplicate"
 SKIPPED_NOT_CONFIGURED = "skipped_not_configured"
+UNCHANGED = "unchanged"  # Lime held the message's values already: no write (worker.skip_unchanged)
+SKIPPED_SUPERSEDED = "skipped_superseded"  # a newer waiting message of the object was written (worker.coalesce)
+OUTCOMES = (APPLIED, SKIPPED_STALE, SKIPPED_DUPLICATE, SKIPPED_NOT_CONFIGURED, UNCHANGED, SKIPPED_SUPERSEDED)
 
 # Statuses of a failed message: open ones still want a decision; closed ones are done
 # (retention may purge those).

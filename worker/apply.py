@@ -5,14 +5,16 @@ will."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.envelope import Envelope
 from shared.jumplinks import JumpLinks
-from shared.lime import LimeClient, LimeRejected
+from shared.lime import LimeClient, LimeRejected, option_key
 from shared.mapping import MappingError, ObjectMapper, is_personal
 
 IDENTITY_FIELDS = ("orgno", "socialsecurityno")  # BFUS fields that name who a customer is
@@ -34,19 +36,31 @@ class PermanentFailure(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    outcome: str  # applied | skipped_not_configured | skipped_stale | skipped_duplicate
+    outcome: str  # applied | unchanged | skipped_not_configured | skipped_stale | skipped_duplicate
     limetype: str = ""
     object_id: int | None = None
     company_id: int | None = None
+    read: bool = False  # "unchanged" judged from Lime's object as read, not from the worker's own write
 
 
 @dataclass(frozen=True)
 class Known:
-    """What the worker knows of a Lime object: its id, and the id of the last BFUS
-    message applied to it (the watermark), when the mapping keeps one."""
+    """What the worker knows of a Lime object: its id, the id of the last BFUS message
+    applied to it (the watermark, when the mapping keeps one), and a digest of the
+    values it holds, when the worker wrote them itself. ``seen``: the object as just
+    read from Lime (never kept in the cache)."""
 
     id: int
     watermark: int | None
+    digest: bytes | None = None
+    seen: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+def digest(values: dict[str, Any], leave_out: str | None = None) -> bytes:
+    """A short fingerprint of the values a write sends (``leave_out``: the watermark,
+    which changes with every message)."""
+    items = sorted((k, v) for k, v in values.items() if k != leave_out)
+    return hashlib.blake2b(json.dumps(items, default=str, ensure_ascii=False).encode(), digest_size=16).digest()
 
 
 class IdCache:
@@ -67,6 +81,8 @@ class IdCache:
             return found
 
     def put(self, limetype: str, key: str, known: Known) -> None:
+        if known.seen is not None:
+            known = replace(known, seen=None)
         with self._lock:
             self._data[(limetype, key)] = known
             self._data.move_to_end((limetype, key))
@@ -86,16 +102,18 @@ class Applier:
     """Stateless but for the Lime client: the caller passes the partition's cache."""
 
     def __init__(self, lime: LimeClient, mappers: dict[str, ObjectMapper], exclude_personal: bool = False,
-                 link_by_identity: bool = False, links: JumpLinks | None = None):
+                 link_by_identity: bool = False, links: JumpLinks | None = None, skip_unchanged: bool = False):
         """``link_by_identity`` (companies are created in BFUS from Lime): a customer
         Lime has no company for by number may be one just created from Lime whose
         number is not written back yet; see :meth:`_unlinked`. ``links``: the jump
-        links every write sets (docs/jump.md), None for none."""
+        links every write sets (docs/jump.md), None for none. ``skip_unchanged``: no
+        write when Lime already holds the message's values (outcome ``unchanged``)."""
         self.lime = lime
         self.mappers = mappers
         self.exclude_personal = exclude_personal
         self.link_by_identity = link_by_identity
         self.links = links
+        self.skip_unchanged = skip_unchanged
 
     def apply(self, env: Envelope, cache: IdCache) -> Outcome:
         mapper = self.mappers.get(env.objecttype)
@@ -114,10 +132,29 @@ class Applier:
         if known is None and env.operation == "deleted" and not env.data:
             # Deleted before it ever reached Lime, and no snapshot to keep: nothing to mark.
             return Outcome("applied", mapper.limetype, None, company_id)
+        if known is not None and self.skip_unchanged and self._holds(mapper, known, values):
+            # Lime has these values already: the watermark moves on in the cache only.
+            cache.put(mapper.limetype, env.key, Known(known.id, env.id if mapper.spec.watermark else None,
+                                                      self._digest(mapper, known.id, values)))
+            return Outcome("unchanged", mapper.limetype, known.id, company_id, read=known.seen is not None)
         object_id = self._write(mapper, env, known, values, cache)
         if mapper.limetype == "company":
             company_id = object_id
         return Outcome("applied", mapper.limetype, object_id, company_id)
+
+    def _digest(self, mapper: ObjectMapper, object_id: int, values: dict[str, Any]) -> bytes:
+        """The digest of what a write of ``values`` leaves in Lime (the link included)."""
+        return digest({**values, **self._link(mapper, object_id)}, mapper.spec.watermark)
+
+    def _holds(self, mapper: ObjectMapper, known: Known, values: dict[str, Any]) -> bool:
+        """Whether Lime holds ``values`` (and the link) already: by the digest of the
+        worker's own last write, or by the object as just read."""
+        if known.digest is not None:
+            return known.digest == self._digest(mapper, known.id, values)
+        if known.seen is None:
+            return False
+        wanted = {**values, **self._link(mapper, known.id)}
+        return all(option_key(known.seen.get(p)) == v for p, v in wanted.items() if p != mapper.spec.watermark)
 
     def _values(self, mapper: ObjectMapper, env: Envelope, cache: IdCache) -> dict[str, Any]:
         try:
@@ -185,7 +222,7 @@ class Applier:
         if not found:
             return None
         watermark = found[0].get(mapper.spec.watermark) if mapper.spec.watermark else None
-        known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None)
+        known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None, seen=found[0])
         cache.put(mapper.limetype, key, known)
         return known
 
@@ -205,7 +242,7 @@ class Applier:
                      if o.get(mapper.key_property) in (None, "", env.key)]
             if len(found) == 1:
                 watermark = found[0].get(mapper.spec.watermark) if mapper.spec.watermark else None
-                known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None)
+                known = Known(found[0]["_id"], watermark if isinstance(watermark, int) else None, seen=found[0])
                 cache.put(mapper.limetype, env.key, known)
                 return known
         return None
@@ -217,7 +254,8 @@ class Applier:
             if known is not None:
                 try:
                     self.lime.update(mapper.limetype, known.id, {**values, **self._link(mapper, known.id)})
-                    cache.put(mapper.limetype, env.key, Known(known.id, watermark))
+                    cache.put(mapper.limetype, env.key, Known(known.id, watermark,
+                                                              self._digest(mapper, known.id, values)))
                     return known.id
                 except LimeRejected as err:
                     if err.status != 404:
@@ -241,7 +279,8 @@ class Applier:
         watermark = env.id if mapper.spec.watermark else None
         if self.links is None or not self.links.property_of(mapper.limetype):
             created = self.lime.create(mapper.limetype, values)
-            cache.put(mapper.limetype, env.key, Known(created["_id"], watermark))
+            cache.put(mapper.limetype, env.key, Known(created["_id"], watermark,
+                                                      self._digest(mapper, created["_id"], values)))
             return created["_id"]
         created = self.lime.create(mapper.limetype, {k: v for k, v in values.items() if k != mapper.spec.watermark})
         cache.put(mapper.limetype, env.key, Known(created["_id"], None))
@@ -249,5 +288,6 @@ class Applier:
         if mapper.spec.watermark:
             second[mapper.spec.watermark] = env.id
         self.lime.update(mapper.limetype, created["_id"], second)
-        cache.put(mapper.limetype, env.key, Known(created["_id"], watermark))
+        cache.put(mapper.limetype, env.key, Known(created["_id"], watermark,
+                                                  self._digest(mapper, created["_id"], values)))
         return created["_id"]

@@ -85,7 +85,7 @@ def build_worker(
         outbound = Outbound(lime, bfus, mappers["customer"], config.outbound.create_when, links)
     handler = MessageHandler(
         Applier(lime, mappers, exclude_personal=personal, link_by_identity=bool(config.outbound.create_when),
-                links=links),
+                links=links, skip_unchanged=config.worker.skip_unchanged),
         LogWriter(lime, config.lime, exclude_personal=personal, directions=config.outbound.enabled),
         publisher,
         topology,

@@ -253,9 +253,12 @@ class MessageHandler:
         if outcome.outcome == "skipped_duplicate" and delivery.redelivered:
             # Our own write before a crash or lost connection: applied, only not yet logged.
             outcome = replace(outcome, outcome="applied")
-        elif outcome.outcome in ("skipped_duplicate",
-                                 "skipped_stale") and not delivery.redelivered and requeued is None:
-            # BFUS sent it again, or an old one came back: one log record per message id.
+        elif (outcome.outcome in ("skipped_duplicate", "skipped_stale") or (outcome.outcome == "unchanged"
+                                                                             and outcome.read)) \
+                and not delivery.redelivered and requeued is None:
+            # BFUS sent it again, or an old one came back: one log record per message id. An
+            # unchanged object as read may be this message's doing under an earlier owner
+            # (it left Lime's watermark behind), so that is asked too.
             existing = retrying(lambda: self.records.existing(env.id), "find_log_record")
             if existing is not None:
                 log.info("message_already_logged", outcome=outcome.outcome, record=existing[0])

@@ -181,3 +181,48 @@ def test_a_create_whose_link_write_failed_is_written_again_with_its_link(linking
     assert outcome.outcome == "applied"
     [company] = lime.objects("company")
     assert company["bfuslink"] == LINKS.url("company", company["_id"]) and company["bfuslastmessageid"] == 1
+
+
+@pytest.fixture
+def skipping(lime: StoreLime, limetypes: dict[str, Any]) -> Applier:
+    return Applier(lime, check_against_lime(build_config({}, environ={}), limetypes), links=LINKS,  # type: ignore[arg-type]
+                   skip_unchanged=True)
+
+
+def test_a_snapshot_lime_holds_already_is_not_written(skipping: Applier, lime: StoreLime) -> None:
+    """BFUS sends the same snapshot again (a new message id): no PUT, outcome unchanged,
+    and the cache's watermark moves on (the next older message is stale)."""
+    cache = IdCache()
+    skipping.apply(change(1), cache)
+    writes = lime.calls["POST"] + lime.calls["PUT"]
+    outcome = skipping.apply(change(2), cache)
+    assert (outcome.outcome, outcome.read) == ("unchanged", False)
+    assert lime.calls["POST"] + lime.calls["PUT"] == writes and lime.calls["GET"] == 1
+    assert skipping.apply(change(2), cache).outcome == "skipped_duplicate"
+    assert skipping.apply(change(3, "Renamed AB"), cache).outcome == "applied"
+    assert lime.objects("company")[0]["name"] == "Renamed AB"
+
+
+def test_unchanged_is_judged_from_lime_as_read_by_a_new_owner(skipping: Applier, lime: StoreLime) -> None:
+    skipping.apply(change(1), IdCache())
+    writes = lime.calls["POST"] + lime.calls["PUT"]
+    outcome = skipping.apply(change(2), IdCache())  # a new owner: one find, nothing written
+    assert (outcome.outcome, outcome.read) == ("unchanged", True)
+    assert lime.calls["POST"] + lime.calls["PUT"] == writes
+
+
+def test_an_outdated_link_or_a_value_edited_in_lime_is_written(skipping: Applier, lime: StoreLime) -> None:
+    first = skipping.apply(change(1), IdCache())
+    lime.store.update("company", first.object_id, {"bfuslink": "https://old.example.se/jump/company/1"})
+    assert skipping.apply(change(2), IdCache()).outcome == "applied"  # read: the link differs
+    assert lime.objects("company")[0]["bfuslink"] == LINKS.url("company", first.object_id)
+    lime.store.update("company", first.object_id, {"name": "Edited In Lime AB"})
+    assert skipping.apply(change(3), IdCache()).outcome == "applied"
+    assert lime.objects("company")[0]["name"] == "Ebba Lund AB"
+
+
+def test_with_skipping_off_the_same_snapshot_is_written_again(linking: Applier, lime: StoreLime) -> None:
+    cache = IdCache()
+    linking.apply(change(1), cache)
+    puts = lime.calls["PUT"]
+    assert linking.apply(change(2), cache).outcome == "applied" and lime.calls["PUT"] == puts + 1

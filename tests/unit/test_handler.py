@@ -169,3 +169,21 @@ def test_lime_errors_count_only_while_lime_answers_others(lime: StoreLime) -> No
         errors.strike("m", err)
     errors.forget("m")
     errors.strike("m", err)  # counting starts again
+
+
+def test_an_unchanged_message_posted_again_to_a_new_owner_is_logged_once(
+        lime: StoreLime, publisher: RecordingPublisher, limetypes: dict[str, Any]) -> None:
+    """Message 2 repeats message 1's snapshot: no write, logged unchanged, and Lime's
+    watermark stays at 1. BFUS posts message 2 again and a worker with an empty cache
+    (a new owner) gets it: Lime as read holds its values, and its record exists, so
+    nothing more is logged."""
+    mappers = check_against_lime(CONFIG, limetypes)
+    skipping = MessageHandler(Applier(lime, mappers, skip_unchanged=True), LogWriter(lime, CONFIG.lime),  # type: ignore[arg-type]
+                              publisher, TOPOLOGY, CONFIG.worker, LimeErrors(lime, 3))  # type: ignore[arg-type]
+    cache = IdCache()
+    for mid in (1, 2):
+        assert skipping.handle(delivery(company(mid), cache=cache), Waits()) is Settle.ACK
+    assert lime.calls["PUT"] == 0 and lime.objects("company")[0]["bfuslastmessageid"] == 1
+    assert skipping.handle(delivery(company(2)), Waits()) is Settle.ACK
+    processed, _ = records(lime)
+    assert [(r["messageid"], r["outcome"]["key"]) for r in processed] == [(1, "applied"), (2, "unchanged")]
