@@ -170,7 +170,7 @@ class Worker:
         name = self.topology.partition_queue(key) if isinstance(key, int) else key
         lane = self._lanes.get(name)
         if lane is None:
-            lane = self._lanes[name] = Lane(name, self._work)
+            lane = self._lanes[name] = Lane(name, self._work, self.handler if self.settings.coalesce else None)
         return lane
 
     def _on_message(self, queue: str, owned: Owned | None, generation: int, channel: BlockingChannel,
@@ -200,17 +200,22 @@ class Worker:
     def _current(self, delivery: Delivery) -> bool:
         return delivery.generation == self._generation and delivery.channel.is_open
 
-    def _work(self, delivery: Delivery) -> None:
+    def _work(self, delivery: Delivery, superseded: list[Delivery]) -> None:
+        """One delivery (with the older ones of its object it covers, when coalescing)."""
         if not self._current(delivery):
-            return  # its channel is gone: the broker redelivers it
+            return  # its channel is gone: the broker redelivers it (and the superseded ones)
         if delivery.grace:
             log.info("waiting_for_previous_owner", queue=delivery.queue, seconds=delivery.grace)
             if not self._wait(delivery, delivery.grace):
                 return
         with self._slots:  # at most worker.concurrency messages in the works at once
-            settle = self.handler.handle(delivery, partial(self._wait, delivery))
-        if settle is Settle.ACK:
-            self._ack(delivery)
+            if superseded:
+                settles = self.handler.handle_group(delivery, superseded, partial(self._wait, delivery))
+            else:
+                settles = [(delivery, self.handler.handle(delivery, partial(self._wait, delivery)))]
+        for settled, settle in settles:
+            if settle is Settle.ACK:
+                self._ack(settled)
 
     def _wait(self, delivery: Delivery, seconds: float) -> bool:
         """Wait between retries; False when the message must be let go (its channel

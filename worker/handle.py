@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cached_property, partial
@@ -24,12 +24,12 @@ import structlog
 from shared import headers as h
 from shared.bfus import BfusUnavailable
 from shared.config import WorkerConfig
-from shared.envelope import EnvelopeError, parse_envelope
+from shared.envelope import Envelope, EnvelopeError, parse_envelope
 from shared.fingerprint import normal
 from shared.jsonbody import loads_or_none
 from shared.lime import LimeClient, LimeUnavailable
 from shared.limeevents import parse_event
-from shared.logrecords import FROM_BFUS, TO_BFUS
+from shared.logrecords import FROM_BFUS, SKIPPED_SUPERSEDED, TO_BFUS
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.retry import Backoff, retry
@@ -111,6 +111,18 @@ class Delivery:
         return h.integer(self.headers.get(h.FAILED_RECORD))
 
     @cached_property
+    def change(self) -> Envelope | None:
+        """The BFUS change this delivery carries, when coalescing may fold it into a
+        newer one: a first delivery from BFUS (not redelivered, not requeued) with a
+        valid envelope. None otherwise."""
+        if self.redelivered or self.direction == TO_BFUS or self.failed_record is not None:
+            return None
+        try:
+            return parse_envelope(self.body)
+        except EnvelopeError:
+            return None
+
+    @cached_property
     def key(self) -> str:
         """Names the message across redeliveries (for :class:`LimeErrors`)."""
         return hashlib.blake2b(self.body, digest_size=16).hexdigest()
@@ -158,6 +170,45 @@ class MessageHandler:
     def handle(self, delivery: Delivery, sleep: Callable[[float], bool]) -> Settle:
         """``sleep(seconds)`` waits between retries; it returns False when the message
         must be abandoned (shutdown deadline, lost connection)."""
+        return self._handle(delivery, sleep, (), [])
+
+    # ------------------------------------------------------------------ coalescing
+
+    def object_of(self, delivery: Delivery) -> tuple[str, str, int] | None:
+        """(objecttype, key, message id) of a delivery coalescing may fold, else None."""
+        env = delivery.change
+        return (env.objecttype, env.key, env.id) if env is not None else None
+
+    def may_defer(self, delivery: Delivery) -> bool:
+        """Whether this delivery may wait for a newer one of its object, which then
+        covers it: its object is in Lime already and the worker wrote or checked it
+        itself since it took the partition (so no earlier owner logged this message
+        without moving Lime's watermark), and the message is newer than what it wrote.
+        Never a create of a new object: other messages in between may need it."""
+        env = delivery.change
+        mapper = self.applier.mappers.get(env.objecttype) if env is not None else None
+        if env is None or mapper is None:
+            return False
+        known = delivery.cache.get(mapper.limetype, env.key)
+        return known is not None and known.digest is not None and (known.watermark is None
+                                                                   or env.id > known.watermark)
+
+    def handle_group(self, newest: Delivery, superseded: list[Delivery],
+                     sleep: Callable[[float], bool]) -> list[tuple[Delivery, Settle]]:
+        """``newest`` and the older deliveries of its object it supersedes (in order):
+        the newest is applied, and once its write has landed each older one is logged
+        as skipped_superseded, then the newest; all settle together. Should the newest
+        not be applied (it failed, or was a repeat), each older one is handled on its
+        own, in order."""
+        covered: list[Delivery] = []
+        settle = self._handle(newest, sleep, superseded, covered)
+        settles = [(newest, settle)]
+        for older in superseded:
+            settles.append((older, settle if older in covered else self.handle(older, sleep)))
+        return settles
+
+    def _handle(self, delivery: Delivery, sleep: Callable[[float], bool], superseded: Sequence[Delivery],
+                covered: list[Delivery]) -> Settle:
         structlog.contextvars.clear_contextvars()
         try:
             if delivery.queue == self.topology.invalid_queue:
@@ -165,7 +216,7 @@ class MessageHandler:
             elif delivery.direction == TO_BFUS:
                 self._send_to_bfus(delivery, sleep)
             else:
-                self._handle_change(delivery, sleep)
+                self._handle_change(delivery, sleep, superseded, covered)
             settle = Settle.ACK
         except Abandoned:
             log.info("message_abandoned", queue=delivery.queue, reason="will be redelivered")
@@ -196,7 +247,8 @@ class MessageHandler:
                 return Settle.ABANDON
         return Settle.ACK
 
-    def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
+    def _handle_change(self, delivery: Delivery, sleep: Callable[[float], bool], superseded: Sequence[Delivery] = (),
+                       covered: list[Delivery] | None = None) -> None:
         raw = delivery.raw
         requeued = delivery.failed_record
         try:
@@ -209,7 +261,8 @@ class MessageHandler:
         facts = MessageFacts.of(env)
         while True:
             try:
-                self._apply_and_log(delivery, env, facts, requeued, raw, sleep)
+                self._apply_and_log(delivery, env, facts, requeued, raw, sleep, superseded,
+                                    covered if covered is not None else [])
                 return
             except LimeKeepsFailing as err:
                 error = (f"Lime answered {err.error.status} to this message {err.strikes} times in a row while it "
@@ -225,7 +278,8 @@ class MessageHandler:
                 raise Abandoned()
 
     def _apply_and_log(self, delivery: Delivery, env: Any, facts: MessageFacts, requeued: int | None, raw: str,
-                       sleep: Callable[[float], bool]) -> None:
+                       sleep: Callable[[float], bool], superseded: Sequence[Delivery] = (),
+                       covered: list[Delivery] | None = None) -> None:
         def retrying(step: Callable[[], T], what: str) -> T:
             return self._retrying(step, what, sleep, delivery.key)
 
@@ -263,11 +317,25 @@ class MessageHandler:
             if existing is not None:
                 log.info("message_already_logged", outcome=outcome.outcome, record=existing[0])
                 return
+        for older in superseded:  # the newest's write has landed: it covers them
+            self._log_superseded(older, env.id, outcome, retrying)
+            if covered is not None:
+                covered.append(older)
         processed = retrying(lambda: self.records.processed(facts, outcome), "log_processed")
         if requeued is not None:
             retrying(lambda: self.records.resolve(requeued, processed, outcome.outcome), "resolve_failed")
         log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation,
                  deliveries=delivery.delivery_count + 1, requeued=requeued is not None)
+
+    def _log_superseded(self, older: Delivery, newest: int, outcome: Outcome,
+                        retrying: Callable[[Callable[[], int], str], int]) -> None:
+        env = older.change
+        assert env is not None  # only a change coalescing may fold is superseded
+        skipped = replace(outcome, outcome=SKIPPED_SUPERSEDED, read=False)
+        retrying(lambda: self.records.processed(MessageFacts.of(env), skipped, f"superseded by message {newest}"),
+                 "log_processed")
+        log.info("message_processed", outcome=SKIPPED_SUPERSEDED, message_id=env.id, superseded_by=newest,
+                 objecttype=env.objecttype)
 
     def _send_to_bfus(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         """A Lime webhook event: bring BFUS up to date with the company (worker/outbound.py)."""

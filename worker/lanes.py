@@ -1,10 +1,19 @@
-"""Lanes: one thread per queue applying that queue's deliveries strictly in order."""
+"""Lanes: one thread per queue applying that queue's deliveries strictly in order.
+
+Coalescing (worker.coalesce): when the delivery at the head of a lane is about an
+object a later delivery in the lane is also about (with a newer message id), and the
+handler lets it wait (``may_defer``: the object is in Lime already), it is set aside
+unacked instead of applied. When the newest of the object reaches the head, it is
+applied with the ones set aside: they are logged as superseded once its write has
+landed, and all are acked together. A lane that loses its deliveries (the connection
+or the partition went) forgets the set-aside ones too: the broker redelivers them."""
 
 from __future__ import annotations
 
 import collections
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from shared.logs import get_logger
 from worker.handle import Delivery
@@ -12,13 +21,25 @@ from worker.handle import Delivery
 log = get_logger(component="worker")
 
 
-class Lane:
-    """Applies one queue's deliveries, in order, on its own thread."""
+class Folding(Protocol):
+    """What a lane asks the message handler when it coalesces."""
 
-    def __init__(self, name: str, work: Callable[[Delivery], None]):
+    def object_of(self, delivery: Delivery) -> tuple[str, str, int] | None: ...
+
+    def may_defer(self, delivery: Delivery) -> bool: ...
+
+
+class Lane:
+    """Applies one queue's deliveries, in order, on its own thread. ``work(delivery,
+    superseded)`` gets each delivery with the older ones of its object that waited
+    for it (empty unless ``folding`` is given)."""
+
+    def __init__(self, name: str, work: Callable[[Delivery, list[Delivery]], None], folding: Folding | None = None):
         self.name = name
         self._work = work
+        self._folding = folding
         self._items: collections.deque[Delivery] = collections.deque()
+        self._waiting: dict[tuple[str, str], list[Delivery]] = {}  # set aside for a newer one of their object
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
@@ -33,19 +54,21 @@ class Lane:
     def drop_queued(self) -> int:
         """Forget deliveries not yet started (they stay unacked and come back)."""
         with self._cond:
-            dropped = len(self._items)
+            dropped = len(self._items) + sum(len(w) for w in self._waiting.values())
             self._items.clear()
+            self._waiting.clear()
             return dropped
 
     @property
     def idle(self) -> bool:
         with self._cond:
-            return not self._busy and not self._items
+            return not self._busy and not self._items and not self._waiting
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._items.clear()
+            self._waiting.clear()
             self._cond.notify()
 
     def join(self, timeout: float) -> None:
@@ -60,11 +83,30 @@ class Lane:
                     return
                 delivery = self._items.popleft()
                 self._busy = True
+                later = list(self._items)  # what has arrived behind it, to look into outside the lock
             try:
-                self._work(delivery)
+                superseded = self._fold(delivery, later)
+                if superseded is not None:
+                    self._work(delivery, superseded)
             except Exception:  # a bug must not kill the lane; the message comes back
                 log.exception("lane_error", lane=self.name)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _fold(self, delivery: Delivery, later: list[Delivery]) -> list[Delivery] | None:
+        """The older deliveries ``delivery`` covers, or None when it waits itself for a
+        newer delivery of its object (set aside)."""
+        folding = self._folding
+        found = folding.object_of(delivery) if folding is not None else None
+        if folding is None or found is None:
+            return []
+        objecttype, key, message_id = found
+        newer = any((o := folding.object_of(d)) is not None and o[:2] == (objecttype, key) and o[2] > message_id
+                    for d in later)
+        with self._cond:
+            if newer and folding.may_defer(delivery):
+                self._waiting.setdefault((objecttype, key), []).append(delivery)
+                return None
+            return self._waiting.pop((objecttype, key), [])
