@@ -20,7 +20,7 @@ def test_a_lane_applies_in_order_and_survives_an_error() -> None:
     seen: list[int] = []
     done = threading.Event()
 
-    def work(item: Any) -> None:
+    def work(item: Any, superseded: list[Any]) -> None:
         if item == 2:
             raise RuntimeError("a bug")
         seen.append(item)
@@ -40,7 +40,7 @@ def test_a_lane_forgets_what_it_has_not_started() -> None:
     started, release = threading.Event(), threading.Event()
     seen: list[int] = []
 
-    def work(item: Any) -> None:
+    def work(item: Any, superseded: list[Any]) -> None:
         started.set()
         release.wait(5)
         seen.append(item)
@@ -54,6 +54,77 @@ def test_a_lane_forgets_what_it_has_not_started() -> None:
     lane.close()
     lane.join(5)
     assert seen == [0]
+
+
+class Folding:
+    """Deliveries named like "A1" (object A, message 1); ``defer``: whether the handler
+    lets one wait."""
+
+    def __init__(self, defer: bool = True):
+        self.defer = defer
+
+    def object_of(self, delivery: Any) -> tuple[str, str, int] | None:
+        return ("customer", delivery[0], int(delivery[1:])) if delivery[0] != "X" else None
+
+    def may_defer(self, delivery: Any) -> bool:
+        return self.defer
+
+
+def folded(items: list[str], folding: Folding) -> list[tuple[str, list[str]]]:
+    calls: list[tuple[str, list[str]]] = []
+    gate, done = threading.Event(), threading.Event()
+
+    def work(item: Any, superseded: list[Any]) -> None:
+        gate.wait(5)  # everything is queued before the lane looks behind its first item
+        calls.append((item, list(superseded)))
+        if sum(1 + len(older) for _, older in calls[1:]) == len(items):  # every item worked or covered
+            done.set()
+
+    lane = Lane("test", work, folding)
+    lane.put("X0")  # type: ignore[arg-type]  # held at work until the rest is queued
+    for item in items:
+        lane.put(item)  # type: ignore[arg-type]
+    gate.set()
+    assert done.wait(5)
+    lane.close()
+    lane.join(5)
+    return calls[1:]
+
+
+def test_a_lane_writes_the_newest_of_an_object_with_the_older_ones_it_covers() -> None:
+    assert folded(["A1", "B1", "A2", "A3", "X9", "B2"], Folding()) == [
+        ("A3", ["A1", "A2"]), ("X9", []), ("B2", ["B1"])]
+
+
+def test_a_lane_folds_nothing_the_handler_will_not_let_wait_nor_an_equal_id() -> None:
+    assert folded(["A1", "A2"], Folding(defer=False)) == [("A1", []), ("A2", [])]
+    assert folded(["A1", "A1"], Folding()) == [("A1", []), ("A1", [])]  # BFUS sent it twice: no fold
+
+
+def test_a_lane_forgets_the_deliveries_it_set_aside_with_the_queue() -> None:
+    """A1 waits for A2; while B1 is in the works the lane loses its deliveries (the
+    connection went): A1 is forgotten with A2, unacked, for the broker to redeliver."""
+    gate, working, release = threading.Event(), threading.Event(), threading.Event()
+    calls: list[Any] = []
+
+    def work(item: Any, superseded: list[Any]) -> None:
+        calls.append((item, list(superseded)))
+        if item == "X0":
+            gate.wait(5)
+        if item == "B1":
+            working.set()
+            release.wait(5)
+
+    lane = Lane("test", work, Folding())
+    for item in ("X0", "A1", "B1", "A2"):
+        lane.put(item)  # type: ignore[arg-type]
+    gate.set()
+    assert working.wait(5)
+    assert not lane.idle and lane.drop_queued() == 2
+    release.set()
+    lane.close()
+    lane.join(5)
+    assert calls == [("X0", []), ("B1", [])]
 
 
 def test_the_breaker_opens_after_the_threshold_and_one_probe_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
