@@ -17,9 +17,22 @@ class TokenBucket:
             raise ValueError("rate must be > 0")
         self.rate = rate
         self.interval = 1.0 / rate
+        self._fixed_burst = burst
         self.burst = burst if burst is not None else max(1.0, rate)
         self._next = time.monotonic() - (self.burst - 1) * self.interval  # start with a full burst
         self._lock = threading.Lock()
+
+    def set_rate(self, rate: float, burst: float | None = None) -> None:
+        """A new rate from the next acquisition on, and ``burst`` (default: as before,
+        fixed or following the rate)."""
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        with self._lock:
+            self.rate = rate
+            self.interval = 1.0 / rate
+            if burst is not None:
+                self._fixed_burst = burst
+            self.burst = self._fixed_burst if self._fixed_burst is not None else max(1.0, rate)
 
     def acquire(self) -> float:
         """Wait for this caller's slot; returns the seconds waited."""

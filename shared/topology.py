@@ -68,6 +68,12 @@ class Topology:
         return f"{self.prefix}.workers"
 
     @property
+    def busy_queue(self) -> str:
+        """A worker consumes it while it has messages in the works (no message ever goes
+        there): its consumer count is the number of workers sharing Lime's budget now."""
+        return f"{self.prefix}.busy"
+
+    @property
     def migration_marker(self) -> str:
         """Exclusive queue a running migration holds (workers then look for reservations)."""
         return f"{self.prefix}.migration"
@@ -124,6 +130,7 @@ class Topology:
         channel.queue_declare(self.invalid_queue, durable=True, arguments=self.work_queue_arguments())
         channel.queue_bind(self.invalid_queue, self.exchange, routing_key=INVALID_ROUTING_KEY)
         channel.queue_declare(self.presence_queue, durable=True)
+        channel.queue_declare(self.busy_queue, durable=True)
         for partition in range(self.partitions):
             queue = self.partition_queue(partition)
             channel.queue_declare(queue, durable=True, arguments=self.work_queue_arguments())

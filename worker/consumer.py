@@ -23,6 +23,7 @@ from shared.partitions import ControlChannel, PartitionLocks
 from shared.retry import Backoff
 from shared.topology import Topology, connection_parameters
 from worker.apply import IdCache
+from worker.budget import Budget
 from worker.handle import Delivery, MessageHandler, Settle
 from worker.lanes import Lane
 from worker.ownership import Owned, Ownership
@@ -51,7 +52,7 @@ class Worker:
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._lock = threading.Lock()
         self.settled = 0
-        self.received = 0  # deliveries handed to a lane (settled catches up when all is done)
+        self.received = 0  # deliveries handed to a lane and not dropped (settled catches up when all is done)
         self.max_delivery_count = 0
 
     # ------------------------------------------------------------------ control
@@ -70,6 +71,11 @@ class Worker:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    @property
+    def working(self) -> bool:
+        """Whether any of its lanes has messages in the works or waiting."""
+        return any(not lane.idle for lane in list(self._lanes.values()))
 
     def owned_partitions(self) -> list[int]:
         ownership = self._ownership
@@ -119,6 +125,9 @@ class Worker:
                 self.name, self.topology, locks, self.lime, partial(self._subscribe_partition, connection, generation),
                 self._lane, self.lime_config.processed_limetype)
             connection.channel().basic_consume(self.topology.presence_queue, lambda *_: None, auto_ack=True)
+            budget = Budget(
+                self.lime.bucket, self.lime_config.rate_limit, self.topology.busy_queue, self.topology.presence_queue,
+                connection, locks.consumers) if self.lime is not None else None
             self._subscribe(connection, self.topology.invalid_queue, None, generation)
             self._connected.set()
             log.info("worker_consuming", worker=self.name)
@@ -126,8 +135,12 @@ class Worker:
             interval = self.settings.rebalance_interval
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=min(0.1, interval))
+                if budget is not None and not budget.busy and self.working:
+                    budget.look(True)  # count as busy now, not at the next tick
                 if time.monotonic() >= next_tick:
                     ownership.tick()
+                    if budget is not None:
+                        budget.look(self.working)
                     next_tick = time.monotonic() + interval
             self._finish(connection, ownership)
         finally:
@@ -170,7 +183,8 @@ class Worker:
         name = self.topology.partition_queue(key) if isinstance(key, int) else key
         lane = self._lanes.get(name)
         if lane is None:
-            lane = self._lanes[name] = Lane(name, self._work, self.handler if self.settings.coalesce else None)
+            lane = self._lanes[name] = Lane(name, self._work, self.handler if self.settings.coalesce else None,
+                                            self._dropped)
         return lane
 
     def _on_message(self, queue: str, owned: Owned | None, generation: int, channel: BlockingChannel,
@@ -194,8 +208,16 @@ class Worker:
             timeout = self.lime_config.read_timeout + self.lime_config.connect_timeout
             delivery.grace = timeout if method.redelivered else 0.0
         self.max_delivery_count = max(self.max_delivery_count, delivery.delivery_count)
-        self.received += 1
+        with self._lock:
+            self.received += 1
+
         self._lane(owned.index if owned is not None else queue).put(delivery)
+
+    def _dropped(self, count: int) -> None:
+        """Deliveries a lane forgot unstarted: the broker gives them back, to this worker
+        or another, so they will not settle here."""
+        with self._lock:
+            self.received -= count
 
     def _current(self, delivery: Delivery) -> bool:
         return delivery.generation == self._generation and delivery.channel.is_open

@@ -34,10 +34,13 @@ class Lane:
     superseded)`` gets each delivery with the older ones of its object that waited
     for it (empty unless ``folding`` is given)."""
 
-    def __init__(self, name: str, work: Callable[[Delivery, list[Delivery]], None], folding: Folding | None = None):
+    def __init__(self, name: str, work: Callable[[Delivery, list[Delivery]], None], folding: Folding | None = None,
+                 on_drop: Callable[[int], None] = lambda count: None):
+        """``on_drop(count)``: deliveries forgotten unstarted (they will not be worked)."""
         self.name = name
         self._work = work
         self._folding = folding
+        self._on_drop = on_drop
         self._items: collections.deque[Delivery] = collections.deque()
         self._waiting: dict[tuple[str, str], list[Delivery]] = {}  # set aside for a newer one of their object
         self._cond = threading.Condition()
@@ -57,7 +60,9 @@ class Lane:
             dropped = len(self._items) + sum(len(w) for w in self._waiting.values())
             self._items.clear()
             self._waiting.clear()
-            return dropped
+        if dropped:
+            self._on_drop(dropped)
+        return dropped
 
     @property
     def idle(self) -> bool:
@@ -65,10 +70,9 @@ class Lane:
             return not self._busy and not self._items and not self._waiting
 
     def close(self) -> None:
+        self.drop_queued()
         with self._cond:
             self._closed = True
-            self._items.clear()
-            self._waiting.clear()
             self._cond.notify()
 
     def join(self, timeout: float) -> None:
