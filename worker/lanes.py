@@ -43,6 +43,8 @@ class Lane:
         self._on_drop = on_drop
         self._items: collections.deque[Delivery] = collections.deque()
         self._waiting: dict[tuple[str, str], list[Delivery]] = {}  # set aside for a newer one of their object
+        # Per object in the queue (when folding): how many of its deliveries wait, and the newest message id.
+        self._queued: dict[tuple[str, str], list[int]] = {}
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
@@ -50,8 +52,13 @@ class Lane:
         self._thread.start()
 
     def put(self, delivery: Delivery) -> None:
+        found = self._folding.object_of(delivery) if self._folding is not None else None
         with self._cond:
             self._items.append(delivery)
+            if found is not None:
+                entry = self._queued.setdefault(found[:2], [0, found[2]])
+                entry[0] += 1
+                entry[1] = max(entry[1], found[2])
             self._cond.notify()
 
     def drop_queued(self) -> int:
@@ -60,6 +67,7 @@ class Lane:
             dropped = len(self._items) + sum(len(w) for w in self._waiting.values())
             self._items.clear()
             self._waiting.clear()
+            self._queued.clear()
         if dropped:
             self._on_drop(dropped)
         return dropped
@@ -87,9 +95,8 @@ class Lane:
                     return
                 delivery = self._items.popleft()
                 self._busy = True
-                later = list(self._items)  # what has arrived behind it, to look into outside the lock
             try:
-                superseded = self._fold(delivery, later)
+                superseded = self._fold(delivery)
                 if superseded is not None:
                     self._work(delivery, superseded)
             except Exception:  # a bug must not kill the lane; the message comes back
@@ -99,18 +106,21 @@ class Lane:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _fold(self, delivery: Delivery, later: list[Delivery]) -> list[Delivery] | None:
+    def _fold(self, delivery: Delivery) -> list[Delivery] | None:
         """The older deliveries ``delivery`` covers, or None when it waits itself for a
-        newer delivery of its object (set aside)."""
+        newer delivery of its object queued behind it (set aside)."""
         folding = self._folding
         found = folding.object_of(delivery) if folding is not None else None
         if folding is None or found is None:
             return []
-        objecttype, key, message_id = found
-        newer = any((o := folding.object_of(d)) is not None and o[:2] == (objecttype, key) and o[2] > message_id
-                    for d in later)
-        with self._cond:
-            if newer and folding.may_defer(delivery):
-                self._waiting.setdefault((objecttype, key), []).append(delivery)
+        key, message_id = found[:2], found[2]
+        with self._cond:  # one look: a drop_queued meanwhile would strand a delivery set aside after it
+            entry = self._queued.get(key)
+            if entry is not None:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del self._queued[key]
+            if entry is not None and entry[0] > 0 and entry[1] > message_id and folding.may_defer(delivery):
+                self._waiting.setdefault(key, []).append(delivery)
                 return None
-            return self._waiting.pop((objecttype, key), [])
+            return self._waiting.pop(key, [])
