@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox.broker import exit_on_sigterm, provide_broker
+from sandbox.broker import BrokerHandle, exit_on_sigterm, provide_broker
 from sandbox.stack import Stack
 from shared.logs import configure_logging
 
@@ -15,12 +15,19 @@ from shared.logs import configure_logging
 def with_broker(body: Callable[[str, Path], None]) -> int:
     """``body(amqp_url, workdir)`` on a vhost of a private RabbitMQ node (installed if
     need be) and in a scratch folder, both removed afterwards; the exit code."""
+    return with_node(lambda broker, workdir: body(broker.create_vhost(), workdir))
+
+
+def with_node(body: Callable[[BrokerHandle, Path], None]) -> int:
+    """``body(broker, workdir)`` with a private RabbitMQ node (for a benchmark that
+    wants a fresh vhost per stack, and the management API) and a scratch folder, both
+    removed afterwards; the exit code."""
     exit_on_sigterm()
     configure_logging("error")
     broker = provide_broker(allow_container=False, install=True)
     try:
         with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
-            body(broker.create_vhost(), Path(workdir))
+            body(broker, Path(workdir))
     finally:
         broker.close()
     return 0
