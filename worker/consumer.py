@@ -52,7 +52,7 @@ class Worker:
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._lock = threading.Lock()
         self.settled = 0
-        self.received = 0  # deliveries handed to a lane and not dropped (settled catches up when all is done)
+        self.received = 0  # deliveries handed to a lane, less those given back (settled catches up when done)
         self.max_delivery_count = 0
 
     # ------------------------------------------------------------------ control
@@ -214,8 +214,9 @@ class Worker:
         self._lane(owned.index if owned is not None else queue).put(delivery)
 
     def _dropped(self, count: int) -> None:
-        """Deliveries a lane forgot unstarted: the broker gives them back, to this worker
-        or another, so they will not settle here."""
+        """Deliveries that will not settle here (a lane forgot them unstarted, they were
+        abandoned, or their channel went): the broker gives them back, to this worker or
+        another."""
         with self._lock:
             self.received -= count
 
@@ -223,13 +224,11 @@ class Worker:
         return delivery.generation == self._generation and delivery.channel.is_open
 
     def _work(self, delivery: Delivery, superseded: list[Delivery]) -> None:
-        """One delivery (with the older ones of its object it covers, when coalescing)."""
-        if not self._current(delivery):
-            return  # its channel is gone: the broker redelivers it (and the superseded ones)
-        if delivery.grace:
-            log.info("waiting_for_previous_owner", queue=delivery.queue, seconds=delivery.grace)
-            if not self._wait(delivery, delivery.grace):
-                return
+        """One delivery (with the older ones of its object it covers, when coalescing).
+        What is not acked goes back to the broker (its channel closed, or abandoned)."""
+        if not self._current(delivery) or (delivery.grace and not self._grace(delivery)):
+            self._dropped(1 + len(superseded))  # the broker redelivers them
+            return
         with self._slots:  # at most worker.concurrency messages in the works at once
             if superseded:
                 settles = self.handler.handle_group(delivery, superseded, partial(self._wait, delivery))
@@ -238,6 +237,12 @@ class Worker:
         for settled, settle in settles:
             if settle is Settle.ACK:
                 self._ack(settled)
+            else:
+                self._dropped(1)
+
+    def _grace(self, delivery: Delivery) -> bool:
+        log.info("waiting_for_previous_owner", queue=delivery.queue, seconds=delivery.grace)
+        return self._wait(delivery, delivery.grace)
 
     def _wait(self, delivery: Delivery, seconds: float) -> bool:
         """Wait between retries; False when the message must be let go (its channel
@@ -256,14 +261,17 @@ class Worker:
     def _ack(self, delivery: Delivery) -> None:
         connection = self._connection
         if connection is None or not self._current(delivery):
+            self._dropped(1)
             return
 
         def ack() -> None:
             if self._current(delivery):
                 delivery.channel.basic_ack(delivery.delivery_tag)
                 self.settled += 1
+            else:
+                self._dropped(1)
 
         try:
             connection.add_callback_threadsafe(ack)
         except Exception:
-            pass  # connection gone: the broker redelivers, the log record check dedupes
+            self._dropped(1)  # connection gone: the broker redelivers, the log record check dedupes
