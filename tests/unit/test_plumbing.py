@@ -243,3 +243,41 @@ def test_the_publisher_matches_confirms_to_what_the_channel_really_sent() -> Non
     assert fresh[0].result(0) is None and fresh[1].result(0) is None
     with pytest.raises(PublishRejected):
         fresh[2].result(0)
+
+
+class CountingChannel:
+    """Consuming a queue counts one consumer more; closing, one fewer."""
+
+    def __init__(self, consumers: dict[str, int]):
+        self.consumers = consumers
+
+    def basic_consume(self, queue: str, callback: Any, auto_ack: bool) -> None:
+        self.consumers[queue] += 1
+
+    def close(self) -> None:
+        self.consumers["busy"] -= 1
+
+
+class FakeConnection:
+    def __init__(self, consumers: dict[str, int]):
+        self.consumers = consumers
+
+    def channel(self) -> CountingChannel:
+        return CountingChannel(self.consumers)
+
+
+def test_the_lime_budget_is_shared_by_the_busy_workers() -> None:
+    """Four live workers, two of them busy: this one, idle, would start at a quarter;
+    busy, it takes a third (three busy with it); after three idle looks it stops counting."""
+    from worker.budget import IDLE_LOOKS, Budget
+
+    consumers = {"busy": 2, "presence": 4}
+    bucket = TokenBucket(40.0)
+    budget = Budget(bucket, 40.0, "busy", "presence", FakeConnection(consumers), consumers.get)  # type: ignore[arg-type]
+    assert budget.look(False) == 10.0 and bucket.rate == 10.0 and bucket.burst == 1.0
+    assert budget.look(True) == pytest.approx(40 / 3) and consumers["busy"] == 3 and budget.busy
+    for _ in range(IDLE_LOOKS - 1):
+        budget.look(False)
+    assert budget.busy
+    budget.look(False)
+    assert not budget.busy and consumers["busy"] == 2 and bucket.rate == 10.0
