@@ -1,12 +1,17 @@
 """Migration benchmark: N customers with their facilities and contracts from the BFUS
 stand-in into an empty Lime stand-in, and into one already holding half of them (a
-third of those with stale values). Prints objects per second, Lime calls per object
-and the migration process's peak memory.
+third of those with stale values), for each N asked. Prints objects per second, Lime
+calls per object and the migration process's peak memory, in all and per object.
 
-The migration runs as its own process (``bfus-lime migrate``), so its peak memory
-(max RSS) is its own; the stand-ins and RabbitMQ run beside it.
+The migration runs as its own process (``bfus-lime migrate``); the stand-ins and
+RabbitMQ run beside it. Its peak memory is its own high-water resident set (VmHWM),
+which the process writes down as it exits: not the ``ru_maxrss`` its parent gets from
+``wait4``, because Linux carries the high-water mark of the process image it replaced
+over an ``execve``, so a child of this (large) process would report this process's
+peak. Per object: (peak - the resident set of the process with its code loaded,
+before it reads anything) / objects.
 
-    python -m bench.migration [--customers 20000] [--parallel 4]
+    python -m bench.migration [--customers 20000,100000] [--parallel 4]
 """
 
 from __future__ import annotations
@@ -29,6 +34,22 @@ from shared.logs import configure_logging
 
 TYPES = "customer,facility,contract"
 
+# The migrate command, run by a wrapper that notes the resident set with the code
+# loaded (the base) and the high-water mark at exit, into the file named first.
+MEASURED = """
+import atexit, json, runpy, sys
+
+def status():
+    with open('/proc/self/status') as f:
+        return {line.split(':')[0]: int(line.split()[1]) for line in f if line.startswith(('VmRSS', 'VmHWM'))}
+
+import cli.main  # noqa: the command's code, loaded before the base is taken
+out, base = sys.argv[1], status()['VmRSS']
+atexit.register(lambda: open(out, 'w').write(json.dumps({'base_kib': base, 'peak_kib': status()['VmHWM']})))
+sys.argv = ['bfus-lime', *sys.argv[2:]]
+runpy.run_module('cli', run_name='__main__')
+"""
+
 
 def run_case(broker_url: str, management_url: str, customers: int, prefill: float, parallel: int,
              workdir: Path) -> dict[str, float]:
@@ -48,19 +69,20 @@ def run_case(broker_url: str, management_url: str, customers: int, prefill: floa
                **config_environment(raw)}
         started = time.monotonic()
         log = open(workdir / "migrate.log", "w+")
-        child = subprocess.Popen(
-            [*BFUS_LIME, "migrate", "--objecttypes", TYPES, "--parallel", str(parallel),
-             "--checkpoint", str(workdir / "cp.jsonl"), "--report", str(workdir / "report.json")],
+        memory = workdir / "memory.json"
+        assert BFUS_LIME[1:] == ["-m", "cli"]  # the same command, run through MEASURED
+        child = subprocess.run(
+            [BFUS_LIME[0], "-c", MEASURED, str(memory), "migrate", "--objecttypes", TYPES,
+             "--parallel", str(parallel), "--checkpoint", str(workdir / "cp.jsonl"),
+             "--report", str(workdir / "report.json")],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-        _pid, status, usage = os.wait4(child.pid, 0)  # this child's own resource usage
-        child.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - started
-        peak = usage.ru_maxrss  # KiB on Linux
         if child.returncode != 0:
             log.seek(0)
             raise RuntimeError(f"migration failed ({child.returncode}):\n{log.read()[-3000:]}")
         report = json.loads((workdir / "report.json").read_text())
+        kib = json.loads(memory.read_text())
         return {
             "objects": report["objects"],
             "seconds": report["seconds"],
@@ -68,7 +90,9 @@ def run_case(broker_url: str, management_url: str, customers: int, prefill: floa
             "rate": report["objects"] / report["seconds"],
             "calls_per_object": report["lime_calls_per_object"],
             "written": stack.lime.faults.stats()["objects_written"],
-            "peak_mb": peak / 1024,
+            "peak_mb": kib["peak_kib"] / 1024,
+            "base_mb": kib["base_kib"] / 1024,
+            "kb_per_object": (kib["peak_kib"] - kib["base_kib"]) * 1.024 / report["objects"],
             "counts": report["counts"],
         }
     finally:
@@ -104,32 +128,38 @@ def _prefill(stack: Stack, config, share: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--customers", default="20000",
+                        help="customer counts, comma-separated: 20000,100000 runs both sizes in one go")
     parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args(argv)
+    sizes = [int(n) for n in args.customers.split(",") if n.strip()]
     exit_on_sigterm()
     configure_logging("error")
     broker = provide_broker(allow_container=False, install=True)
     rows = []
     try:
-        for label, prefill in (("empty Lime", 0.0), ("50% already in Lime", 0.5)):
-            print(f"  {label} ...", file=sys.stderr, flush=True)
-            url = broker.create_vhost()
-            with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
-                rows.append((label, run_case(url, broker.management_url or "", args.customers, prefill,
-                                             args.parallel, Path(workdir))))
-            broker.delete_vhost(url)
+        for customers in sizes:
+            for label, prefill in (("empty Lime", 0.0), ("50% already in Lime", 0.5)):
+                print(f"  {customers} customers, {label} ...", file=sys.stderr, flush=True)
+                url = broker.create_vhost()
+                with tempfile.TemporaryDirectory(prefix="bfus-lime-bench-") as workdir:
+                    rows.append((customers, label, run_case(url, broker.management_url or "", customers, prefill,
+                                                            args.parallel, Path(workdir))))
+                broker.delete_vhost(url)
     finally:
         broker.close()
-    print(f"\nMigration of {args.customers} customers with their facilities and contracts "
-          f"(--parallel {args.parallel}, Lime stand-in without added latency, {os.cpu_count()} CPUs)")
-    print(f"{'case':<20}  {'objects':>7}  {'objects/s':>9}  {'Lime calls/object':>17}  {'written':>7}  "
-          f"{'seconds':>7}  {'peak MB':>7}")
-    for label, r in rows:
-        print(f"{label:<20}  {r['objects']:>7}  {r['rate']:>9.1f}  {r['calls_per_object']:>17.4f}  "
-              f"{r['written']:>7}  {r['seconds']:>7.1f}  {r['peak_mb']:>7.1f}")
-    for label, r in rows:
-        print(f"  {label}: {json.dumps(r['counts'])}")
+    print(f"\nMigration of customers with their facilities and contracts (--parallel {args.parallel}, "
+          f"Lime stand-in without added latency, {os.cpu_count()} CPUs)")
+    print(f"{'customers':>9}  {'case':<20}  {'objects':>7}  {'objects/s':>9}  {'Lime calls/object':>17}  "
+          f"{'written':>7}  {'seconds':>7}  {'peak MB':>7}  {'KB/object':>9}")
+    for customers, label, r in rows:
+        print(f"{customers:>9}  {label:<20}  {r['objects']:>7}  {r['rate']:>9.1f}  {r['calls_per_object']:>17.4f}  "
+              f"{r['written']:>7}  {r['seconds']:>7.1f}  {r['peak_mb']:>7.1f}  {r['kb_per_object']:>9.3f}")
+    base = max(r["base_mb"] for _, _, r in rows)
+    print(f"peak MB: the migration process's own high-water resident set (VmHWM); KB/object: that peak less "
+          f"the process's resident set with its code loaded (at most {base:.1f} MB), per object")
+    for customers, label, r in rows:
+        print(f"  {customers} customers, {label}: {json.dumps(r['counts'])}")
     return 0
 
 
