@@ -17,19 +17,30 @@ those customers wait in their queue and are applied after it, newest state last.
 A checkpoint file records each object's outcome as it happens: a stopped migration
 (Ctrl-C, crash, Lime outage) continues where it stopped and never writes an object
 twice; failures never stop it and can be retried with ``--retry-failed``.
+
+Memory stays small per object, whatever the size of the utility: the objects read from
+BFUS wait in a temporary file until their partition is written (16 bytes each in
+memory: where they are in it), and the Lime index keeps per object only its key, id,
+watermark and an 8-byte digest of each compared property (``_LimeIndex``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import os
+import struct
+import tempfile
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from array import array
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from migration.checkpoint import Checkpoint, identity_flags
 from migration.errors import MigrationError, Stopped
@@ -95,11 +106,129 @@ class Item:
     queueid: int
 
 
-@dataclass
-class Indexed:
-    id: int
-    watermark: int | None
-    values: dict[str, Any]
+class _Spill:
+    """The objects read from BFUS, by partition and objecttype, waiting in a temporary
+    file (gone when closed, or with the process) until their partition is written.
+    Memory keeps where each one is: 16 bytes an object."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile()
+        self._size = 0
+        self._at: dict[tuple[int, str], array] = {}  # (partition, objecttype) -> offset, length, offset, ...
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, partition: int, item: Item) -> None:
+        line = json.dumps([item.objecttype, item.key, item.customerno, item.queueid, item.data],
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        self._file.write(line)
+        places = self._at.get((partition, item.objecttype))
+        if places is None:
+            places = self._at[(partition, item.objecttype)] = array("q")
+        places.extend((self._size, len(line)))
+        self._size += len(line)
+        self.counts[item.objecttype] += 1
+
+    def partitions(self) -> set[int]:
+        return {partition for partition, _ in self._at}
+
+    def items(self, partition: int, objecttype: str) -> Iterator[Item]:
+        """The objects of ``objecttype`` in ``partition``, in the order BFUS listed them."""
+        places = self._at.get((partition, objecttype))
+        if places is None:
+            return
+        self._file.flush()
+        fd = self._file.fileno()
+        for i in range(0, len(places), 2):
+            objecttype, key, customerno, queueid, data = json.loads(os.pread(fd, places[i + 1], places[i]))
+            yield Item(objecttype, key, customerno, data, queueid)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+NO_WATERMARK = -(2**63)
+_ENTRY = struct.Struct("<qq")  # id, watermark (NO_WATERMARK for none)
+DIGEST = 8  # bytes per property: two different values share a digest with odds of 1 in 2**64
+
+
+def _canonical(value: Any) -> str:
+    """``value`` as text that is the same for two values exactly when they compare equal
+    (``1 == 1.0 == True``; a dict's order does not count), the normalisation ``==``
+    gave when the index kept the values themselves."""
+    if value is None:
+        return "n"
+    if isinstance(value, bool | int):
+        return f"i{int(value)}"
+    if isinstance(value, float):
+        return f"i{int(value)}" if value.is_integer() else f"f{value!r}"
+    if isinstance(value, str):
+        return "s" + value
+    if isinstance(value, list | tuple):
+        return "l" + json.dumps([_canonical(v) for v in value])
+    if isinstance(value, dict):
+        return "d" + json.dumps(sorted((str(k), _canonical(v)) for k, v in value.items()))
+    return "r" + repr(value)
+
+
+def _digest(value: Any) -> bytes:
+    return hashlib.blake2b(_canonical(value).encode(), digest_size=DIGEST).digest()
+
+
+class _LimeIndex:
+    """The Lime objects of one limetype by key: per object its id, watermark and a
+    digest of each property the migration compares (``layout``, in that order; a
+    property the object lacks as None), packed in one bytes object. What ``_plan``
+    compares is the same as comparing the values: an option as its key, a missing
+    property as None."""
+
+    def __init__(self, layout: Iterable[str]):
+        self.layout = tuple(sorted(set(layout)))
+        self._position = {p: i for i, p in enumerate(self.layout)}
+        self._entries: dict[str, bytes] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: str, object_id: int, watermark: int | None, values: Mapping[str, Any]) -> None:
+        """Index an object holding ``values`` (an option as its key, missing ones as None)."""
+        self._entries[key] = (_ENTRY.pack(object_id, NO_WATERMARK if watermark is None else watermark)
+                              + b"".join(_digest(values.get(p)) for p in self.layout))
+
+    def get(self, key: str) -> tuple[int, int | None] | None:
+        """(id, watermark) of the object with ``key``, None when Lime has none."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        object_id, watermark = _ENTRY.unpack_from(entry)
+        return object_id, None if watermark == NO_WATERMARK else watermark
+
+    def differing(self, key: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Those of ``values`` the object with ``key`` does not hold (a property outside
+        the layout counts as differing: written rather than missed)."""
+        entry = self._entries[key]
+        changed = {}
+        for prop, value in values.items():
+            i = self._position.get(prop)
+            at = _ENTRY.size + DIGEST * i if i is not None else 0
+            if i is None or entry[at:at + DIGEST] != _digest(value):
+                changed[prop] = value
+        return changed
+
+    def written(self, key: str, object_id: int, watermark: int | None, values: Mapping[str, Any]) -> None:
+        """The object with ``key`` now holds ``values`` (a new object: only them) and ``watermark``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return self.put(key, object_id, watermark, values)
+        digests = bytearray(entry[_ENTRY.size:])
+        for prop, value in values.items():
+            i = self._position.get(prop)
+            if i is not None:
+                digests[DIGEST * i:DIGEST * (i + 1)] = _digest(value)
+        object_id, _ = _ENTRY.unpack_from(entry)
+        self._entries[key] = _ENTRY.pack(object_id, NO_WATERMARK if watermark is None else watermark) + digests
 
 
 class Migration:
@@ -122,41 +251,43 @@ class Migration:
         if unknown:
             raise MigrationError(f"not synced by the mapping configuration: {', '.join(unknown)}")
         self.types = tuple(t for t in ORDER if t in types) + tuple(t for t in types if t not in ORDER)
-        self.index: dict[str, dict[str, Indexed]] = {}
+        self.index: dict[str, _LimeIndex] = {}
         self.ambiguous: dict[str, set[str]] = defaultdict(set)
         self.stop = stop or threading.Event()  # set: finish the writes in flight, then stop
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ reading
 
-    def read(self) -> dict[str, list[Item]]:
-        """The objects to migrate, by objecttype, filtered as asked."""
+    def read(self) -> Iterator[Item]:
+        """The objects to migrate, objecttype by objecttype, filtered as asked, as BFUS
+        lists them (page by page: only the customer numbers a customer filter chose
+        stay in memory)."""
         o = self.options
-        customers = None
         customer_filter = o.only_active_contract or o.customer_category or o.limit
+        chosen: set[str] | None = set() if customer_filter else None
         if "customer" in self.types or customer_filter:
-            customers = [Item("customer", c["customerno"], c["customerno"], c, q) for c, q in self.bfus.list(
-                "customer", {"changedsince": o.changed_since, "category": o.customer_category},
-                o.bfus_page_size)]
-        if o.only_active_contract:
-            active = {c["customerno"] for c, _ in self.bfus.list("contract", {"status": "active"}, o.bfus_page_size)}
-            customers = [c for c in customers or [] if c.key in active]
-        if o.limit is not None and customers is not None:
-            customers = customers[: o.limit]
-        chosen = {c.key for c in customers} if customer_filter and customers is not None else None
-        items: dict[str, list[Item]] = {}
+            active = ({c["customerno"] for c, _ in self.bfus.list("contract", {"status": "active"}, o.bfus_page_size)}
+                      if o.only_active_contract else None)
+            taken = 0
+            for c, q in self.bfus.list("customer", {"changedsince": o.changed_since, "category": o.customer_category},
+                                       o.bfus_page_size):
+                if active is not None and c["customerno"] not in active:
+                    continue
+                if o.limit is not None and taken >= o.limit:
+                    break
+                taken += 1
+                if chosen is not None:
+                    chosen.add(c["customerno"])
+                if "customer" in self.types:
+                    yield Item("customer", c["customerno"], c["customerno"], c, q)
         for objecttype in self.types:
             if objecttype == "customer":
-                items[objecttype] = customers or []
                 continue
             key_field = BFUS_KEY_FIELDS.get(objecttype, "key")
-            found = []
             for data, queueid in self.bfus.list(objecttype, {"changedsince": o.changed_since}, o.bfus_page_size):
                 if chosen is not None and data.get("customerno") not in chosen:
                     continue
-                found.append(Item(objecttype, str(data[key_field]), data.get("customerno"), data, queueid))
-            items[objecttype] = found
-        return items
+                yield Item(objecttype, str(data[key_field]), data.get("customerno"), data, queueid)
 
     # ------------------------------------------------------------------ Lime index
 
@@ -167,9 +298,15 @@ class Migration:
             for rule in self.mappers[objecttype].relations.values():
                 target = self.mappers[rule.objecttype]
                 limetypes.setdefault(target.limetype, target)
+        written = {self.mappers[t].limetype for t in self.types}
         for limetype, mapper in limetypes.items():
             props = set(mapper.properties) - {"_links"} | ({self._link_property(limetype)} - {None})
-            entries: dict[str, Indexed] = {}
+            # What _plan may compare: every property a write of this limetype sets (a
+            # limetype only related to needs ids alone).
+            extra = (mapper.key_property, mapper.fingerprint_property, self._link_property(limetype))
+            layout = ({rule.property for rule in mapper.fields.values()} | set(mapper.relations)
+                      | {p for p in extra if p is not None} if limetype in written else set())
+            entries = _LimeIndex(layout)
             for obj in self.lime.iterate(limetype, {"_sort": "_id"}, self.options.lime_page_size, self._retrying):
                 key = obj.get(mapper.key_property)
                 if key in (None, ""):
@@ -178,14 +315,14 @@ class Migration:
                 if key in entries:
                     self.ambiguous[limetype].add(key)
                 watermark = obj.get(mapper.spec.watermark) if mapper.spec.watermark else None
-                entries[key] = Indexed(obj["_id"], watermark if isinstance(watermark, int) else None,
-                                     {p: option_key(v) for p, v in obj.items() if p in props})
+                entries.put(key, obj["_id"], watermark if isinstance(watermark, int) else None,
+                            {p: option_key(v) for p, v in obj.items() if p in props})
             self.index[limetype] = entries
 
     # ------------------------------------------------------------------ writing
 
-    def _plan(self, item: Item) -> tuple[str, dict[str, Any], Indexed | None]:
-        """(outcome, values to write, the Lime object) for one item; raises
+    def _plan(self, item: Item) -> tuple[str, dict[str, Any], int | None]:
+        """(outcome, values to write, the Lime object's id) for one item; raises
         MappingError or a _Failure (reason, error) for a failure."""
         mapper = self.mappers[item.objecttype]
         if item.key in self.ambiguous[mapper.limetype]:
@@ -202,17 +339,20 @@ class Migration:
             if known is None:
                 raise _Failure("missing_related", f"{item.objecttype} {item.key} refers to {target.objecttype} "
                                                   f"{key}, which Lime does not have")
-            values[prop] = known.id
+            values[prop] = known[0]
         values[mapper.key_property] = item.key
+        index = self.index[mapper.limetype]
         with self._lock:
-            existing = self.index[mapper.limetype].get(item.key)
+            existing = index.get(item.key)
         if existing is None:
             return "created", values, None
-        if existing.watermark is not None and existing.watermark > item.queueid:
-            return "newer_in_lime", {}, existing
-        values.update(self._link(mapper.limetype, existing.id))
-        changed = {p: v for p, v in values.items() if existing.values.get(p) != v}
-        return ("updated", changed, existing) if changed else ("unchanged", {}, existing)
+        object_id, watermark = existing
+        if watermark is not None and watermark > item.queueid:
+            return "newer_in_lime", {}, object_id
+        values.update(self._link(mapper.limetype, object_id))
+        with self._lock:
+            changed = index.differing(item.key, values)
+        return ("updated", changed, object_id) if changed else ("unchanged", {}, object_id)
 
     def _apply(self, item: Item, checkpoint: Checkpoint, report: Report) -> None:
         mapper = self.mappers[item.objecttype]
@@ -224,7 +364,7 @@ class Migration:
             return self._failed(item, err.reason, err.error, checkpoint, report)
         if outcome == "created" and self.options.dry_run:
             with self._lock:  # children planned later in the dry run find their parent
-                self.index[mapper.limetype][item.key] = Indexed(-1, None, values)
+                self.index[mapper.limetype].put(item.key, -1, None, values)
         if outcome in ("created", "updated") and not self.options.dry_run:
             if mapper.spec.watermark:
                 values[mapper.spec.watermark] = item.queueid
@@ -234,20 +374,18 @@ class Migration:
                 return self._failed(item, "lime_rejected", f"Lime refused the {mapper.limetype}: {err.message}",
                                     checkpoint, report)
             with self._lock:
-                known = self.index[mapper.limetype].get(item.key) or Indexed(written["_id"], None, {})
-                known.values.update(values)
-                known.watermark = item.queueid if mapper.spec.watermark else None
-                self.index[mapper.limetype][item.key] = known
+                self.index[mapper.limetype].written(item.key, written["_id"] if existing is None else existing,
+                                                    item.queueid if mapper.spec.watermark else None, values)
         checkpoint.record(item, outcome)
         with self._lock:
             report.counts[item.objecttype][outcome] += 1
 
-    def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: Indexed | None) -> dict[str, Any]:
+    def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: int | None) -> dict[str, Any]:
         """Each call retried through Lime outages on its own (a create is never repeated
         for a lost link write)."""
         limetype = mapper.limetype
         if existing is not None:
-            return self._retrying(lambda: self.lime.update(limetype, existing.id, values))
+            return self._retrying(lambda: self.lime.update(limetype, existing, values))
         if not self._link_property(limetype):
             return self._retrying(lambda: self.lime.create(limetype, values))
         # The jump link names the Lime id, known once the object exists: a second call,
@@ -302,76 +440,66 @@ class Migration:
         checkpoint = Checkpoint(self.options.checkpoint, self.options.identity(), self.options.fresh,
                                 self.options.dry_run)
         hold: PartitionHold | None = None
+        spill = _Spill()
         try:
             if self.options.coordinate and not self.options.dry_run:
                 hold = PartitionHold(self.broker)
                 hold.take(range(self.topology.partitions), self.stop)
-            partitions = self._by_partition(self._todo(self.read(), checkpoint, report))
+            for item in self._todo(self.read(), checkpoint, report):
+                spill.add(self.topology.partition_of(partition_key(item.objecttype, item.key, item.customerno)), item)
             if hold is not None:
-                for idle in set(range(self.topology.partitions)) - set(partitions):
+                for idle in set(range(self.topology.partitions)) - spill.partitions():
                     hold.give_back(idle)
             self.build_index()
-            self._write_all(partitions, checkpoint, report, hold)
+            self._write_all(spill, checkpoint, report, hold)
         except Stopped:
             report.stopped = True
         finally:
             if hold is not None:
                 hold.close()
             checkpoint.close()
+            spill.close()
             report.lime_calls = self.lime.calls - calls_before
             report.bfus_calls = self.bfus.calls
             report.seconds = time.monotonic() - started
         return report
 
-    def _by_partition(self, todo: dict[str, list[Item]]) -> dict[int, dict[str, list[Item]]]:
-        """The items of each partition, by objecttype; the same partitions as the live sync."""
-        by_partition: dict[int, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
-        for objecttype, found in todo.items():
-            for item in found:
-                key = partition_key(item.objecttype, item.key, item.customerno)
-                by_partition[self.topology.partition_of(key)][objecttype].append(item)
-        return by_partition
+    def _todo(self, items: Iterable[Item], checkpoint: Checkpoint, report: Report) -> Iterator[Item]:
+        """``items`` but those the checkpoint has done (with --retry-failed: only those that failed)."""
+        for item in items:
+            previous = checkpoint.outcome(item.objecttype, item.key)
+            if self.options.retry_failed:
+                if previous == "failed":
+                    yield item
+            elif previous in DONE or previous == "failed":
+                report.resumed += 1
+                report.resumed_counts[item.objecttype][previous] += 1
+                if previous == "failed":
+                    reason, error = checkpoint.failure(item.objecttype, item.key)
+                    report.failures.append({"objecttype": item.objecttype, "key": item.key, "reason": reason,
+                                            "error": error})
+            else:
+                yield item
 
-    def _todo(self, items: dict[str, list[Item]], checkpoint: Checkpoint, report: Report) -> dict[str, list[Item]]:
-        todo: dict[str, list[Item]] = {}
-        for objecttype, found in items.items():
-            keep = []
-            for item in found:
-                entry = checkpoint.outcomes.get((objecttype, item.key)) or {}
-                previous = entry.get("o")
-                if self.options.retry_failed:
-                    if previous == "failed":
-                        keep.append(item)
-                elif previous in DONE or previous == "failed":
-                    report.resumed += 1
-                    report.resumed_counts[objecttype][previous] += 1
-                    if previous == "failed":
-                        report.failures.append({"objecttype": objecttype, "key": item.key,
-                                                "reason": entry.get("r", ""), "error": entry.get("e", "")})
-                else:
-                    keep.append(item)
-            todo[objecttype] = keep
-        return todo
-
-    def _write_all(self, by_partition: dict[int, dict[str, list[Item]]], checkpoint: Checkpoint, report: Report,
+    def _write_all(self, spill: _Spill, checkpoint: Checkpoint, report: Report,
                    hold: PartitionHold | None) -> None:
         bars = {}
         if self.progress is not None:
             for objecttype in self.types:
-                total = sum(len(p.get(objecttype, [])) for p in by_partition.values())
-                bars[objecttype] = self.progress.add_task(objecttype, total=total)
+                bars[objecttype] = self.progress.add_task(objecttype, total=spill.counts.get(objecttype, 0))
         with ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix="migrate") as pool:
-            for partition in sorted(by_partition):
+            for partition in sorted(spill.partitions()):
                 if self.stop.is_set():
                     raise Stopped()
                 for objecttype in self.types:
-                    self._run_batch(pool, by_partition[partition].get(objecttype, []), checkpoint, report,
+                    self._run_batch(pool, spill.items(partition, objecttype), checkpoint, report,
                                     bars.get(objecttype))
                 if hold is not None:
                     hold.give_back(partition)
 
     def _run_batch(self, pool: ThreadPoolExecutor, batch: Iterable[Item], checkpoint: Checkpoint, report: Report,
                    bar: Any) -> None:
+        """``batch`` through the pool, a few times ``parallel`` objects in hand at once."""
         def one(item: Item) -> None:
             if self.stop.is_set():
                 return
@@ -379,12 +507,21 @@ class Migration:
             if bar is not None:
                 self.progress.advance(bar)
 
-        futures = [pool.submit(one, item) for item in batch]
-        for future in futures:
+        def settle(future: Future[None]) -> None:
             try:
                 future.result()
             except Stopped:
                 pass
+
+        pending: deque[Future[None]] = deque()
+        for item in batch:
+            if self.stop.is_set():
+                break
+            if len(pending) >= 4 * self.options.parallel:
+                settle(pending.popleft())
+            pending.append(pool.submit(one, item))
+        while pending:
+            settle(pending.popleft())
         if self.stop.is_set():
             raise Stopped()
 
