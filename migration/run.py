@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import queue
 import struct
 import tempfile
 import threading
@@ -439,11 +440,11 @@ class Migration:
         calls_before = self.lime.calls
         checkpoint = Checkpoint(self.options.checkpoint, self.options.identity(), self.options.fresh,
                                 self.options.dry_run)
-        hold: PartitionHold | None = None
+        hold: _HeldPartitions | None = None
         spill = _Spill()
         try:
             if self.options.coordinate and not self.options.dry_run:
-                hold = PartitionHold(self.broker)
+                hold = _HeldPartitions(self.broker)
                 hold.take(range(self.topology.partitions), self.stop)
             for item in self._todo(self.read(), checkpoint, report):
                 spill.add(self.topology.partition_of(partition_key(item.objecttype, item.key, item.customerno)), item)
@@ -482,7 +483,7 @@ class Migration:
                 yield item
 
     def _write_all(self, spill: _Spill, checkpoint: Checkpoint, report: Report,
-                   hold: PartitionHold | None) -> None:
+                   hold: _HeldPartitions | None) -> None:
         bars = {}
         if self.progress is not None:
             for objecttype in self.types:
@@ -524,6 +525,69 @@ class Migration:
             settle(pending.popleft())
         if self.stop.is_set():
             raise Stopped()
+
+
+class _HeldPartitions:
+    """The hold on partitions (``PartitionHold``) in a thread of its own, which answers
+    RabbitMQ's heartbeats while the migration reads and writes: RabbitMQ drops a
+    connection silent for two heartbeats, and reading a large utility, writing one of
+    its partitions or waiting out a Lime outage takes minutes. The connection belongs
+    to that thread alone (pika's are for one thread); the calls are handed to it."""
+
+    def __init__(self, broker: BrokerConfig):
+        self._calls: queue.Queue[tuple[Callable[[PartitionHold], Any], Future[Any]] | None] = queue.Queue()
+        started: Future[None] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(broker, started), name="migration-hold",
+                                        daemon=True)
+        self._thread.start()
+        started.result()  # what PartitionHold() raised (another migration, RabbitMQ unreachable)
+
+    def take(self, partitions: Iterable[int], stop: threading.Event) -> None:
+        self._call(lambda hold: hold.take(partitions, stop))
+
+    def give_back(self, partition: int) -> None:
+        self._call(lambda hold: hold.give_back(partition))
+
+    def close(self) -> None:
+        try:
+            self._call(lambda hold: hold.close())
+        finally:
+            self._calls.put(None)
+            self._thread.join(30)
+
+    def _call(self, call: Callable[[PartitionHold], Any]) -> Any:
+        if not self._thread.is_alive():
+            raise MigrationError("the hold on the partitions has ended")
+        done: Future[Any] = Future()
+        self._calls.put((call, done))
+        return done.result()
+
+    def _serve(self, broker: BrokerConfig, started: Future[None]) -> None:
+        try:
+            hold = PartitionHold(broker)
+        except BaseException as err:
+            started.set_exception(err)
+            return
+        started.set_result(None)
+        alive = True
+        while True:
+            try:
+                handed = self._calls.get_nowait()
+            except queue.Empty:
+                if alive:
+                    try:
+                        hold.connection.process_data_events(time_limit=0.1)  # heartbeats
+                    except Exception:  # the connection is lost: the next call on it says so
+                        alive = False
+                    continue
+                handed = self._calls.get()
+            if handed is None:
+                return
+            call, done = handed
+            try:
+                done.set_result(call(hold))
+            except BaseException as err:
+                done.set_exception(err)
 
 
 class _Failure(Exception):

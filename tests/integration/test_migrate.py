@@ -352,3 +352,22 @@ def test_a_migration_after_the_jump_secret_changed_rewrites_only_the_links(make_
     assert {t: dict(c) for t, c in third.counts.items()} == {t: {"unchanged": n["created"]}
                                                              for t, n in first.counts.items()}
     assert lime_writes(stack.lime) == 0
+
+
+
+def test_a_partition_longer_than_the_heartbeat_keeps_the_hold(make_stack: Callable[..., Stack],
+                                                               tmp_path: Path) -> None:
+    """The hold's connection to RabbitMQ lives through reads and writes that outlast its
+    heartbeat (RabbitMQ drops a connection silent for two heartbeats, and a large
+    utility's partition takes minutes): one partition, a heartbeat of 1 s, a migration
+    of several seconds."""
+    stack = make_stack(partitions=1, lime_settings={"faults": _latency(15)}).start(workers=0)
+    stack.raw = deep_merge(stack.raw, {"bfus": {"url": stack.bfus.url, "token": "dev-bfus-token"},
+                                       "broker": {"heartbeat": 1}})
+    stack.config = build_config(stack.raw, environ={})
+    stack.bfus.changes.seed_customers(200)
+    report = migrate(stack, tmp_path, parallel=2)
+    assert not report.failures and not report.stopped
+    assert report.seconds > 4  # the partition held for more than two heartbeats
+    assert report.objects == sum(len(stack.bfus.store.snapshots(t)) for t in TYPES)
+    assert set(stack.owners().values()) == {None}  # given back
