@@ -371,3 +371,33 @@ def test_a_partition_longer_than_the_heartbeat_keeps_the_hold(make_stack: Callab
     assert report.seconds > 4  # the partition held for more than two heartbeats
     assert report.objects == sum(len(stack.bfus.store.snapshots(t)) for t in TYPES)
     assert set(stack.owners().values()) == {None}  # given back
+
+
+def test_an_update_sends_only_the_properties_that_differ(stack: Stack, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index keeps digests, not values: an update still sends just the differing
+    properties (an option compared by its key, as Lime reads it with id and text)."""
+    stack.bfus.changes.seed_customers(40)
+    mappers = check_against_lime(stack.config, LimeClient(stack.config.lime).limetypes())
+    customers = stack.bfus.store.snapshots("customer")
+    expected: dict[int, set[str]] = {}
+    for i, snapshot in enumerate(customers):
+        values = mappers["customer"].map(snapshot["data"])
+        stale = [{"phone": "+46800000000"}, {"name": "Gammalt Namn AB", "phone": "+46800000000"},
+                 {"customertype": "private" if values["customertype"] == "company" else "company"}, {}][i % 4]
+        object_id = stack.lime.store.create("company", {**values, **stale})["_id"]
+        if stale:
+            expected[object_id] = set(stale)
+    sent: dict[int, set[str]] = {}
+    update = LimeClient.update
+
+    def recorded(client: LimeClient, limetype: str, object_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        sent[object_id] = set(values) - {"bfuslastmessageid"}  # the watermark goes with every write
+        return update(client, limetype, object_id, values)
+
+    monkeypatch.setattr(LimeClient, "update", recorded)
+    report = migrate(stack, tmp_path, objecttypes=("customer",))
+    assert report.counts["customer"] == {"updated": len(expected), "unchanged": len(customers) - len(expected)}
+    assert sent == expected
+    result = check_all(stack, keys={"customer": {c["key"] for c in customers}})
+    assert result.ok, result.details()
