@@ -252,7 +252,7 @@ class MessageHandler:
         raw = delivery.raw
         requeued = delivery.failed_record
         try:
-            env = parse_envelope(delivery.body)
+            env = delivery.change or parse_envelope(delivery.body)  # parsed once already when it could fold
         except EnvelopeError as err:  # the receiver checked it; only a bad requeue gets here
             facts = MessageFacts.guess(loads_or_none(delivery.body))
             self._fail(delivery, facts, err.reason, err.message, raw, None, sleep, detail=err.message[:200])
