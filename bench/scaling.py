@@ -47,7 +47,7 @@ from typing import Any
 
 import pika
 
-from bench.measure import lime_calls, with_node
+from bench.measure import lime_calls, process_cpu, with_node
 from sandbox.bfus.store import now
 from sandbox.broker import BrokerHandle
 from sandbox.stack import Stack, wait_for
@@ -56,15 +56,6 @@ from shared.topology import Topology
 PARTITIONS = 16
 PER_PARTITION = 100  # customers; more than worker.prefetch, so no two of one customer are in a window
 SAMPLE_EVERY = 5.0  # seconds between looks inside the window (the steadiness check)
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def tree_cpu(pid: int) -> float:
