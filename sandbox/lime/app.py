@@ -118,8 +118,22 @@ def _filters(lt: Any) -> list[Filter]:
     return filters
 
 
+_BASE_URLS: dict[tuple[Any, ...], str] = {}  # what base_url() gave for a request's host
+_URL_PARTS = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME",
+              "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO")
+
+
 def base_url() -> str:
-    return f"{request.host_url}{settings().application}/api/v1/"
+    """The API's address as this request reached it (werkzeug builds host_url anew on
+    every access: kept per host and application, for a few of them)."""
+    environ = request.environ
+    key = (settings().application, *(environ.get(k) for k in _URL_PARTS))
+    url = _BASE_URLS.get(key)
+    if url is None:
+        url = f"{request.host_url}{settings().application}/api/v1/"
+        if len(_BASE_URLS) < 64:
+            _BASE_URLS[key] = url
+    return url
 
 
 # ----------------------------------------------------------------------------- API
@@ -202,7 +216,8 @@ def _api_blueprint() -> Blueprint:
     def create(limetype: str) -> Response:
         created = store().create(limetype, _body())
         injector().wrote(limetype, created["_id"])
-        webhooks().fire(f"{limetype}.new", _event_body(limetype, created))
+        if webhooks().wants(f"{limetype}.new"):
+            webhooks().fire(f"{limetype}.new", _event_body(limetype, created))
         return _json(_with_links(base_url(), limetype, created), 201)
 
     @bp.get("/limeobject/<limetype>/<int:object_id>/")
@@ -214,7 +229,8 @@ def _api_blueprint() -> Blueprint:
         before = store().get(limetype, object_id)
         updated = store().update(limetype, object_id, _body())
         injector().wrote(limetype, object_id)
-        webhooks().fire(f"{limetype}.update", _event_body(limetype, updated, before))
+        if webhooks().wants(f"{limetype}.update"):
+            webhooks().fire(f"{limetype}.update", _event_body(limetype, updated, before))
         return _json(_with_links(base_url(), limetype, updated))
 
     @bp.delete("/limeobject/<limetype>/<int:object_id>/")

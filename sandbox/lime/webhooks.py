@@ -169,6 +169,12 @@ class Webhooks:
 
     # ------------------------------------------------------------------ events
 
+    def wants(self, event: str) -> bool:
+        """Whether an enabled subscription takes ``event`` (else :meth:`fire` would
+        queue nothing: the caller need not build the body)."""
+        with self._cond:
+            return any(sub.enabled and event in sub.events for sub in self._subscriptions.values())
+
     def fire(self, event: str, body: dict[str, Any]) -> int:
         """Queue a delivery of ``event`` to every enabled subscription of it."""
         payload = json.dumps({"event": event, "body": body}, ensure_ascii=False).encode()
