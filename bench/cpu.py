@@ -66,13 +66,13 @@ POLL = 0.2  # seconds between looks at the log count, in the idle measurement as
 # Run ``bfus-lime worker`` with a cProfile profiler in every thread, merged into one
 # file when the process exits (cProfile alone sees the main thread only).
 PROFILED_WORKER = """
-import atexit, cProfile, runpy, sys, threading
+import atexit, cProfile, runpy, sys, threading, time
 out = sys.argv.pop(1)
 profiles = []
 def start(*_):
-    p = cProfile.Profile(); profiles.append(p); p.enable()
+    p = cProfile.Profile(time.thread_time); profiles.append(p); p.enable()
 threading.setprofile(start)
-main = cProfile.Profile(); profiles.append(main); main.enable()
+main = cProfile.Profile(time.thread_time); profiles.append(main); main.enable()
 def dump():
     import pstats
     for p in profiles:
@@ -99,7 +99,7 @@ class ThreadProfiles:
         self.profiles: list[Any] = []
 
         def start(*_: Any) -> None:
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(time.thread_time)
             self.profiles.append(profile)
             profile.enable()
 
