@@ -10,9 +10,7 @@ threads, and errors split into the two kinds the worker acts on:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import re
 import threading
 import time
 from collections import Counter
@@ -23,18 +21,11 @@ from urllib.parse import urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.cookies import extract_cookies_to_jar
-from requests.hooks import default_hooks
-from requests.models import complexjson
-from requests.structures import CaseInsensitiveDict
 
 from shared import __version__
 from shared.config import LimeConfig
 from shared.ratelimit import TokenBucket
 from shared.retry import Backoff
-
-# A path the fast path may send as it is (what requests would send unchanged).
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./-]*")
 
 USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; python-requests/{requests.__version__})"
 
@@ -167,9 +158,6 @@ class LimeClient:
         self.session.trust_env = False
         self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        self._adapter = adapter
-        # The fast path (:meth:`_send`) needs a base URL requests sends unchanged.
-        self._plain_base = requests.Request("GET", self.base_url).prepare().url == self.base_url
         self._calls: Counter = Counter()
         self._answers = 0  # answers below 500 (Lime is up, whatever it said)
         self._lock = threading.Lock()
@@ -215,7 +203,7 @@ class LimeClient:
         with self._lock:
             self._calls[method] += 1
         try:
-            response = self._send(method, path, url, kwargs)
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.Timeout:
             raise LimeUnavailable(f"Lime did not answer {method} in time") from None
         except requests.ConnectionError as err:
@@ -238,45 +226,6 @@ class LimeClient:
             # A refused key is a configuration problem: wait rather than fail every message.
             raise LimeUnavailable(f"Lime refused the API key ({status}): {message}", None, status)
         raise LimeRejected(status, code, message)
-
-    def _send(self, method: str, path: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
-        """``session.request(method, url, timeout=..., **kwargs)``, the same request on
-        the wire and the same response, without the work requests does per call for
-        what this client never varies (merging settings, the environment, hooks,
-        auth; about half the worker's CPU per message): a request with no body or a
-        JSON one, to a plain path under the base URL, while the session holds no
-        cookie. Anything else goes through the session."""
-        if (kwargs.keys() - {"json"} or self.session.cookies or not self._plain_base
-                or path.startswith("http") or not _PLAIN_PATH.fullmatch(path)):
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
-        prepared = requests.PreparedRequest()
-        prepared.method = method
-        prepared.url = url
-        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
-        payload = kwargs.get("json")
-        body: bytes | None = None
-        if payload is not None:
-            text = complexjson.dumps(payload, allow_nan=False)
-            body = text if isinstance(text, bytes) else text.encode("utf-8")
-            headers["Content-Length"] = str(len(body))
-            headers["Content-Type"] = "application/json"
-        elif method not in ("GET", "HEAD"):
-            headers["Content-Length"] = "0"
-        prepared.headers = headers
-        prepared.body = body
-        prepared.hooks = default_hooks()
-        settings: dict[str, Any] = {"stream": False, "timeout": self.timeout, "verify": self.session.verify,
-                                    "cert": self.session.cert, "proxies": self.session.proxies}
-        started = time.perf_counter()
-        response = self._adapter.send(prepared, **settings)
-        response.elapsed = dt.timedelta(seconds=time.perf_counter() - started)
-        extract_cookies_to_jar(self.session.cookies, prepared, response.raw)
-        if response.is_redirect:  # as Session.send follows them
-            history = [response, *self.session.resolve_redirects(response, prepared, **settings)]
-            response = history.pop()
-            response.history = history
-        response.content  # noqa: B018 - read it all, as the session does (stream=False)
-        return response
 
     @staticmethod
     def _error_body(response: requests.Response) -> tuple[str, str]:
