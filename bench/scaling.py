@@ -3,20 +3,23 @@ a backlog against the Lime stand-in with a fixed latency per request, with Lime 
 per message, CPU, and the resource that limited each point.
 
 What it sends. 1,600 customers, 100 in each of the 16 partitions (customer numbers
-picked so that every partition holds as many), created first: that warm-up leaves
-each worker's cache knowing its customers' Lime ids and values. Then, per latency, a
-backlog of updates is queued in RabbitMQ while Lime is down. Each update really
-changes its customer (a new e-mail address: never skipped as unchanged), and the
-customers take turns, so a partition's prefetch window (20) never holds two messages
-of one customer (coalescing, on, never folds): the steady stream of updates, 2 Lime
-calls per message (the write and the log record).
+picked so that every partition holds as many), created through the BFUS stand-in and
+the receiver first: that warm-up leaves each worker's cache knowing its customers'
+Lime ids and values. Then, per latency, a backlog of updates is queued in RabbitMQ
+while Lime is down, published as the receiver publishes BFUS's messages (faster than
+the BFUS stand-in posts, and the posting path is not what is measured). Each update
+really changes its customer (a new e-mail address: never skipped as unchanged), and
+the customers take turns, so a partition's prefetch window (20) never holds two
+messages of one customer (coalescing, on, never folds): the steady stream of updates,
+2 Lime calls per message (the write and the log record).
 
 What it measures. Lime comes back with the latency; the first --skip seconds
 (breakers closing, prefetch filling) are not counted, the next --window seconds are.
-The backlog is sized from the rates already measured so that every partition still
-has messages waiting when the window ends (checked; a point whose backlog ran out is
-flagged). Each point runs --repeats times on fresh stacks (new virtual host, new
-worker processes, new Lime); the table gives the median and each value.
+The backlog is more than the slots (below) could apply if Lime's latency were all a
+message took, so every partition still has messages waiting when the window ends
+(checked; a point whose backlog ran out would be flagged). Each point runs --repeats
+times on fresh stacks (new virtual host, new worker processes, new Lime); the table
+gives the median and each value.
 
 The limit printed is a judgement from the figures. A worker process applies at most
 worker.concurrency messages at once, one per partition, so N = min(workers x
@@ -36,6 +39,7 @@ too) or one process was >= 85% busy: the slots wait for a CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -51,10 +55,12 @@ from bench.measure import lime_calls, process_cpu, with_node
 from sandbox.bfus.store import now
 from sandbox.broker import BrokerHandle
 from sandbox.stack import Stack, wait_for
+from shared import headers as h
 from shared.topology import Topology
 
 PARTITIONS = 16
 PER_PARTITION = 100  # customers; more than worker.prefetch, so no two of one customer are in a window
+FIRST_BACKLOG_ID = 10_000_000
 SAMPLE_EVERY = 5.0  # seconds between looks inside the window (the steadiness check)
 
 
@@ -161,7 +167,7 @@ class Bench:
                            config={"lime": {"rate_limit": 100_000.0}, "worker": {"concurrency": concurrency}})
         self.topology = Topology.from_config(self.stack.config.broker)
         self.customers: list[tuple[str, dict[str, Any]]] = []  # (customerno, its BFUS data), partitions in turn
-        self.sequence = 0
+        self.message_id = FIRST_BACKLOG_ID  # the last one queued; BFUS's ids of the warm-up are far below
 
     def start(self) -> None:
         stack = self.stack
@@ -192,21 +198,38 @@ class Bench:
         self.stack.stop()
 
     def queue_backlog(self, messages: int) -> None:
-        """``messages`` updates queued in RabbitMQ, none taken: Lime is down, the
-        workers' breakers open and their partitions' channels closed."""
+        """``messages`` updates queued in RabbitMQ, none taken: Lime is down, so the
+        workers' breakers open and their partitions' channels close. They are published
+        as the receiver publishes BFUS's messages (a thousand a second or more, where
+        the BFUS stand-in posts a few hundred), so every point can have a backlog its
+        Lime bound could not drain within the window."""
         stack = self.stack
         stack.lime.faults.configure({"down": True, "latency_ms": 0})
-        if self.sequence:  # what an earlier window left; its lanes were busy, so their breakers open at once
-            wait_for(lambda: self._consumers() == 0, 120, "the workers to pause")
+        if self.message_id > FIRST_BACKLOG_ID:  # what an earlier window left
+            deadline = time.monotonic() + 60
+            while self._consumers() and time.monotonic() < deadline:  # busy lanes: their breakers open at once
+                time.sleep(0.2)
             self._purge()
-        today = now().date().isoformat()
-        for _ in range(messages):
-            customerno, data = self.customers[self.sequence % len(self.customers)]
-            self.sequence += 1
-            data["email"] = f"kund.{self.sequence}@example.se"  # a real change, every time
-            data["changeddate"] = today
-            stack.bfus.store.change("customer", "updated", customerno, customerno, data)
-        stack.wait_delivered(1800)
+        stamp = now().isoformat(timespec="milliseconds")
+        connection = pika.BlockingConnection(pika.URLParameters(stack.config.broker.url))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            for _ in range(messages):
+                customerno, data = self.customers[(self.message_id - FIRST_BACKLOG_ID) % len(self.customers)]
+                self.message_id += 1
+                data["email"] = f"kund.{self.message_id}@example.se"  # a real change, every time
+                data["changeddate"] = stamp[:10]
+                body = json.dumps({"id": self.message_id, "timestamp": stamp, "objecttype": "customer",
+                                   "operation": "updated", "key": customerno, "customerno": customerno,
+                                   "data": data}, ensure_ascii=False).encode()
+                properties = pika.BasicProperties(
+                    content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                    message_id=str(self.message_id), headers={h.ID: self.message_id, h.OBJECTTYPE: "customer"})
+                channel.basic_publish(self.topology.exchange, self.topology.route(customerno), body, properties,
+                                      mandatory=True)
+        finally:
+            connection.close()
 
     def measure(self, latency_ms: float, skip: float, window: float) -> Point:
         stack = self.stack
@@ -285,18 +308,6 @@ class Table:
         runs = sorted(self.points[(workers, latency)], key=lambda p: p.rate)
         return runs[len(runs) // 2]
 
-    def expected(self, workers: int, latency: float, concurrency: int) -> float:
-        """msg/s to size a backlog for: the fastest window of this point so far, else
-        linear scaling from the most workers measured, at most the Lime bound."""
-        bound = min(workers * concurrency, PARTITIONS) / (2 * latency / 1000)
-        if (workers, latency) in self.points:
-            return min(bound, max(p.rate for p in self.points[(workers, latency)]))
-        fewer = [n for (n, lat) in self.points if lat == latency and n < workers]
-        if not fewer:
-            return bound
-        n = max(fewer)
-        return min(bound, workers / n * max(p.rate for p in self.points[(n, latency)]))
-
 
 def run(broker: BrokerHandle, workdir: Path, latencies: list[float], counts: list[int], repeats: int,
         skip: float, window: float, concurrency: int) -> Table:
@@ -309,17 +320,19 @@ def run(broker: BrokerHandle, workdir: Path, latencies: list[float], counts: lis
             try:
                 bench.start()
                 for latency in latencies:
-                    # Enough for the window and then some, with every lane's prefetch on top.
-                    prefetch = bench.stack.config.worker.prefetch
-                    backlog = int(1.3 * table.expected(n, latency, concurrency) * (skip + window + 10)) \
-                        + 2 * PARTITIONS * prefetch
+                    # More than the slots could apply if Lime's latency were all a message took
+                    # (2 calls each), with every lane's prefetch on top.
+                    bound = min(n * concurrency, PARTITIONS) / (2 * latency / 1000)
+                    backlog = int(bound * (skip + window + 5)) + 2 * PARTITIONS * bench.stack.config.worker.prefetch
+                    queued = time.monotonic()
                     bench.queue_backlog(backlog)
+                    queued = time.monotonic() - queued
                     point = bench.measure(latency, skip, window)
                     point.load = load_average()
                     table.add(point)
                     print(f"  run {repeat}, {n} worker(s), {latency:g} ms: {point.rate:.1f} msg/s (halves "
-                          f"{point.halves[0]:.1f} / {point.halves[1]:.1f}), backlog {backlog}, at the end "
-                          f"{point.backlog_left} ready in the emptiest partition; load {point.load}",
+                          f"{point.halves[0]:.1f} / {point.halves[1]:.1f}), {backlog} queued in {queued:.0f} s, "
+                          f"{point.backlog_left} left in the emptiest partition; load {point.load}",
                           file=sys.stderr, flush=True)
             finally:
                 bench.stop()
