@@ -101,7 +101,9 @@ def test_staleness_guard_skips_duplicates_and_older_snapshots(make_stack: Callab
     assert failed == []
 
 
-def test_steady_updates_cost_two_lime_calls_per_message(make_stack: Callable[..., Stack]) -> None:
+def test_steady_updates_cost_at_most_two_lime_calls_per_message(make_stack: Callable[..., Stack]) -> None:
+    """Known companies: one log record per message and at most one write (none for a
+    snapshot Lime holds already, or one a newer waiting message covers); no find."""
     stack = make_stack(partitions=4).start(workers=1)
     sent = 0
     while len(stack.lime_objects("company")) < 20:  # warm-up: every customer reaches Lime once
@@ -112,7 +114,8 @@ def test_steady_updates_cost_two_lime_calls_per_message(make_stack: Callable[...
     stack.bfus.changes.make(200, customers=20, mix=_no_deletes())
     stack.wait_logged(sent + 200, 60)
     stats = stack.lime.faults.stats()["requests"]
-    assert stats == {"PUT company": 200, "POST bfusprocessedmessage": 200}
+    assert set(stats) <= {"PUT company", "POST bfusprocessedmessage"}, stats
+    assert stats["POST bfusprocessedmessage"] == 200 and 0 < stats.get("PUT company", 0) <= 200
 
 
 def _no_deletes() -> Any:
