@@ -286,7 +286,8 @@ class Convergence(RuleBasedStateMachine):
             watermark = company.get(mapper.spec.watermark)
             unwritten = {r["messageid"]: option_key(r.get("outcome")) for r in processed
                          if r.get("customerno") == number and r.get("objecttype") == "customer"
-                         and isinstance(watermark, int) and watermark < r["messageid"] <= found["queueid"]}
+                         and isinstance(watermark, int) and isinstance(r.get("messageid"), int)
+                         and watermark < r["messageid"] <= found["queueid"]}
             assert watermark == found["queueid"] or (
                 found["queueid"] in unwritten and set(unwritten.values()) <= {"unchanged", "skipped_superseded"}), \
                 f"customer {number}: Lime has message {watermark} applied, BFUS's newest is {found['queueid']}, " \
