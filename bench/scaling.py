@@ -30,7 +30,8 @@ The limit is "rate limit" when Lime answered 429; else, with the slots >= 80% bu
 "Lime latency x N slots" (or "partitions" when N is the partition count; "round
 trips" when the CPU per request weighs as much as the latency): only more slots go
 faster; else "CPU" when the machine (every process on it, the benchmark's neighbours
-too) or one process was >= 85% busy: the slots wait for a CPU.
+too) or one process was >= 70% busy: the slots' time not accounted for went to waiting
+for a CPU (or for a busy process's GIL).
 
     python -m bench.scaling [--latency-ms 20,100] [--workers 1,2,4] [--repeats 3]
                             [--window 60] [--skip 15] [--concurrency 4]
@@ -145,10 +146,12 @@ class Point:
         if self.slots_busy >= 0.8:
             what = "latency" if self.latency_share >= 0.75 else "round trips"
             return f"Lime {what} x {slots}"
-        if self.machine_cpu >= 0.85:
+        # A fifth or more of the slots' time went neither to Lime's latency nor to CPU:
+        # waiting, on a busy machine for a CPU, in a busy process for its GIL.
+        if self.machine_cpu >= 0.7:
             return f"CPU (machine {self.machine_cpu:.0%} busy)"
         busiest = max(self.busiest_worker_cpu, self.standin_cpu)
-        if busiest >= 0.85:
+        if busiest >= 0.7:
             who = "the stand-in" if self.standin_cpu == busiest else "a worker"
             return f"CPU ({who} at {busiest:.0%} of one CPU)"
         return f"not found ({slots} {self.slots_busy:.0%} busy, CPU free)"
