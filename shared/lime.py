@@ -1,5 +1,6 @@
-"""Lime CRM REST client (contract.md §3), built on a requests session: timeouts, a
-descriptive User-Agent, X-API-Key, a request-rate limit shared by the process's
+"""Lime CRM REST client (contract.md §3), built on a urllib3 connection pool (requests
+spent about as much CPU per call again as urllib3 does under it, and every message
+costs Lime calls): timeouts, a descriptive User-Agent, X-API-Key, a request-rate limit shared by the process's
 threads, and errors split into the two kinds the worker acts on:
 
 - :class:`LimeUnavailable`: try again later (connection trouble, timeouts, 5xx, 429,
@@ -10,24 +11,27 @@ threads, and errors split into the two kinds the worker acts on:
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
-import requests
-from requests.adapters import HTTPAdapter
+import certifi
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from shared import __version__
 from shared.config import LimeConfig
 from shared.ratelimit import TokenBucket
 from shared.retry import Backoff
 
-USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; python-requests/{requests.__version__})"
+USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; urllib3/{urllib3.__version__})"
 
 
 class LimeError(Exception):
@@ -128,12 +132,45 @@ def option_key(value: Any) -> Any:
     return value["key"] if isinstance(value, dict) and "key" in value else value
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
     raw = response.headers.get("Retry-After")
     try:
         return max(0.0, float(raw)) if raw is not None else None
     except ValueError:
         return None
+
+
+def _error_body(response: urllib3.BaseHTTPResponse) -> tuple[str, str]:
+    """Lime's error code and message (contract.md §3), or the start of whatever it sent."""
+    try:
+        body = jsonlib.loads(response.data)
+    except ValueError:
+        return "error", response.data[:300].decode("utf-8", "replace")
+    if isinstance(body, dict):
+        return str(body.get("error", "error")), str(body.get("message", body))
+    return "error", str(body)[:300]
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, as Lime's own links start."""
+    parsed = urllib3.util.parse_url(url)
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _pool_manager(url: str, pool_size: int) -> urllib3.PoolManager:
+    """Connections to Lime: through the proxy the environment names for ``url`` (read
+    once, as requests would), verifying TLS against REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE or
+    certifi's bundle; no retries of urllib3's own (the worker decides)."""
+    options: dict[str, Any] = {
+        "maxsize": pool_size, "retries": False,
+        "ca_certs": os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where(),
+    }
+    proxies = urllib.request.getproxies()
+    host = urllib3.util.parse_url(url).host or ""
+    proxy = None if urllib.request.proxy_bypass(host) else proxies.get(urllib3.util.parse_url(url).scheme or "http")
+    if proxy:
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
 
 
 def _objects_and_next(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
@@ -144,20 +181,16 @@ def _objects_and_next(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str |
 class LimeClient:
     def __init__(self, config: LimeConfig, pool_size: int = 16, breaker: CircuitBreaker | None = None):
         self.base_url = config.url
-        self.timeout = (config.connect_timeout, config.read_timeout)
+        self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
         self.bucket = TokenBucket(config.rate_limit)
         self.breaker = breaker or CircuitBreaker(threshold=10**9)  # by default never opens
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update(
-            {"X-API-Key": config.api_key, "User-Agent": USER_AGENT, "Accept": "application/hal+json"}
-        )
-        # Read proxy and CA settings from the environment once, not on every request.
-        self.session.trust_env = False
-        self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
-        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.headers = {"X-API-Key": config.api_key, "User-Agent": USER_AGENT, "Accept": "application/hal+json",
+                        "Accept-Encoding": "gzip, deflate"}
+        self.manager = _pool_manager(self.base_url, pool_size)
+        # Lime's own address: one pool, asked by path (a proxy needs the whole URL).
+        self._origin = _origin(self.base_url)
+        self._pool = None if isinstance(self.manager, urllib3.ProxyManager) else \
+            self.manager.connection_from_url(self.base_url)
         self._calls: Counter = Counter()
         self._answers = 0  # answers below 500 (Lime is up, whatever it said)
         self._lock = threading.Lock()
@@ -180,11 +213,11 @@ class LimeClient:
         with self._lock:
             return self._answers
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None) -> Any:
         """One Lime call; the decoded JSON body (None for 204)."""
         self.breaker.before_call()
         try:
-            result = self._request(method, path, **kwargs)
+            result = self._request(method, path, params, json)
         except LimeUnavailable as err:
             if err.status == 429:
                 self.breaker.success()  # Lime is up, only busy
@@ -197,29 +230,37 @@ class LimeClient:
         self.breaker.success()
         return result
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, params: dict[str, Any] | None, json: Any) -> Any:
         url = path if path.startswith("http") else urljoin(self.base_url, path)
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params, doseq=True)
+        headers, body = self.headers, None
+        if json is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+            body = jsonlib.dumps(json, allow_nan=False).encode()
         self.bucket.acquire()
         with self._lock:
             self._calls[method] += 1
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.Timeout:
-            raise LimeUnavailable(f"Lime did not answer {method} in time") from None
-        except requests.ConnectionError as err:
+            response = self._send(method, url, body, headers)
+        except NewConnectionError as err:  # before TimeoutError: urllib3 makes it one
             raise LimeUnavailable(f"Lime unreachable: {socket_error(err)}") from None
-        status = response.status_code
+        except TimeoutError:
+            raise LimeUnavailable(f"Lime did not answer {method} in time") from None
+        except (HTTPError, OSError) as err:
+            raise LimeUnavailable(f"Lime unreachable: {socket_error(err)}") from None
+        status = response.status
         if status < 500:
             with self._lock:
                 self._answers += 1
         if status < 300:
-            if status == 204 or not response.content:
+            if status == 204 or not response.data:
                 return None
             try:
-                return response.json()
+                return jsonlib.loads(response.data)
             except ValueError:
                 raise LimeUnavailable(f"Lime sent a {status} that is not JSON", status=status) from None
-        code, message = self._error_body(response)
+        code, message = _error_body(response)
         if status == 429 or status >= 500:
             raise LimeUnavailable(f"Lime answered {status}: {message}", _retry_after(response), status)
         if status in (401, 403):
@@ -227,15 +268,13 @@ class LimeClient:
             raise LimeUnavailable(f"Lime refused the API key ({status}): {message}", None, status)
         raise LimeRejected(status, code, message)
 
-    @staticmethod
-    def _error_body(response: requests.Response) -> tuple[str, str]:
-        try:
-            body = response.json()
-        except ValueError:
-            return "error", response.text[:300]
-        if isinstance(body, dict):
-            return str(body.get("error", "error")), str(body.get("message", body))
-        return "error", str(body)[:300]
+    def _send(self, method: str, url: str, body: bytes | None,
+              headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        options: dict[str, Any] = {"body": body, "headers": headers, "retries": False, "redirect": False,
+                                   "timeout": self.timeout}
+        if self._pool is not None and url.startswith(self._origin):
+            return self._pool.urlopen(method, url[len(self._origin):] or "/", **options)
+        return self.manager.urlopen(method, url, **options)
 
     # ------------------------------------------------------------------ API
 
