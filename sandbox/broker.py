@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -94,11 +95,12 @@ class BrokerHandle:
     """A broker the project may use: its AMQP URL, its management API, and (for a
     private node) the power to stop and start it."""
 
-    url: str
+    url: str  # for a cluster, every node's address, comma-separated
     management_url: str | None
     kind: str
     node: PrivateNode | None = None
     container: object | None = None
+    cluster: PrivateCluster | None = None
     _vhosts: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- vhosts
@@ -124,10 +126,10 @@ class BrokerHandle:
             json={"configure": ".*", "write": ".*", "read": ".*"},
         )
         self._vhosts.append(name)
-        return _with_vhost(self.url, name)
+        return ",".join(_with_vhost(url, name) for url in self.url.split(","))
 
     def delete_vhost(self, url: str) -> None:
-        name = unquote(urlsplit(url).path.lstrip("/"))
+        name = unquote(urlsplit(url.split(",")[0]).path.lstrip("/"))
         with contextlib.suppress(Exception):
             self._management("DELETE", f"vhosts/{quote(name, safe='')}")
         if name in self._vhosts:
@@ -163,6 +165,8 @@ class BrokerHandle:
         self.node.restart()
 
     def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.node is not None:
             self.node.stop()
         if self.container is not None:
@@ -181,10 +185,12 @@ class PrivateNode:
         management: bool = True,
         extra_conf: dict[str, str] | None = None,
         rabbit_env: dict[str, str] | None = None,
+        cookie: str | None = None,
     ) -> None:
         """``extra_conf``: rabbitmq.conf settings; ``rabbit_env``: settings of the
         rabbit application that only advanced.config takes (Erlang terms as text),
-        e.g. ``{"channel_tick_interval": "500"}``."""
+        e.g. ``{"channel_tick_interval": "500"}``; ``cookie``: the Erlang cookie, the
+        same for the nodes of one cluster (else the node makes its own)."""
         self.binary = find_server_binary()
         if self.binary is None:
             raise BrokerSetupError(
@@ -203,6 +209,7 @@ class PrivateNode:
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="bfus-lime-rabbitmq-"))
         self.process: subprocess.Popen | None = None
         self.user = self._node_user()
+        self.cookie = cookie
 
     @staticmethod
     def _node_user() -> pwd.struct_passwd | None:
@@ -266,6 +273,10 @@ class PrivateNode:
         (self.base / "advanced.config").write_text(f"[{{rabbit, [{rabbit}]}}].\n" if rabbit else "[].\n")
         plugins = "[rabbitmq_management]." if self.management else "[]."
         (self.base / "enabled_plugins").write_text(plugins + "\n")
+        if self.cookie:  # $HOME/.erlang.cookie, read by the node and by rabbitmqctl
+            cookie = self.base / ".erlang.cookie"
+            cookie.write_text(self.cookie)
+            os.chmod(cookie, 0o400)
         os.chmod(self.base, 0o755)
         if self.user is not None:
             for path in [self.base, *self.base.rglob("*")]:
@@ -325,6 +336,16 @@ class PrivateNode:
             raise BrokerSetupError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")
         return result.stdout
 
+    def kill(self) -> None:
+        """SIGKILL the node (its data stays; :meth:`start` brings it back)."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+        if getattr(self, "_log", None):
+            self._log.close()
+
     def stop(self, timeout: float = 30.0) -> None:
         process = self.process
         if process is not None and process.poll() is None:
@@ -342,6 +363,57 @@ class PrivateNode:
             self._log.close()
         if self._own_dir:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+class PrivateCluster:
+    """``size`` private nodes joined into one cluster (a shared Erlang cookie, each
+    node its own name, ports and data folder; the others join the first with
+    ``rabbitmqctl join_cluster``), removed by :meth:`stop`."""
+
+    def __init__(self, size: int = 3, management: bool = True,
+                 extra_conf: dict[str, str] | None = None) -> None:
+        cookie = uuid.uuid4().hex.upper()
+        self.nodes = [PrivateNode(management=management, extra_conf=extra_conf, cookie=cookie) for _ in range(size)]
+
+    def start(self, timeout: float = 120.0) -> PrivateCluster:
+        errors: list[BaseException] = []
+
+        def start(node: PrivateNode) -> None:
+            try:
+                node.start(timeout)
+            except BaseException as err:  # reported below, after every start has ended
+                errors.append(err)
+
+        threads = [threading.Thread(target=start, args=(node,)) for node in self.nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            self.stop()
+            raise errors[0]
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("reset")
+            node.ctl("join_cluster", first.nodename)
+            node.ctl("start_app")
+            node.wait_amqp(timeout)
+        log.info("private_cluster_started", nodes=[node.nodename for node in self.nodes])
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node's address, comma-separated, as broker.url takes them."""
+        return ",".join(self.urls)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def _docker_answers() -> bool:
@@ -377,8 +449,11 @@ def provide_broker(
     extra_conf: dict[str, str] | None = None,
     amqp_port: int | None = None,
     management_port: int | None = None,
+    nodes: int = 1,
 ) -> BrokerHandle:
-    """The broker to use, per the module docstring. Call ``close()`` when done."""
+    """The broker to use, per the module docstring; ``nodes`` > 1 starts a private
+    cluster of that many nodes (where no RABBITMQ_URL names one). Call ``close()``
+    when done."""
     url = os.environ.get("RABBITMQ_URL")
     if url:
         management = os.environ.get("RABBITMQ_MANAGEMENT_URL")
@@ -386,10 +461,14 @@ def provide_broker(
             parts = urlsplit(url)
             management = f"http://{parts.username or 'guest'}:{parts.password or 'guest'}@{parts.hostname}:15672/"
         return BrokerHandle(url=url, management_url=management, kind="url")
-    if allow_container and _docker_answers():
+    if nodes == 1 and allow_container and _docker_answers():
         return _start_container()
     if install:
         install_rabbitmq()
+    if nodes > 1:
+        cluster = PrivateCluster(nodes, extra_conf=extra_conf).start()
+        return BrokerHandle(url=cluster.url, management_url=cluster.nodes[0].management_url, kind="private cluster",
+                            cluster=cluster)
     node = PrivateNode(amqp_port=amqp_port, management_port=management_port, extra_conf=extra_conf).start()
     return BrokerHandle(url=node.url, management_url=node.management_url, kind="private", node=node)
 

@@ -39,12 +39,18 @@ class ConfigError(ProblemsError):
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    url: str
+    urls: tuple[str, ...]  # the nodes' addresses, in the order they are tried
     prefix: str
     partitions: int
     confirm_timeout: float
     heartbeat: int
     management_url: str
+    quorum_size: int = 0  # replicas of each quorum queue when declared (0: one per node)
+
+    @property
+    def url(self) -> str:
+        """The first node's address (where the management API is looked for)."""
+        return self.urls[0]
 
 
 @dataclass(frozen=True)
@@ -252,13 +258,30 @@ def _public_base_url(value: str) -> None:
         raise ValidationError("Must be the receiver's base address (https://host/), without /lime/events.")
 
 
+class _Addresses(fields.Field):
+    """``broker.url``: one AMQP URL, several separated by commas, or a list of them
+    (the nodes of a cluster), as a tuple in the order given."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValidationError("Must be an AMQP URL, several separated by commas, or a list of them.")
+        urls = tuple(item.strip() for item in items if item.strip())
+        if not urls:
+            raise ValidationError("Must name at least one AMQP URL.")
+        for url in urls:
+            _url_with_scheme("amqp", "amqps")(url)
+        return urls
+
+
 class BrokerSchema(_Strict):
-    url = fields.String(required=True, validate=_url_with_scheme("amqp", "amqps"))
+    urls = _Addresses(required=True, data_key="url")
     prefix = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
     partitions = fields.Integer(required=True, validate=validate.Range(min=1, max=1024))
     confirm_timeout = fields.Float(required=True, validate=_positive)
     heartbeat = fields.Integer(required=True, validate=validate.Range(min=0))
     management_url = fields.String(required=True, validate=lambda v: v == "" or _url_with_scheme("http", "https")(v))
+    quorum_size = fields.Integer(required=True, validate=validate.Range(min=0, max=99))
 
     @post_load
     def make(self, data: dict, **_: Any) -> BrokerConfig:

@@ -35,7 +35,7 @@ from shared import headers as h
 from shared.config import BrokerConfig
 from shared.logs import get_logger
 from shared.retry import Backoff
-from shared.topology import connection_parameters
+from shared.topology import connection_parameters, node_address
 
 log = get_logger(component="publisher")
 TIMEOUTS_BEFORE_RESET = 3  # confirm timeouts in a row after which the connection is reset
@@ -75,6 +75,7 @@ class ConfirmedPublisher:
         on_connect: Callable[[], object] | None = None,
     ) -> None:
         self._params = connection_parameters(broker, name)
+        self._node = 0  # index in self._params of the node connected to, or tried next
         self._timeout = broker.confirm_timeout
         self._on_connect = on_connect
         self._name = name
@@ -173,7 +174,9 @@ class ConfirmedPublisher:
 
     def _run(self) -> None:
         backoff = Backoff(0.2, 5.0)
+        tried = 0  # nodes tried since the last connection that worked
         while not self._stopping.is_set():
+            params = self._params[self._node]
             try:
                 if self._on_connect is not None:
                     try:
@@ -183,21 +186,28 @@ class ConfirmedPublisher:
                         # cannot be routed is refused per message, and the caller says 503).
                         log.error("broker_declare_failed", error=str(err))
                 self._connection = pika.SelectConnection(
-                    self._params,
+                    params,
                     on_open_callback=self._on_open,
                     on_open_error_callback=self._on_open_error,
                     on_close_callback=self._on_closed,
                 )
                 self._connection.ioloop.start()
             except Exception as err:
-                log.warning("broker_connect_failed", error=str(err) or type(err).__name__)
+                log.warning("broker_connect_failed", node=node_address(params), error=str(err) or type(err).__name__)
             self._not_ready()
             self._channel = None
             self._fail_pending(BrokerUnavailable("RabbitMQ connection lost before confirm"))
+            # The next node of broker.url next (the same one when there is one).
+            self._node = (self._node + 1) % len(self._params)
+            tried += 1
             if self._was_ready:
                 self._was_ready = False
                 backoff.reset()
-                log.warning("broker_connection_lost")
+                tried = 1
+                log.warning("broker_connection_lost", node=node_address(params))
+            if tried < len(self._params):
+                continue  # another node may answer at once
+            tried = 0
             if self._stopping.wait(backoff.pause()):
                 break
 
@@ -227,7 +237,7 @@ class ConfirmedPublisher:
             self._unready_since = None
         self._was_ready = True
         self._ready.set()
-        log.info("broker_connected", connection=self._name)
+        log.info("broker_connected", connection=self._name, node=node_address(self._params[self._node]))
 
     def _not_ready(self) -> None:
         with self._health:

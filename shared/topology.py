@@ -14,6 +14,7 @@ fails with INTERNAL_ERROR)."""
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -23,11 +24,24 @@ from pika.adapters.blocking_connection import BlockingChannel
 from shared.config import BrokerConfig
 
 INVALID_ROUTING_KEY = "invalid"
+GROUP_SIZE = "x-quorum-initial-group-size"
+PRECONDITION_FAILED = 406
 DELIVERY_LIMIT = 2_147_483_647
 
 
-def connection_parameters(broker: BrokerConfig, name: str) -> pika.URLParameters:
-    params = pika.URLParameters(broker.url)
+def connection_parameters(broker: BrokerConfig, name: str) -> list[pika.URLParameters]:
+    """One set of parameters per node of ``broker.url``, in its order: a
+    ``BlockingConnection`` given the list connects to the first node that answers."""
+    return [_parameters(url, broker, name) for url in broker.urls]
+
+
+def node_address(params: pika.ConnectionParameters) -> str:
+    """``host:port`` of a node, for logs (never its credentials)."""
+    return f"{params.host}:{params.port}"
+
+
+def _parameters(url: str, broker: BrokerConfig, name: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
     params.heartbeat = broker.heartbeat
     params.connection_attempts = 1
     params.socket_timeout = 5
@@ -40,10 +54,11 @@ def connection_parameters(broker: BrokerConfig, name: str) -> pika.URLParameters
 class Topology:
     prefix: str
     partitions: int
+    quorum_size: int = 0  # x-quorum-initial-group-size of new quorum queues (0: the broker's, every node)
 
     @classmethod
     def from_config(cls, broker: BrokerConfig) -> Topology:
-        return cls(prefix=broker.prefix, partitions=broker.partitions)
+        return cls(prefix=broker.prefix, partitions=broker.partitions, quorum_size=broker.quorum_size)
 
     @property
     def exchange(self) -> str:
@@ -112,29 +127,75 @@ class Topology:
         """The routing key of the partition ``partition_key`` belongs to."""
         return self.routing_key(self.partition_of(partition_key))
 
+    def quorum_arguments(self) -> dict:
+        """A replicated queue: on a cluster it survives the loss of a minority of its
+        nodes, and its consumers on the other nodes keep consuming."""
+        group = {GROUP_SIZE: self.quorum_size} if self.quorum_size else {}
+        return {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT, **group}
+
     def work_queue_arguments(self) -> dict:
         return {
-            "x-queue-type": "quorum",
+            **self.quorum_arguments(),
             "x-single-active-consumer": True,
-            "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": self.dead_exchange,
         }
 
-    def declare(self, channel: BlockingChannel) -> None:
+    def declare(self, connection: pika.BlockingConnection) -> None:
+        channel = connection.channel()
         channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_exchange, exchange_type="fanout", durable=True)
         # Browsing the dead letters returns them to the queue, which counts as a delivery.
-        channel.queue_declare(self.dead_queue, durable=True,
-                              arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT})
+        channel = self._declare_quorum(connection, channel, self.dead_queue, self.quorum_arguments())
         channel.queue_bind(self.dead_queue, self.dead_exchange)
-        channel.queue_declare(self.invalid_queue, durable=True, arguments=self.work_queue_arguments())
+        channel = self._declare_quorum(connection, channel, self.invalid_queue, self.work_queue_arguments())
         channel.queue_bind(self.invalid_queue, self.exchange, routing_key=INVALID_ROUTING_KEY)
-        channel.queue_declare(self.presence_queue, durable=True)
-        channel.queue_declare(self.busy_queue, durable=True)
+        # Counted by their consumers, on every node: a classic queue's consumers would
+        # be cancelled when its one node goes.
+        for counted in (self.presence_queue, self.busy_queue):
+            channel = self._declare_quorum(connection, channel, counted, self.quorum_arguments(), counted=True)
         for partition in range(self.partitions):
             queue = self.partition_queue(partition)
-            channel.queue_declare(queue, durable=True, arguments=self.work_queue_arguments())
+            channel = self._declare_quorum(connection, channel, queue, self.work_queue_arguments())
             channel.queue_bind(queue, self.exchange, routing_key=self.routing_key(partition))
+        channel.close()
+
+    @staticmethod
+    def _declare_quorum(connection: pika.BlockingConnection, channel: BlockingChannel, queue: str,
+                        arguments: dict, counted: bool = False) -> BlockingChannel:
+        """Declare a quorum queue; one that exists with another group size (fixed when
+        a queue is first declared: broker.quorum_size changed since, or left at 0)
+        stays as it is. A queue only ``counted`` by its consumers (it never holds a
+        message) that an earlier version declared classic is declared again as quorum.
+        The channel to go on with."""
+        try:
+            channel.queue_declare(queue, durable=True, arguments=arguments)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as err:
+            classic = err.reply_code == PRECONDITION_FAILED and "inequivalent arg 'x-queue-type'" in str(err.reply_text)
+            current = _current_group_size(err)
+            if current is None and not (counted and classic):
+                raise
+        channel = connection.channel()
+        if current is None:
+            channel.queue_delete(queue)
+            current = {GROUP_SIZE: arguments[GROUP_SIZE]} if GROUP_SIZE in arguments else {}
+        others = {name: value for name, value in arguments.items() if name != GROUP_SIZE}
+        channel.queue_declare(queue, durable=True, arguments={**others, **current})
+        return channel
+
+
+def _current_group_size(err: pika.exceptions.ChannelClosedByBroker) -> dict | None:
+    """The group-size argument an existing queue was declared with, from the broker's
+    refusal of another ("inequivalent arg 'x-quorum-initial-group-size' ...: received
+    ... but current is the value '3' of type 'signedint'", or "... current is none");
+    None when the refusal is about something else."""
+    text = str(err.reply_text)
+    if err.reply_code != PRECONDITION_FAILED or f"inequivalent arg '{GROUP_SIZE}'" not in text:
+        return None
+    if text.endswith("current is none"):
+        return {}
+    found = re.search(r"current is the value '(\d+)'", text)
+    return {GROUP_SIZE: int(found.group(1))} if found else None
 
 
 def declare_topology(broker: BrokerConfig) -> Topology:
@@ -142,7 +203,7 @@ def declare_topology(broker: BrokerConfig) -> Topology:
     topology = Topology.from_config(broker)
     connection = pika.BlockingConnection(connection_parameters(broker, "bfus-lime topology"))
     try:
-        topology.declare(connection.channel())
+        topology.declare(connection)
     finally:
         if connection.is_open:
             connection.close()

@@ -119,7 +119,7 @@ class Worker:
         self._connection = connection
         generation = self._generation
         try:
-            self.topology.declare(connection.channel())
+            self.topology.declare(connection)
             locks = PartitionLocks(ControlChannel(connection), self.topology, self.name)
             ownership = self._ownership = Ownership(
                 self.name, self.topology, locks, self.lime, partial(self._subscribe_partition, connection, generation),

@@ -68,11 +68,23 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ({"mapping": {"objects": {"customer": {"soft_delete": {"kind": "option", "value": 5}}}}},
          "mapping.objects.customer.soft_delete.value: Soft delete of kind 'option' needs the option key"),
         ({"mapping": {"objects": {"customer": {"limetype": "Company!"}}}}, "mapping.objects.customer.limetype:"),
+        ({"broker": {"url": "amqp://a:5672/,http://b:5672/"}}, "broker.url: Must be a URL starting with amqp://"),
+        ({"broker": {"url": [5672]}}, "broker.url: Must be an AMQP URL, several separated by commas"),
+        ({"broker": {"url": " , "}}, "broker.url: Must name at least one AMQP URL."),
+        ({"broker": {"quorum_size": -1}}, "broker.quorum_size:"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict, expected: str) -> None:
     found = problems(raw)
     assert any(p.startswith(expected) for p in found), found
+
+
+def test_broker_url_names_one_node_or_several_in_order() -> None:
+    assert build_config({"broker": {"url": "amqp://a:5672/%2F"}}, {}).broker.urls == ("amqp://a:5672/%2F",)
+    listed = build_config({"broker": {"url": ["amqp://a:1/v", "amqp://b:2/v"]}}, {}).broker
+    assert (listed.urls, listed.url) == (("amqp://a:1/v", "amqp://b:2/v"), "amqp://a:1/v")
+    environ = {"RABBITMQ_URL": "amqp://a:1/v, amqp://b:2/v,amqp://c:3/v"}
+    assert build_config({}, environ).broker.urls == ("amqp://a:1/v", "amqp://b:2/v", "amqp://c:3/v")
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -38,7 +38,7 @@ RECORDS = [
 
 def service(records: list[dict[str, Any]]) -> tuple[DeadLetters, ListingLime]:
     lime = ListingLime(records)
-    broker = BrokerConfig("amqp://unused", "bfus", 2, 5.0, 30, "")
+    broker = BrokerConfig(("amqp://unused",), "bfus", 2, 5.0, 30, "")
     return DeadLetters(broker, cast(LimeClient, lime), "bfusfailedmessage"), lime
 
 

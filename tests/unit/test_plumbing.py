@@ -13,6 +13,7 @@ from shared.lime import CircuitBreaker, LimeUnavailable
 from shared.publisher import MessageUnencodable, check_encodable
 from shared.ratelimit import TokenBucket
 from shared.retry import Backoff, compute_backoff, retry
+from shared.topology import _current_group_size
 from worker.lanes import Lane
 
 
@@ -281,3 +282,16 @@ def test_the_lime_budget_is_shared_by_the_busy_workers() -> None:
     assert budget.busy
     budget.look(False)
     assert not budget.busy and consumers["busy"] == 2 and bucket.rate == 10.0
+
+
+def test_a_quorum_queues_group_size_is_read_from_the_brokers_refusal() -> None:
+    def refusal(text: str, code: int = 406) -> pika.exceptions.ChannelClosedByBroker:
+        return pika.exceptions.ChannelClosedByBroker(code, text)
+
+    stem = "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'bfus.dead' in vhost 'v': "
+    assert _current_group_size(refusal(stem + "received none but current is the value '3' of type 'signedint'")) \
+        == {"x-quorum-initial-group-size": 3}
+    assert _current_group_size(refusal(stem + "received the value '3' of type 'signedint' but current is none")) == {}
+    other = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost 'v': received ..."
+    assert _current_group_size(refusal(other)) is None
+    assert _current_group_size(refusal(stem + "current is none", code=404)) is None
