@@ -37,7 +37,7 @@ def _reason(err: BaseException) -> str:
 
 def explain(err: BaseException, config: Config | None) -> tuple[str, int] | None:
     """(message, exit code) for an expected failure, None for a bug."""
-    broker = public(config.broker.url) if config else "the configured broker"
+    broker = ", ".join(public(url) for url in config.broker.urls) if config else "the configured broker"
     lime = config.lime.url if config else "the configured Lime"
     if isinstance(err, ProblemsError):
         return str(err), USAGE

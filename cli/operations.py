@@ -58,14 +58,22 @@ def topology(ctx: click.Context) -> None:
     config = load(ctx)
     declare_topology(config.broker)
     views = describe(config.broker, config.broker.management_url or None)
-    table = Table(title=f"{config.broker.partitions} partitions at {public(config.broker.url)}")
-    for column in ("queue", "owner", "consumers", "ready", "unacked"):
-        table.add_column(column, justify="right" if column in ("consumers", "ready", "unacked") else "left")
+    nodes = ", ".join(public(url) for url in config.broker.urls)
+    table = Table(title=f"{config.broker.partitions} partitions at {nodes}")
+    replicas = any(view.members for view in views)
+    columns = ("queue", "owner", "consumers", "ready", "unacked", *(("leader", "online") if replicas else ()))
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("consumers", "ready", "unacked", "online") else "left")
     for i, view in enumerate(views):
         owner = (view.owner or "free") if i < config.broker.partitions else "-"
-        table.add_row(view.name, owner, str(view.consumers), str(view.ready),
-                      "?" if view.unacked is None else str(view.unacked))
-    Console(width=120).print(table)
+        unacked = "?" if view.unacked is None else str(view.unacked)
+        row = [view.name, owner, str(view.consumers), str(view.ready), unacked]
+        if replicas:
+            row += [view.leader or "-", f"{len(view.online)}/{len(view.members)}" if view.members else "-"]
+        table.add_row(*row)
+    Console(width=160).print(table)
+    for warning in filter(None, (view.replica_warning() for view in views)):
+        click.echo(f"warning: {warning}", err=True)
     partitions = views[: config.broker.partitions]
     owners = {v.owner for v in partitions if v.owner and v.owner != "migration"}
     owning = len(owners) if "(held)" not in owners else "unknown (no management_url)"

@@ -30,13 +30,15 @@ def _wait_for_signal() -> None:
 
 @click.command()
 @click.option("--install/--no-install", default=True, help="Install the Debian package when missing (root).")
-def broker(install: bool) -> None:
-    """Start a private RabbitMQ node, print its URL, run until Ctrl-C."""
+@click.option("--nodes", type=click.IntRange(min=1, max=9), default=1, show_default=True,
+              help="Nodes: more than one makes a private cluster.")
+def broker(install: bool, nodes: int) -> None:
+    """Start a private RabbitMQ node (or cluster), print its URLs, run until Ctrl-C."""
     from sandbox.broker import BrokerSetupError, provide_broker
 
     configure_logging()
     try:
-        handle = provide_broker(allow_container=False, install=install)
+        handle = provide_broker(allow_container=False, install=install, nodes=nodes)
     except BrokerSetupError as err:
         click.echo(f"bfus-lime broker: {err}", err=True)
         sys.exit(1)
@@ -44,10 +46,12 @@ def broker(install: bool) -> None:
         click.echo(f"RABBITMQ_URL={handle.url}")
         if handle.management_url:
             click.echo(f"management: {handle.management_url}")
-        if handle.node is not None:
-            click.echo(f"data folder: {handle.node.base} (removed on exit)")
+        for node in [handle.node] if handle.node else handle.cluster.nodes if handle.cluster else []:
+            click.echo(f"node {node.nodename}: {node.url}, data folder {node.base} (removed on exit)")
+        if handle.cluster is not None:
+            click.echo("set broker.quorum_size = 3 (BFUSLIME_BROKER__QUORUM_SIZE=3) for three replicas of each queue")
         sys.stdout.flush()
-        if handle.kind == "private":
+        if handle.kind.startswith("private"):
             _wait_for_signal()
     finally:
         handle.close()

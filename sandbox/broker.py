@@ -198,6 +198,8 @@ class PrivateNode:
                 "(make run and make test do this), or set RABBITMQ_URL."
             )
         self.ctl_binary = self.binary.with_name("rabbitmqctl")
+        self._own_ports = amqp_port is None and management_port is None
+        self._started = False
         self.amqp_port = amqp_port or free_port()
         self.management_port = management_port or free_port()
         self.dist_port = free_port()
@@ -283,6 +285,19 @@ class PrivateNode:
                 os.chown(path, self.user.pw_uid, self.user.pw_gid)
 
     def start(self, timeout: float = 90.0) -> PrivateNode:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except BrokerSetupError as err:
+                # A port picked free may since be another socket's (an outgoing connection's
+                # ephemeral port): a node never started takes new ones; a started one keeps its own.
+                if "eaddrinuse" not in str(err) or attempt == 2 or self._started or not self._own_ports:
+                    raise
+                self._log.close()
+                self.amqp_port, self.management_port, self.dist_port = free_port(), free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> PrivateNode:
         self._prepare()
         self._log = open(self.base / "server.out", "wb")
         self.process = subprocess.Popen(
@@ -294,6 +309,7 @@ class PrivateNode:
             start_new_session=True,
         )
         self.wait_amqp(timeout)
+        self._started = True
         log.info("private_node_started", node=self.nodename, port=self.amqp_port)
         return self
 

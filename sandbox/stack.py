@@ -26,7 +26,7 @@ from shared.config import Config, build_config, deep_merge
 from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient
 from shared.subscriptions import Subscriptions, Wanted
-from shared.topology import Topology
+from shared.topology import Topology, connection_parameters
 from worker.factory import WorkerProcess, build_worker
 
 RECEIVER_KEY = "dev-receiver-key"
@@ -229,7 +229,7 @@ class Stack:
         publishers = [w.publisher for w in self.workers] + [self.receiver_app.extensions["publisher"]]
         if sum(w.worker.settled for w in self.workers) < sum(p.confirmed[exchange] for p in publishers):
             return False  # queued, and already on its way to a worker (neither ready nor taken yet)
-        connection = pika.BlockingConnection(pika.URLParameters(self.config.broker.url))
+        connection = pika.BlockingConnection(connection_parameters(self.config.broker, "stack"))
         try:
             channel = connection.channel()
             topology = Topology.from_config(self.config.broker)

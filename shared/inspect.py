@@ -25,6 +25,27 @@ class QueueView:
     unacked: int | None
     consumers: int
     owner: str | None  # partitions only: worker holding the lock, None when free
+    leader: str | None = None  # quorum queues, with the management API: the leading node
+    members: tuple[str, ...] = ()  # ... the nodes holding a replica
+    online: tuple[str, ...] = ()  # ... those of them up now
+
+    @property
+    def quorum(self) -> int:
+        """Replicas that must be up for the queue to take and deliver messages."""
+        return len(self.members) // 2 + 1
+
+    def replica_warning(self) -> str | None:
+        """What is wrong with the queue's replicas, when the management API shows it."""
+        if not self.members:
+            return None
+        down = [m for m in self.members if m not in self.online]
+        if len(self.online) < self.quorum:
+            return (f"{self.name}: only {len(self.online)} of {len(self.members)} replicas online, fewer than its "
+                    f"quorum of {self.quorum}: it takes and delivers no message (down: {', '.join(down)})")
+        if down:
+            return (f"{self.name}: {len(down)} of {len(self.members)} replicas offline ({', '.join(down)}); it "
+                    f"works while {self.quorum} are online")
+        return None
 
 
 def _vhost(url: str) -> str:
@@ -38,7 +59,7 @@ def _management_views(broker: BrokerConfig, management_url: str) -> dict[str, di
     auth = (parts.username or amqp.username or "guest", parts.password or amqp.password or "guest")
     response = requests.get(
         f"{base}/api/queues/{quote(_vhost(broker.url), safe='')}",
-        params={"columns": "name,messages_ready,messages_unacknowledged,consumers,arguments"},
+        params={"columns": "name,messages_ready,messages_unacknowledged,consumers,arguments,leader,members,online"},
         auth=auth, timeout=10,
     )
     response.raise_for_status()
@@ -59,7 +80,8 @@ def describe(broker: BrokerConfig, management_url: str | None = None) -> list[Qu
                 lock = queues.get(topology.lock_queue(i))
                 owner = (lock.get("arguments") or {}).get(headers.OWNER, HELD) if lock else None
             views.append(QueueView(name, q.get("messages_ready", 0), q.get("messages_unacknowledged"),
-                                   q.get("consumers", 0), owner))
+                                   q.get("consumers", 0), owner, q.get("leader"), tuple(q.get("members") or ()),
+                                   tuple(q.get("online") or ())))
         return views
     return _amqp_views(broker, topology, names)
 

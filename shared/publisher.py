@@ -39,6 +39,10 @@ from shared.topology import connection_parameters, node_address
 
 log = get_logger(component="publisher")
 TIMEOUTS_BEFORE_RESET = 3  # confirm timeouts in a row after which the connection is reset
+# Nacks in a row after which the connection is reset: a channel that first published to
+# a quorum queue while it had no leader (its node just lost) kept being refused after a
+# new leader was elected, where a new channel is not (RabbitMQ 3.10).
+NACKS_BEFORE_RESET = 3
 
 
 class BrokerUnavailable(Exception):
@@ -86,6 +90,7 @@ class ConfirmedPublisher:
         self._seq = 0  # publishes the current channel really sent
         self._ready = threading.Event()
         self._timeouts = 0  # confirm timeouts in a row
+        self._nacks = 0  # nacks in a row (loop thread)
         self._health = threading.Lock()
         self.confirmed: Counter[str] = Counter()  # messages the broker confirmed, by exchange
         self._unready_since: float | None = time.monotonic()
@@ -304,6 +309,7 @@ class ConfirmedPublisher:
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
         tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        self._nacks = 0 if acked else self._nacks + 1
         for tag in tags:
             future = self._pending.pop(tag, None)
             if future is None or future.done():
@@ -315,6 +321,9 @@ class ConfirmedPublisher:
                 future.set_exception(PublishRejected("RabbitMQ could not route the message (no queue bound)"))
             else:
                 future.set_result(None)
+        if self._nacks >= NACKS_BEFORE_RESET:
+            self._nacks = 0
+            self._reset(f"{NACKS_BEFORE_RESET} nacks in a row")
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, {}

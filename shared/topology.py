@@ -79,7 +79,7 @@ class Topology:
     @property
     def presence_queue(self) -> str:
         """Every worker consumes it (no message ever goes there): its consumer count
-        is the number of live workers."""
+        is the number of live workers (classic and transient: worker/counted.py)."""
         return f"{self.prefix}.workers"
 
     @property
@@ -149,10 +149,18 @@ class Topology:
         channel.queue_bind(self.dead_queue, self.dead_exchange)
         channel = self._declare_quorum(connection, channel, self.invalid_queue, self.work_queue_arguments())
         channel.queue_bind(self.invalid_queue, self.exchange, routing_key=INVALID_ROUTING_KEY)
-        # Counted by their consumers, on every node: a classic queue's consumers would
-        # be cancelled when its one node goes.
+        # Counted by their consumers (worker/counted.py): classic and transient, so the
+        # count is exact; an earlier version's durable one (it never holds a message) is
+        # replaced.
         for counted in (self.presence_queue, self.busy_queue):
-            channel = self._declare_quorum(connection, channel, counted, self.quorum_arguments(), counted=True)
+            try:
+                channel.queue_declare(counted, durable=False)
+            except pika.exceptions.ChannelClosedByBroker as err:
+                if err.reply_code != PRECONDITION_FAILED:
+                    raise
+                channel = connection.channel()
+                channel.queue_delete(counted)
+                channel.queue_declare(counted, durable=False)
         for partition in range(self.partitions):
             queue = self.partition_queue(partition)
             channel = self._declare_quorum(connection, channel, queue, self.work_queue_arguments())
@@ -161,24 +169,18 @@ class Topology:
 
     @staticmethod
     def _declare_quorum(connection: pika.BlockingConnection, channel: BlockingChannel, queue: str,
-                        arguments: dict, counted: bool = False) -> BlockingChannel:
+                        arguments: dict) -> BlockingChannel:
         """Declare a quorum queue; one that exists with another group size (fixed when
         a queue is first declared: broker.quorum_size changed since, or left at 0)
-        stays as it is. A queue only ``counted`` by its consumers (it never holds a
-        message) that an earlier version declared classic is declared again as quorum.
-        The channel to go on with."""
+        stays as it is. The channel to go on with."""
         try:
             channel.queue_declare(queue, durable=True, arguments=arguments)
             return channel
         except pika.exceptions.ChannelClosedByBroker as err:
-            classic = err.reply_code == PRECONDITION_FAILED and "inequivalent arg 'x-queue-type'" in str(err.reply_text)
             current = _current_group_size(err)
-            if current is None and not (counted and classic):
+            if current is None:
                 raise
         channel = connection.channel()
-        if current is None:
-            channel.queue_delete(queue)
-            current = {GROUP_SIZE: arguments[GROUP_SIZE]} if GROUP_SIZE in arguments else {}
         others = {name: value for name, value in arguments.items() if name != GROUP_SIZE}
         channel.queue_declare(queue, durable=True, arguments={**others, **current})
         return channel

@@ -7,6 +7,7 @@ from typing import Any
 import pika
 
 from sandbox.stack import Stack
+from shared.topology import connection_parameters
 
 
 def message(mid: int = 1, customerno: str = "100234", **extra: Any) -> dict[str, Any]:
@@ -25,7 +26,7 @@ def message(mid: int = 1, customerno: str = "100234", **extra: Any) -> dict[str,
 def take_all(stack: Stack, queue: str) -> list[tuple[Any, bytes]]:
     """Every message now in ``queue`` (test inspection; quorum queues with single
     active consumer do not allow basic.get, so consume what the queue counts)."""
-    connection = pika.BlockingConnection(pika.URLParameters(stack.config.broker.url))
+    connection = pika.BlockingConnection(connection_parameters(stack.config.broker, "test"))
     try:
         channel = connection.channel()
         count = channel.queue_declare(queue, passive=True).method.message_count

@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pika
-from pika.adapters.blocking_connection import BlockingChannel
 
 from shared.logs import get_logger
 from shared.ratelimit import TokenBucket
+from worker.counted import Counted
 
 log = get_logger(component="worker")
 
@@ -38,29 +38,25 @@ class Budget:
         self.total = total
         self.queue = queue
         self.presence = presence
-        self.connection = connection
         self.consumers = consumers
-        self._channel: BlockingChannel | None = None
+        self._busy = Counted(connection, queue)
         self._idle_looks = 0
         self.sharing = 1  # busy workers at the last look
 
     @property
     def busy(self) -> bool:
-        return self._channel is not None
+        return self._busy.joined
 
     def look(self, working: bool) -> float:
         """Called each tick with whether this worker has messages in the works; sets
         and returns its share of the budget (calls per second)."""
         if working:
             self._idle_looks = 0
-            if self._channel is None:
-                self._channel = self.connection.channel()
-                self._channel.basic_consume(self.queue, lambda *_: None, auto_ack=True)
-        elif self._channel is not None:
+            self._busy.join()
+        elif self.busy:
             self._idle_looks += 1
             if self._idle_looks >= IDLE_LOOKS:
-                channel, self._channel = self._channel, None
-                channel.close()
+                self._busy.leave()
         counted = self.consumers(self.queue if self.busy else self.presence)
         if counted is not None:
             sharing = max(1, counted)

@@ -24,6 +24,7 @@ from shared.retry import Backoff
 from shared.topology import Topology, connection_parameters
 from worker.apply import IdCache
 from worker.budget import Budget
+from worker.counted import Counted
 from worker.handle import Delivery, MessageHandler, Settle
 from worker.lanes import Lane
 from worker.ownership import Owned, Ownership
@@ -124,7 +125,8 @@ class Worker:
             ownership = self._ownership = Ownership(
                 self.name, self.topology, locks, self.lime, partial(self._subscribe_partition, connection, generation),
                 self._lane, self.lime_config.processed_limetype)
-            connection.channel().basic_consume(self.topology.presence_queue, lambda *_: None, auto_ack=True)
+            presence = Counted(connection, self.topology.presence_queue)
+            presence.join()
             budget = Budget(
                 self.lime.bucket, self.lime_config.rate_limit, self.topology.busy_queue, self.topology.presence_queue,
                 connection, locks.consumers) if self.lime is not None else None
@@ -138,6 +140,7 @@ class Worker:
                 if budget is not None and not budget.busy and self.working:
                     budget.look(True)  # count as busy now, not at the next tick
                 if time.monotonic() >= next_tick:
+                    presence.join()  # again, when its node went
                     ownership.tick()
                     if budget is not None:
                         budget.look(self.working)

@@ -116,7 +116,7 @@ class Ownership:
         for partition in candidates:
             if wanted <= 0:
                 break
-            if self.locks.consumers(self.topology.partition_queue(partition)) == 0 and self._take(partition):
+            if self._take(partition):
                 wanted -= 1
 
     def _take(self, partition: int) -> bool:

@@ -39,9 +39,9 @@ def test_clients_skip_a_node_that_does_not_answer(amqp_url: str) -> None:
 
 
 def test_declaring_again_keeps_queues_an_earlier_version_declared(amqp_url: str, rabbitmq: BrokerHandle) -> None:
-    """Before issue 15: no group size, and the counting queues classic. A group size
+    """Before issue 15: no group size, and the counting queues durable. A group size
     now (or another one later) keeps the existing queues; the counting queues, which
-    never hold a message, become quorum so that their consumers survive a node."""
+    never hold a message, become transient (worker/counted.py)."""
     old = Topology("bfus", 2)
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -57,5 +57,7 @@ def test_declaring_again_keeps_queues_an_earlier_version_declared(amqp_url: str,
             declared.close()
     finally:
         connection.close()
-    for queue in (old.presence_queue, old.busy_queue, old.dead_queue, old.partition_queue(1)):
+    for queue in (old.dead_queue, old.partition_queue(1)):
         assert rabbitmq.queue_info(amqp_url, queue)["type"] == "quorum", queue
+    for queue in (old.presence_queue, old.busy_queue):
+        assert not rabbitmq.queue_info(amqp_url, queue)["durable"], queue
