@@ -36,7 +36,7 @@ chromium:
 	fi
 
 run: $(STAMP) rabbitmq
-	$(BIN)/bfus-lime run
+	$(BIN)/bfus-lime run $(if $(NODES),--nodes $(NODES))
 
 test: $(STAMP) rabbitmq chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

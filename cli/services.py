@@ -158,15 +158,17 @@ def worker(ctx: click.Context, name: str) -> None:
               help="Companies a simulated Lime user edits once the BFUS stream is in (they go to BFUS).")
 @click.option("--lime-creates", type=click.IntRange(min=0), default=3, show_default=True,
               help="Companies it registers in Lime marked for BFUS (created there, numbers written back).")
+@click.option("--nodes", type=click.IntRange(min=1, max=9), envvar="NODES", default=1, show_default=True,
+              help="RabbitMQ nodes: more than one runs a private cluster (env NODES).")
 def run(changes: int, customers: int, rate: float, workers: int, until_done: bool, workdir: str,
-        seed_customers: int, lime_edits: int, lime_creates: int) -> None:
+        seed_customers: int, lime_edits: int, lime_creates: int, nodes: int) -> None:
     """Everything on this machine: broker, stand-ins, receiver, workers, a stream of
     changes from BFUS, then a Lime user's edits going to BFUS."""
     from sandbox.run import RunOptions, run_all
 
     configure_logging()
     sys.exit(run_all(RunOptions(Path(workdir), changes, customers, rate, workers, until_done, seed_customers,
-                                lime_edits, lime_creates)))
+                                lime_edits, lime_creates, nodes)))
 
 
 COMMANDS = (broker, sandbox_lime, sandbox_bfus, receiver, worker, run)

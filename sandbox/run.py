@@ -48,6 +48,7 @@ class RunOptions:
     seed_customers: int = 10
     lime_edits: int = 20  # companies the simulated Lime user edits once the BFUS stream is in
     lime_creates: int = 3  # companies it registers, marked for BFUS
+    nodes: int = 1  # RabbitMQ nodes (more than one: a private cluster)
 
 
 def _port(preferred: int) -> int:
@@ -68,6 +69,7 @@ def write_config(path: Path, broker: BrokerHandle, ports: dict[str, int], workdi
 url = "{broker.url}"
 partitions = 16
 management_url = "{broker.management_url or ''}"
+quorum_size = {3 if broker.cluster is not None else 0}
 
 [receiver]
 host = "127.0.0.1"
@@ -178,9 +180,10 @@ def run_all(options: RunOptions) -> int:
 
     print("Starting RabbitMQ ..." if not os.environ.get("RABBITMQ_URL") else "Using RABBITMQ_URL ...", flush=True)
     try:
+        single = options.nodes == 1  # a cluster's nodes take free ports
         broker: BrokerHandle = provide_broker(
-            allow_container=False, install=True, amqp_port=_port(5673), management_port=_port(15673)
-        )
+            allow_container=False, install=True, nodes=options.nodes,
+            amqp_port=_port(5673) if single else None, management_port=_port(15673) if single else None)
     except BrokerSetupError as err:
         print(f"bfus-lime run: {err}", file=sys.stderr)
         return 1
