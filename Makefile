@@ -50,7 +50,7 @@ lint: $(STAMP)
 # killed, the broker restarts and Lime fails; the checker's counts and the wall time
 # are printed at the end.
 soak: $(STAMP) rabbitmq
-	$(BIN)/python -m sandbox.soak
+	$(BIN)/python -m sandbox.soak $(if $(NODES),--nodes $(NODES))
 
 bench: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.scaling

@@ -135,9 +135,14 @@ class BrokerHandle:
         if name in self._vhosts:
             self._vhosts.remove(name)
 
+    def queue_names(self, vhost_url: str) -> set[str]:
+        """The names of the queues of a virtual host (management API)."""
+        vhost = urlsplit(vhost_url.split(",")[0]).path.lstrip("/") or "%2F"
+        return {q["name"] for q in self._management("GET", f"queues/{vhost}", params={"columns": "name"}).json()}
+
     def queue_info(self, vhost_url: str, queue: str) -> dict:
         """The management API's view of a queue: messages, consumers, ..."""
-        vhost = urlsplit(vhost_url).path.lstrip("/") or "%2F"
+        vhost = urlsplit(vhost_url.split(",")[0]).path.lstrip("/") or "%2F"
         return self._management("GET", f"queues/{vhost}/{quote(queue, safe='')}").json()
 
     # ---------------------------------------------------------------- outages
@@ -483,7 +488,8 @@ def provide_broker(
         install_rabbitmq()
     if nodes > 1:
         cluster = PrivateCluster(nodes, extra_conf=extra_conf).start()
-        return BrokerHandle(url=cluster.url, management_url=cluster.nodes[0].management_url, kind="private cluster",
+        # The last node's management API: tests and the soak stop the first ones.
+        return BrokerHandle(url=cluster.url, management_url=cluster.nodes[-1].management_url, kind="private cluster",
                             cluster=cluster)
     node = PrivateNode(amqp_port=amqp_port, management_port=management_port, extra_conf=extra_conf).start()
     return BrokerHandle(url=node.url, management_url=node.management_url, kind="private", node=node)

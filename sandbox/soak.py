@@ -18,12 +18,14 @@ and BFUS agree on every field that flows to BFUS.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from sandbox.stack import Stack, WorkerChild, wait_for
 from shared.lime import LimeClient, option_key
 from shared.limemeta import check_against_lime
 from shared.logs import configure_logging
+from shared.topology import Topology
 
 
 @dataclass
@@ -55,6 +58,7 @@ class SoakOptions:
     lime_user_rate: float = 5.0  # its writes per second
     webhook_loss: float = 0.01  # share of Lime's webhooks lost, for the sweep to catch
     sweep_interval: float = 10.0
+    node_down: float = 30.0  # on a cluster: seconds the SIGKILLed node stays down
 
 
 @dataclass
@@ -85,6 +89,9 @@ class SoakResult:
     events: list[str] = field(default_factory=list)
     lime_calls: int = 0
     outbound: OutboundFigures | None = None
+    answers: dict[str, int] = field(default_factory=dict)  # the receiver's answers to BFUS, by status
+    longest_answer: float = 0.0
+    unowned: dict[int, float] = field(default_factory=dict)  # seconds each partition had no owner
 
     @property
     def ok(self) -> bool:
@@ -104,8 +111,56 @@ class SoakResult:
             f"for BFUS never sent: {len(r.unsent)}; synced companies without their jump link: {len(r.unlinked)}",
             f"  Lime calls: {self.lime_calls} ({self.lime_calls / max(1, r.messages):.2f} per message)",
             *([self.outbound.summary()] if self.outbound else []),
+            f"  receiver's answers to BFUS: {dict(sorted(self.answers.items()))}, "
+            f"the longest {self.longest_answer:.2f}s",
+            *([_unowned_summary(self.unowned)] if self.unowned else []),
             "  events: " + "; ".join(self.events),
         ])
+
+
+def _unowned_summary(unowned: dict[int, float]) -> str:
+    longest = max(unowned, key=lambda p: unowned[p])
+    return (f"  partitions without an owner (no worker consuming them): the longest p{longest:03d} "
+            f"{unowned[longest]:.1f}s, all together {sum(unowned.values()):.1f}s; each: "
+            + ", ".join(f"{unowned[p]:.1f}" for p in sorted(unowned)))
+
+
+class OwnerWatch:
+    """How long each partition had no owner (no worker holding its lock, so none
+    consuming it), from the broker's queue list every ``interval`` seconds; a look the
+    management API does not answer counts nothing."""
+
+    def __init__(self, broker: BrokerHandle, vhost_url: str, topology: Topology, interval: float = 0.5):
+        self.broker = broker
+        self.vhost_url = vhost_url
+        self.topology = topology
+        self.interval = interval
+        self.unowned = {p: 0.0 for p in range(topology.partitions)}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="owner-watch", daemon=True)
+
+    def start(self) -> OwnerWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[int, float]:
+        self._stop.set()
+        self._thread.join(10)
+        return dict(self.unowned)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.interval):
+            try:
+                names = self.broker.queue_names(self.vhost_url)
+            except Exception:
+                last = time.monotonic()
+                continue
+            now = time.monotonic()
+            for partition in self.unowned:
+                if self.topology.lock_queue(partition) not in names:
+                    self.unowned[partition] += now - last
+            last = now
 
 
 def _say(text: str) -> None:
@@ -122,18 +177,22 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
         say(f"  [{time.monotonic() - started:6.1f}s] {text}")
 
     url = broker.create_vhost()
+    cluster = broker.cluster
     faults = Faults(error_rate=options.error_rate, spike_rate=options.spike_rate, spike_ms=options.spike_ms)
     stack = Stack(url, workdir, partitions=options.partitions, management_url=broker.management_url or "",
                   config={"lime": {"rate_limit": 5000.0}, "worker": {"retry_max": 2.0, "breaker_threshold": 5},
-                          "outbound": {"sweep_interval": options.sweep_interval}},
+                          "outbound": {"sweep_interval": options.sweep_interval},
+                          "broker": {"quorum_size": 3 if cluster else 0}},
                   lime_settings={"faults": faults, "seed": 11, "webhook_retry_base": 0.5}, bfus_retry_pause=0.2,
                   outbound=True, jump=True)
     user_done = threading.Event()
+    watch = OwnerWatch(broker, url, Topology.from_config(stack.config.broker))
     try:
         stack.start(workers=0)
         children = [stack.spawn_worker(f"worker-{i + 1}") for i in range(options.workers)]
         for child in children:
             child.wait_log("worker_consuming")
+        watch.start()
         stack.subscribe_webhooks()
         stack.lime.webhooks.lose_rate = options.webhook_loss
         lime = LimeClient(stack.config.lime)
@@ -162,6 +221,37 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
             broker.restart()
             event("RabbitMQ back")
 
+        touched: list[Any] = []  # the node killed
+
+        def leaders() -> Counter[str]:
+            queues = Topology.from_config(stack.config.broker).partition_queues
+            return Counter(str(broker.queue_info(url, queue).get("leader")) for queue in queues)
+
+        def kill_leading_node() -> None:
+            """SIGKILL the node leading the most partitions (the management API's node
+            excepted), and start it again after options.node_down seconds."""
+            assert cluster is not None
+            led = leaders()
+            node = max(cluster.nodes[:-1], key=lambda n: led[n.nodename])
+            touched.append(node)
+            node.kill()
+            event(f"SIGKILLed RabbitMQ node {node.nodename} (leading {led[node.nodename]} partitions)")
+            time.sleep(options.node_down)
+            node.start()
+            event(f"{node.nodename} back")
+
+        def stop_a_node() -> None:
+            """Stop a second node's RabbitMQ application gracefully (not the one killed,
+            nor the management API's), then start it."""
+            assert cluster is not None
+            node = next(n for n in cluster.nodes[:-1] if n not in touched)
+            node.ctl("stop_app")
+            event(f"rabbitmqctl stop_app on {node.nodename}")
+            time.sleep(10)
+            node.ctl("start_app")
+            node.wait_amqp(60)
+            event(f"rabbitmqctl start_app on {node.nodename}")
+
         def lime_user() -> None:
             threading.Thread(target=_edit_and_create, args=(stack, user, options, user_done), daemon=True).start()
             event(f"a Lime user starts {options.lime_edits} edits and {options.lime_creates} new companies")
@@ -173,8 +263,9 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
             stack.lime.start()
             event("Lime back")
 
-        plan = [(0.05, lime_user), (0.10, lambda: restart_killed(children[0])), (0.25, join), (0.40, restart_broker),
-                (0.55, lambda: restart_killed(children[1])), (0.70, lime_outage)]
+        broker_faults = [(0.35, kill_leading_node), (0.60, stop_a_node)] if cluster else [(0.40, restart_broker)]
+        plan = sorted([(0.05, lime_user), (0.10, lambda: restart_killed(children[0])), (0.25, join), *broker_faults,
+                       (0.55, lambda: restart_killed(children[1])), (0.70, lime_outage)], key=lambda step: step[0])
         last_report = 0.0
         deadline = started + options.timeout
         while time.monotonic() < deadline:
@@ -193,8 +284,11 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
         stack.lime.faults.configure({"error_rate": 0, "spike_rate": 0})
         report = _converged(stack, timeout=max(60.0, 6 * options.sweep_interval))
         wall = time.monotonic() - started
-        return SoakResult(report, wall, events, stack.lime.faults.stats()["total"], _outbound_figures(stack, user))
+        poster = stack.bfus.poster
+        return SoakResult(report, wall, events, stack.lime.faults.stats()["total"], _outbound_figures(stack, user),
+                          dict(poster.answers), poster.longest, watch.stop())
     finally:
+        watch.stop()
         user_done.set()
         stack.stop()
         broker.delete_vhost(url)
@@ -270,14 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=defaults.outage, help="seconds Lime is down")
     parser.add_argument("--lime-edits", type=int, default=defaults.lime_edits, help="edits by a Lime user")
     parser.add_argument("--lime-creates", type=int, default=defaults.lime_creates, help="companies it creates")
+    parser.add_argument("--nodes", type=int, choices=(1, 3), default=int(os.environ.get("NODES") or 1),
+                        help="RabbitMQ nodes (3: a private cluster; env NODES)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     configure_logging("error")
     options = SoakOptions(changes=args.changes, customers=args.customers, workers=args.workers, outage=args.outage,
                           lime_edits=args.lime_edits, lime_creates=args.lime_creates)
-    broker = provide_broker(allow_container=False, install=True)
-    if broker.node is None:
-        print("soak: needs a private RabbitMQ node it may restart (unset RABBITMQ_URL)", file=sys.stderr)
+    broker = provide_broker(allow_container=False, install=True, nodes=args.nodes)
+    if broker.node is None and broker.cluster is None:
+        print("soak: needs private RabbitMQ nodes it may restart (unset RABBITMQ_URL)", file=sys.stderr)
+        broker.close()
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="bfus-lime-soak-"))
     try:

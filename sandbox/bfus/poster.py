@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import Counter
 
 import requests
 
@@ -29,6 +31,8 @@ class QueuePoster:
         self._paused = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_status: str | None = None
+        self.answers: Counter[str] = Counter()  # the receiver's answers (or the error), by status
+        self.longest = 0.0  # seconds, the longest answer
 
     def start(self) -> QueuePoster:
         if self._thread is None:
@@ -73,10 +77,14 @@ class QueuePoster:
 
     def _post(self, message: dict) -> str:
         body = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        started = time.monotonic()
         try:
             response = self.session.post(
                 self.target_url, data=body, headers={"Content-Type": "application/json"}, timeout=self.timeout
             )
-            return str(response.status_code)
+            status = str(response.status_code)
         except requests.RequestException as err:
-            return type(err).__name__
+            status = type(err).__name__
+        self.answers[status] += 1
+        self.longest = max(self.longest, time.monotonic() - started)
+        return status

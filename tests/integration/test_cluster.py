@@ -21,6 +21,7 @@ import pytest
 from builders import message, take_all
 from sandbox.broker import BrokerHandle, PrivateCluster, find_server_binary, install_rabbitmq
 from sandbox.check import check_customers
+from sandbox.soak import SoakOptions, run_soak
 from sandbox.stack import BFUS_LIME, Stack, config_environment, wait_for
 from shared.topology import Topology
 
@@ -180,3 +181,20 @@ def test_a_rolling_restart_of_every_node_during_a_stream_loses_nothing(
     print("\n" + report.summary())
     assert report.ok, report.details()
     assert (report.messages, report.processed, report.failed) == (600, 600, 0)
+
+
+def test_the_short_cluster_soak_loses_doubles_and_reorders_nothing(broker: BrokerHandle, tmp_path: Path) -> None:
+    """`make soak NODES=3` on a smaller stream: the single-node soak's faults, with the
+    node leading the most partitions SIGKILLed (back after 10 s) and another stopped
+    with rabbitmqctl stop_app and started again, in place of the broker restart."""
+    options = SoakOptions(changes=1000, customers=200, workers=3, outage=3.0, timeout=600, lime_edits=30,
+                          lime_creates=3, node_down=10.0)
+    result = run_soak(broker, options, tmp_path)
+    print("\n" + result.summary())
+    assert result.ok, result.report.details()
+    assert (result.report.processed, result.report.failed) == (result.report.messages, 0)
+    assert set(result.answers) <= {"202", "503"}, result.answers
+    assert result.longest_answer < 5.0 + 1.0  # the stack's confirm timeout, and a second
+    assert sum(1 for e in result.events if "RabbitMQ node" in e or "_app on" in e) == 3  # killed; stop, start
+    assert sum(1 for e in result.events if " back" in e and "bfuslime" in e) == 1
+    assert max(result.unowned.values()) < 60
