@@ -12,6 +12,9 @@ applied after a newer one of the same object, that nothing was lost, and that Li
 and BFUS agree on every field that flows to BFUS.
 
     python -m sandbox.soak                      # the full run (make soak)
+    python -m sandbox.soak --nodes 3            # on a three-node cluster (make soak NODES=3): the
+                                                # node leading most partitions SIGKILLed for 30 s,
+                                                # later another stopped and started (stop_app)
     python -m sandbox.soak --changes 2000 --customers 300 --outage 5 --lime-edits 60 --lime-creates 5
 """
 
@@ -366,11 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lime-creates", type=int, default=defaults.lime_creates, help="companies it creates")
     parser.add_argument("--nodes", type=int, choices=(1, 3), default=int(os.environ.get("NODES") or 1),
                         help="RabbitMQ nodes (3: a private cluster; env NODES)")
+    parser.add_argument("--node-down", type=float, default=defaults.node_down,
+                        help="on a cluster: seconds the SIGKILLed node stays down")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     configure_logging("error")
     options = SoakOptions(changes=args.changes, customers=args.customers, workers=args.workers, outage=args.outage,
-                          lime_edits=args.lime_edits, lime_creates=args.lime_creates)
+                          lime_edits=args.lime_edits, lime_creates=args.lime_creates, node_down=args.node_down)
     broker = provide_broker(allow_container=False, install=True, nodes=args.nodes)
     if broker.node is None and broker.cluster is None:
         print("soak: needs private RabbitMQ nodes it may restart (unset RABBITMQ_URL)", file=sys.stderr)
