@@ -47,7 +47,9 @@ def broker(install: bool, nodes: int) -> None:
         if handle.management_url:
             click.echo(f"management: {handle.management_url}")
         for node in [handle.node] if handle.node else handle.cluster.nodes if handle.cluster else []:
-            click.echo(f"node {node.nodename}: {node.url}, data folder {node.base} (removed on exit)")
+            if handle.cluster is not None:
+                click.echo(f"node {node.nodename}: {node.url}")
+            click.echo(f"data folder: {node.base} (removed on exit)")
         if handle.cluster is not None:
             click.echo("set broker.quorum_size = 3 (BFUSLIME_BROKER__QUORUM_SIZE=3) for three replicas of each queue")
         sys.stdout.flush()

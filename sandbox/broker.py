@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -39,7 +40,29 @@ class BrokerSetupError(RuntimeError):
     pass
 
 
+def _ephemeral_ports() -> range:
+    """The ports Linux gives outgoing connections (/proc/sys/net/ipv4/ip_local_port_range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
+    """A port nothing listens on now, below the ephemeral range: a port the kernel
+    handed out free (bound to 0) may, before our server binds it, become the local port
+    of one of the many outgoing connections a test makes (EADDRINUSE)."""
+    ephemeral = _ephemeral_ports()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, ephemeral.start))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -111,7 +134,8 @@ class BrokerHandle:
         parts = urlsplit(self.management_url)
         auth = (parts.username or "guest", parts.password or "guest")
         base = urlunsplit((parts.scheme, (parts.hostname or "") + (f":{parts.port}" if parts.port else ""), "", "", ""))
-        response = requests.request(method, f"{base}/api/{path}", auth=auth, timeout=10, **kwargs)
+        # A cluster whose node just came back can take its time over a new virtual host.
+        response = requests.request(method, f"{base}/api/{path}", auth=auth, timeout=30, **kwargs)
         response.raise_for_status()
         return response
 
@@ -422,6 +446,14 @@ class PrivateCluster:
             node.wait_amqp(timeout)
         log.info("private_cluster_started", nodes=[node.nodename for node in self.nodes])
         return self
+
+    def heal(self, timeout: float = 120.0) -> None:
+        """Start every node that is not running, then wait until each sees all of them."""
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                node.start(timeout)
+        for node in self.nodes:
+            node.ctl("await_online_nodes", str(len(self.nodes)), timeout=timeout)
 
     @property
     def urls(self) -> list[str]:

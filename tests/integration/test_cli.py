@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pika
+import pytest
 from click.testing import CliRunner
 
 from cli.main import main
@@ -53,26 +54,31 @@ def test_check_config_says_when_lime_is_unreachable(tmp_path: Path) -> None:
     assert result.exit_code == 3 and "Lime unreachable" in result.output  # 3: a service unreachable
 
 
-def test_broker_command_starts_a_private_node_and_removes_it() -> None:
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_broker_command_starts_a_private_node_or_cluster_and_removes_it(nodes: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-    child = subprocess.Popen([*BFUS_LIME, "broker"], stdout=subprocess.PIPE,
+    child = subprocess.Popen([*BFUS_LIME, "broker", "--nodes", str(nodes)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
+    folders: list[Path] = []
     try:
         line = ""
         while not line.startswith("RABBITMQ_URL="):
             line = child.stdout.readline()
             assert line, "bfus-lime broker ended without printing its URL"
-        url = line.strip().split("=", 1)[1]
-        pika.BlockingConnection(pika.URLParameters(url)).close()
-        while not line.startswith("data folder: "):
+        urls = line.strip().split("=", 1)[1].split(",")
+        assert len(urls) == nodes
+        for url in urls:
+            pika.BlockingConnection(pika.URLParameters(url)).close()
+        while len(folders) < nodes:
             line = child.stdout.readline()
-            assert line, "bfus-lime broker did not say where its data is"
-        folder = Path(line.split(": ", 1)[1].split(" (")[0])
-        assert folder.is_dir()
+            assert line, "bfus-lime broker did not say where each node's data is"
+            if line.startswith("data folder: "):
+                folders.append(Path(line.split(": ", 1)[1].split(" (")[0]))
+        assert all(folder.is_dir() for folder in folders)
     finally:
         child.send_signal(signal.SIGTERM)
         assert child.wait(60) == 0
-    assert not folder.exists()
+    assert not any(folder.exists() for folder in folders)
 
 
 def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHandle, tmp_path: Path) -> None:

@@ -48,9 +48,7 @@ def cluster() -> Iterator[PrivateCluster]:
 def broker(cluster: PrivateCluster) -> Iterator[BrokerHandle]:
     """The cluster with every node up, its management API on the last node (never the
     one a test stops)."""
-    for node in cluster.nodes:
-        if node.process is None or node.process.poll() is not None:
-            node.start()
+    cluster.heal()
     yield BrokerHandle(url=cluster.url, management_url=cluster.nodes[-1].management_url, kind="private cluster",
                        cluster=cluster)
 

@@ -251,11 +251,19 @@ class CountingChannel:
 
     def __init__(self, consumers: dict[str, int]):
         self.consumers = consumers
+        self.is_open = True
+
+    def queue_declare(self, queue: str, durable: bool) -> None:
+        assert queue in self.consumers and not durable
+
+    def add_on_cancel_callback(self, callback: Any) -> None:
+        pass
 
     def basic_consume(self, queue: str, callback: Any, auto_ack: bool) -> None:
         self.consumers[queue] += 1
 
     def close(self) -> None:
+        self.is_open = False
         self.consumers["busy"] -= 1
 
 
