@@ -61,7 +61,9 @@ def topology(ctx: click.Context) -> None:
     nodes = ", ".join(public(url) for url in config.broker.urls)
     table = Table(title=f"{config.broker.partitions} partitions at {nodes}")
     replicas = any(view.members for view in views)
-    columns = ("queue", "owner", "consumers", "ready", "unacked", *(("leader", "online") if replicas else ()))
+    cluster = ("leader", "online", "members") if replicas else ()
+    columns = ("queue", "owner", "consumers", "ready", "unacked", *cluster)
+    short = _node_names({node for view in views for node in view.members})
     for column in columns:
         table.add_column(column, justify="right" if column in ("consumers", "ready", "unacked", "online") else "left")
     for i, view in enumerate(views):
@@ -69,9 +71,11 @@ def topology(ctx: click.Context) -> None:
         unacked = "?" if view.unacked is None else str(view.unacked)
         row = [view.name, owner, str(view.consumers), str(view.ready), unacked]
         if replicas:
-            row += [view.leader or "-", f"{len(view.online)}/{len(view.members)}" if view.members else "-"]
+            members = ", ".join(short[m] + ("" if m in view.online else " (down)") for m in view.members)
+            row += [short.get(view.leader or "", view.leader or "-"),
+                    f"{len(view.online)}/{len(view.members)}" if view.members else "-", members or "-"]
         table.add_row(*row)
-    Console(width=160).print(table)
+    Console(width=200).print(table)
     for warning in filter(None, (view.replica_warning() for view in views)):
         click.echo(f"warning: {warning}", err=True)
     partitions = views[: config.broker.partitions]
@@ -80,6 +84,14 @@ def topology(ctx: click.Context) -> None:
     migrating = sum(1 for v in partitions if v.owner == "migration")
     click.echo(f"workers owning partitions: {owning}; free partitions: {sum(1 for v in partitions if v.owner is None)}"
                + (f"; held by a running migration: {migrating}" if migrating else ""))
+
+
+def _node_names(nodes: set[str]) -> dict[str, str]:
+    """Node name -> the part that tells the nodes apart: the host (rabbit@mq1 -> mq1),
+    or the name before @ when they share one host."""
+    hosts = {node.partition("@")[2] for node in nodes}
+    distinct = len(hosts) == len(nodes)
+    return {node: node.partition("@")[2] if distinct else node.partition("@")[0] for node in nodes}
 
 
 @click.command("purge-logs")

@@ -151,7 +151,7 @@ def test_topology_shows_each_queues_leader_and_warns_when_a_replica_is_gone(
     wait_for(lambda: "replicas offline" in topology().stderr, 30, "topology to notice the lost replica")
     degraded = topology()
     assert degraded.returncode == 0
-    assert "2/3" in degraded.stdout
+    assert "2/3" in degraded.stdout and f"{lost.nodename.partition('@')[0]} (down)" in degraded.stdout
     assert f"bfus.changes.p000: 1 of 3 replicas offline ({lost.nodename}); it works while 2 are online" \
         in degraded.stderr
 
