@@ -324,14 +324,23 @@ def _edit_and_create(stack: Stack, user: LimeUser, options: SoakOptions, done: t
             if kind == "create":
                 user.create()
             else:
-                editable = [c for c in stack.lime_objects(user.mapper.limetype) if user.editable(c)]
-                chosen = user.rng.choice(editable) if editable else None
-                fresh = chosen and stack.lime.store.get(user.mapper.limetype, chosen["_id"])
-                if fresh and user.editable(fresh):  # as a person sees it now (BFUS may have deleted it meanwhile)
-                    user.edit(fresh)
+                _edit_one(stack, user)
             done.wait(1 / options.lime_user_rate)
     finally:
         done.set()
+
+
+def _edit_one(stack: Stack, user: LimeUser, tries: int = 5) -> None:
+    """One edit of a random live company, as a person sees it now: BFUS may delete the
+    one picked before it is opened, and the person then picks another."""
+    for _ in range(tries):
+        editable = [c for c in stack.lime_objects(user.mapper.limetype) if user.editable(c)]
+        if not editable:
+            return
+        fresh = stack.lime.store.get(user.mapper.limetype, user.rng.choice(editable)["_id"])
+        if fresh and user.editable(fresh):
+            user.edit(fresh)
+            return
 
 
 def _settled(stack: Stack) -> bool:
