@@ -113,6 +113,12 @@ def _with_vhost(url: str, vhost: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
 
 
+def _vhost_path(url: str) -> str:
+    """The virtual host of an AMQP URL (the first, of a cluster's comma-separated ones),
+    quoted as the management API's paths take it."""
+    return urlsplit(url.split(",")[0]).path.lstrip("/") or "%2F"
+
+
 @dataclass
 class BrokerHandle:
     """A broker the project may use: its AMQP URL, its management API, and (for a
@@ -161,12 +167,12 @@ class BrokerHandle:
 
     def queue_names(self, vhost_url: str) -> set[str]:
         """The names of the queues of a virtual host (management API)."""
-        vhost = urlsplit(vhost_url.split(",")[0]).path.lstrip("/") or "%2F"
+        vhost = _vhost_path(vhost_url)
         return {q["name"] for q in self._management("GET", f"queues/{vhost}", params={"columns": "name"}).json()}
 
     def queue_info(self, vhost_url: str, queue: str) -> dict:
         """The management API's view of a queue: messages, consumers, ..."""
-        vhost = urlsplit(vhost_url.split(",")[0]).path.lstrip("/") or "%2F"
+        vhost = _vhost_path(vhost_url)
         return self._management("GET", f"queues/{vhost}/{quote(queue, safe='')}").json()
 
     # ---------------------------------------------------------------- outages

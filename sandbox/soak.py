@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.broker import BrokerHandle, exit_on_sigterm, provide_broker
+from sandbox.broker import BrokerHandle, PrivateNode, exit_on_sigterm, provide_broker
 from sandbox.check import CheckReport, check_customers
 from sandbox.lime.faults import Faults
 from sandbox.limeuser import LimeUser, LimeUserReport
@@ -224,7 +224,7 @@ def run_soak(broker: BrokerHandle, options: SoakOptions, workdir: Path,
             broker.restart()
             event("RabbitMQ back")
 
-        touched: list[Any] = []  # the node killed
+        touched: list[PrivateNode] = []  # the node killed
 
         def leaders() -> Counter[str]:
             queues = Topology.from_config(stack.config.broker).partition_queues
