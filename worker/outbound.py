@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bfus import BfusClient, BfusRejected
-from shared.fingerprint import advanced, changed, normal
+from shared.fingerprint import advanced, changed, fingerprint, normal
 from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient, LimeRejected
 from shared.logs import get_logger
@@ -140,7 +140,9 @@ class Outbound:
         word on the values it put in Lime and stands (overwriting it would make them
         look like Lime edits, to be sent back over the person's edit); the sent fields
         then get their fingerprint when BFUS's message about them arrives. A company
-        linked meanwhile (BFUS's "created" message overtook this) keeps its number."""
+        linked meanwhile (BFUS's "created" message overtook this) keeps its number.
+        A BFUS message applied between that read and this write is seen in Lime's
+        answer (its watermark moved): its fingerprint is put back (:meth:`_restore`)."""
         values = dict(sent.lime_values)
         prop = self.mapper.fingerprint_property
         if not values:
@@ -154,11 +156,33 @@ class Outbound:
             elif self.links is not None and self.mapper.key_property in values:
                 values.update(self.links.values(self.limetype, sent.company_id))
             if values:
-                self.lime.update(self.limetype, sent.company_id, values)
+                answer = self.lime.update(self.limetype, sent.company_id, values)
+                if prop in values:
+                    self._restore(sent.company_id, now, answer)
         except LimeRejected as err:
             if err.status != 404:  # removed in Lime since: nothing to remember
                 raise
         log.info("sent_remembered", fingerprint=prop in values, number=self.mapper.key_property in values)
+
+    def _restore(self, company_id: int, read: dict[str, Any], answer: dict[str, Any], rounds: int = 3) -> None:
+        """After :meth:`remember` wrote a fingerprint over the company as ``read``: when
+        Lime's ``answer`` shows another watermark, a BFUS message was applied in
+        between and its fingerprint (of the values it wrote, which Lime holds) was
+        overwritten; left so, those values would look like a Lime edit and go back to
+        BFUS over what it has now. Its fingerprint is written again, as often as
+        another message lands meanwhile (at most ``rounds``). A Lime user's edit in
+        that instant counts as BFUS's: the race docs/lime-to-bfus.md gives to BFUS."""
+        watermark, prop = self.mapper.spec.watermark, self.mapper.fingerprint_property
+        for _ in range(rounds):
+            if not watermark or not prop:
+                return
+            if watermark not in answer:  # an answer without the object: read it
+                answer = self.lime.get(self.limetype, company_id)
+            if answer.get(watermark) == read.get(watermark):
+                return
+            log.info("sent_fingerprint_restored", message_id=answer.get(watermark))
+            read = answer
+            answer = self.lime.update(self.limetype, company_id, {prop: fingerprint(answer, self.flowing)})
 
     def plan(self, company_id: int) -> Plan:
         """What :meth:`send` would send for the company as Lime has it now, found with
