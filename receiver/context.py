@@ -5,10 +5,12 @@ and (for the jump only) a Lime and a BFUS client, built on first use."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from flask import Response, current_app
 
+from receiver import metrics
 from receiver.errors import error_response
 from shared.bfus import BfusClient
 from shared.config import Config
@@ -67,4 +69,9 @@ def unavailable(err: BrokerUnavailable) -> Response:
 
 def publish(routing_key: str, body: bytes, properties: Any) -> None:
     """To the changes exchange, confirmed (BrokerUnavailable, MessageUnencodable)."""
-    publisher().publish(topology().exchange, routing_key, body, properties)
+    started = time.perf_counter()
+    try:
+        publisher().publish(topology().exchange, routing_key, body, properties)
+    finally:
+        if config().receiver.metrics:
+            metrics.confirmed(time.perf_counter() - started)

@@ -10,7 +10,7 @@ import hmac
 import pika
 from flask import Blueprint, Response, jsonify, request
 
-from receiver import context
+from receiver import context, metrics
 from receiver.errors import error_response
 from shared import headers as h
 from shared.envelope import EnvelopeError, parse_envelope
@@ -71,5 +71,7 @@ def _keep_invalid(body: bytes, err: EnvelopeError) -> Response:
     except BrokerUnavailable as unavailable:
         return context.unavailable(unavailable)
     log.warning("message_rejected", status=err.status, reason=err.reason)
+    if context.config().receiver.metrics:
+        metrics.kept_invalid(err.reason)
     extra = {"fields": err.fields} if err.status == 422 else {}
     return error_response(err.status, err.reason, err.message, **extra)

@@ -15,7 +15,10 @@ seconds stops itself, and gunicorn starts a fresh one."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -25,6 +28,7 @@ from waitress.server import BaseWSGIServer
 
 from shared.config import Config, load_config
 from shared.logs import get_logger
+from shared.metrics import process_exited, use_multiprocess_dir
 
 log = get_logger(component="receiver")
 
@@ -107,7 +111,26 @@ class ReceiverServer(BaseApplication):
         return create_app(config)
 
 
+def metrics_folder(config: Config) -> tuple[Path, bool]:
+    """Where the processes keep their metric values (receiver.metrics_dir, else a fresh
+    temporary folder), emptied; and whether it was made here (removed at the end)."""
+    if not config.receiver.metrics_dir:
+        return Path(tempfile.mkdtemp(prefix="bfus-lime-metrics-")), True
+    folder = Path(config.receiver.metrics_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):  # an earlier run's: its counts would be added again
+        old.unlink()
+    return folder, False
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    process_exited(worker.pid)
+
+
 def serve(config: Config, config_path: str | None, host: str | None = None, port: int | None = None) -> None:
+    folder, made = metrics_folder(config) if config.receiver.metrics else (None, False)
+    if folder is not None:
+        use_multiprocess_dir(folder)  # before the fork: every process counts into it
     options = {
         "bind": f"{host or config.receiver.host}:{port or config.receiver.port}",
         "workers": config.receiver.processes,
@@ -118,5 +141,10 @@ def serve(config: Config, config_path: str | None, host: str | None = None, port
         "accesslog": None,  # access logs would carry nothing we need and cost a line per message
         "loglevel": "warning",
         "proc_name": "bfus-lime-receiver",
+        "child_exit": _child_exit,
     }
-    ReceiverServer(config_path, options).run()
+    try:
+        ReceiverServer(config_path, options).run()
+    finally:
+        if made and folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -69,6 +69,8 @@ class ReceiverConfig:
     lime_max_age: float = 300.0
     deliveries_db: str = ""
     public_url: str = ""  # where Lime reaches this receiver (https://host/), for the webhook subscription
+    metrics: bool = True  # GET /metrics
+    metrics_dir: str = ""  # the gunicorn processes' metric files ("" = a temporary folder)
 
     @property
     def lime_events_url(self) -> str:
@@ -109,6 +111,7 @@ class WorkerConfig:
     lime_error_attempts: int
     coalesce: bool = True  # apply only the newest of a partition's waiting messages for one object
     skip_unchanged: bool = True  # no PUT when Lime already holds the message's values
+    metrics_port: int = 0  # this process's /metrics (0 = none)
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,8 @@ class ReceiverSchema(_Strict):
     lime_max_age = fields.Float(required=True, validate=validate.Range(min=1, max=86400))
     deliveries_db = fields.String(required=True)
     public_url = fields.String(required=True, validate=_public_base_url)
+    metrics = fields.Boolean(required=True)
+    metrics_dir = fields.String(required=True)
 
     @post_load
     def make(self, data: dict, **_: Any) -> ReceiverConfig:
@@ -338,6 +343,7 @@ class WorkerSchema(_Strict):
     lime_error_attempts = fields.Integer(required=True, validate=validate.Range(min=1))
     coalesce = fields.Boolean(required=True)
     skip_unchanged = fields.Boolean(required=True)
+    metrics_port = fields.Integer(required=True, validate=validate.Range(min=0, max=65535))
 
     @validates_schema
     def check_backoff(self, data: dict, **_: Any) -> None:

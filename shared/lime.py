@@ -28,6 +28,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from shared import __version__
 from shared.config import LimeConfig
+from shared.metrics import lime_metrics
 from shared.ratelimit import TokenBucket
 from shared.retry import Backoff
 
@@ -238,18 +239,20 @@ class LimeClient:
         if json is not None:
             headers = {**headers, "Content-Type": "application/json"}
             body = jsonlib.dumps(json, allow_nan=False).encode()
-        self.bucket.acquire()
+        metrics = lime_metrics()
+        metrics.waited(self.bucket.acquire())
         with self._lock:
             self._calls[method] += 1
+        started = time.perf_counter()
         try:
             response = self._send(method, url, body, headers)
-        except NewConnectionError as err:  # before TimeoutError: urllib3 makes it one
-            raise LimeUnavailable(f"Lime unreachable: {socket_error(err)}") from None
-        except TimeoutError:
-            raise LimeUnavailable(f"Lime did not answer {method} in time") from None
         except (HTTPError, OSError) as err:
+            metrics.answered(method, "unreachable", time.perf_counter() - started)
+            if isinstance(err, TimeoutError) and not isinstance(err, NewConnectionError):  # urllib3 makes it one
+                raise LimeUnavailable(f"Lime did not answer {method} in time") from None
             raise LimeUnavailable(f"Lime unreachable: {socket_error(err)}") from None
         status = response.status
+        metrics.answered(method, status, time.perf_counter() - started)
         if status < 500:
             with self._lock:
                 self._answers += 1

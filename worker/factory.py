@@ -13,11 +13,13 @@ from shared.jumplinks import JumpLinks
 from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.logs import get_logger
+from shared.metrics import serve
 from shared.publisher import ConfirmedPublisher
 from shared.topology import Topology
 from worker.apply import Applier
 from worker.consumer import Worker
 from worker.handle import LimeErrors, MessageHandler
+from worker.metrics import metrics
 from worker.outbound import Outbound
 from worker.records import LogWriter
 from worker.retention import purge_on_schedule
@@ -94,6 +96,7 @@ def build_worker(
         outbound,
     )
     worker = Worker(config.broker, config.worker, config.lime, handler, name, lime)
+    metrics().watch(config.broker.partitions, lambda: len(worker.owned_partitions()), lambda: breaker.is_open)
     sweep = Sweep(lime, publisher, topology, outbound) if outbound is not None else None
     return WorkerProcess(worker, publisher, lime, config.lime, config.retention, sweep, config.outbound.sweep_interval)
 
@@ -119,6 +122,9 @@ def run_worker(config: Config, name: str = "worker") -> None:
             return
         raise
     built.append(process)
+    if config.worker.metrics_port:
+        serve(config.worker.metrics_port)
+        log.info("metrics_served", port=config.worker.metrics_port)
     if stopping.is_set():
         process.stop()
     process.run()

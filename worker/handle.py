@@ -35,6 +35,7 @@ from shared.publisher import BrokerUnavailable, ConfirmedPublisher
 from shared.retry import Backoff, retry
 from shared.topology import Topology
 from worker.apply import Applier, IdCache, Outcome, PermanentFailure
+from worker.metrics import metrics
 from worker.outbound import Outbound
 from worker.records import LogWriter, MessageFacts
 
@@ -326,6 +327,7 @@ class MessageHandler:
             retrying(lambda: self.records.resolve(requeued, processed, outcome.outcome), "resolve_failed")
         log.info("message_processed", outcome=outcome.outcome, objecttype=env.objecttype, operation=env.operation,
                  deliveries=delivery.delivery_count + 1, requeued=requeued is not None)
+        metrics().settled(env.objecttype, outcome.outcome, env.timestamp)
 
     def _log_superseded(self, older: Delivery, newest: int, outcome: Outcome,
                         retrying: Callable[[Callable[[], int], str], int]) -> None:
@@ -336,6 +338,7 @@ class MessageHandler:
                  "log_processed")
         log.info("message_processed", outcome=SKIPPED_SUPERSEDED, message_id=env.id, superseded_by=newest,
                  objecttype=env.objecttype)
+        metrics().settled(env.objecttype, SKIPPED_SUPERSEDED, env.timestamp)
 
     def _send_to_bfus(self, delivery: Delivery, sleep: Callable[[float], bool]) -> None:
         """A Lime webhook event: bring BFUS up to date with the company (worker/outbound.py)."""
@@ -384,6 +387,7 @@ class MessageHandler:
             self._retrying(lambda: self.records.resolve(requeued, processed, "sent"), "resolve_failed", sleep,
                            delivery.key)
         log.info("sent_to_bfus", operation=sent.operation, fields=sorted(sent.fields), requeued=requeued is not None)
+        metrics().settled(outbound.mapper.objecttype, TO_BFUS)
 
     def _refused_before(self, company_id: int, failure: PermanentFailure, sleep: Callable[[float], bool],
                         key: str) -> bool:
@@ -458,6 +462,7 @@ class MessageHandler:
         self._retrying(lambda: self._dead_letter(delivery, facts, reason, error, attempts, record), "dead_letter",
                        sleep)
         log.warning("message_failed", reason=reason, detail=detail, attempts=attempts, record_id=record)
+        metrics().failed(facts.objecttype or "", reason)
         return True
 
     def _dead_letter(self, delivery: Delivery, facts: MessageFacts, reason: str, error: str, attempts: int,
@@ -511,6 +516,7 @@ class MessageHandler:
                 if key is not None:
                     self.lime_errors.strike(key, err)
             log.warning("waiting_to_retry", step=what, attempt=backoff.attempt, pause=round(pause, 2), error=str(err))
+            metrics().retries.labels(what).inc()
 
         try:
             return retry(attempt, (LimeUnavailable, BrokerUnavailable, BfusUnavailable), backoff, sleep, on_retry)
