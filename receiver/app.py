@@ -10,7 +10,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from deadletters import admin
-from receiver import health, jump, lime_events, messages
+from receiver import health, jump, lime_events, messages, metrics
 from receiver.errors import error_response
 from shared.config import Config, load_config
 from shared.publisher import ConfirmedPublisher
@@ -32,6 +32,8 @@ def create_app(config: Config | None = None, publisher: ConfirmedPublisher | Non
     app.register_blueprint(health.bp)
     app.register_blueprint(jump.bp)
     app.register_blueprint(admin.bp)
+    if config.receiver.metrics:
+        metrics.instrument(app)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:
