@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint soak bench rabbitmq chromium clean
+.PHONY: run test lint soak bench rabbitmq chromium prometheus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed; installing python3-venv"; \
@@ -35,10 +35,19 @@ chromium:
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	fi
 
+# The monitoring under deploy/prometheus is checked by Debian's prometheus and promtool.
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+	  echo "Installing prometheus (Debian package) for the monitoring tests ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; \
+	fi
+
 run: $(STAMP) rabbitmq
 	$(BIN)/bfus-lime run $(if $(NODES),--nodes $(NODES))
 
-test: $(STAMP) rabbitmq chromium lint
+test: $(STAMP) rabbitmq chromium prometheus lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff and mypy, configured in pyproject.toml; make test runs them first.

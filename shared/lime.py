@@ -184,6 +184,7 @@ class LimeClient:
         self.base_url = config.url
         self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
         self.bucket = TokenBucket(config.rate_limit)
+        lime_metrics().budget.set(config.rate_limit)
         self.breaker = breaker or CircuitBreaker(threshold=10**9)  # by default never opens
         self.headers = {"X-API-Key": config.api_key, "User-Agent": USER_AGENT, "Accept": "application/hal+json",
                         "Accept-Encoding": "gzip, deflate"}

@@ -24,6 +24,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -63,6 +64,8 @@ class LimeMetrics:
         self.waits = Counter("bfuslime_lime_rate_limit_waits", "Lime calls that waited for the rate limit's slot.")
         self.wait_seconds = Counter("bfuslime_lime_rate_limit_wait_seconds",
                                     "Seconds Lime calls waited for the rate limit (lime.rate_limit, the budget).")
+        self.budget = Gauge("bfuslime_lime_budget_requests_per_second", "Lime calls per second all processes "
+                            "behind one address may make together (lime.rate_limit).", multiprocess_mode="max")
 
     def answered(self, method: str, status: int | str, seconds: float) -> None:
         """One Lime call ended: ``status`` is Lime's code, or 'unreachable'."""
