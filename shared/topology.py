@@ -119,6 +119,12 @@ class Topology:
     def partition_queues(self) -> list[str]:
         return [self.partition_queue(p) for p in range(self.partitions)]
 
+    def partition_named(self, queue: str) -> int | None:
+        """The partition whose queue ``queue`` is (None for any other queue)."""
+        prefix = f"{self.prefix}.changes.p"
+        number = queue[len(prefix):] if queue.startswith(prefix) else ""
+        return int(number) if number.isdigit() and int(number) < self.partitions else None
+
     def partition_of(self, partition_key: str) -> int:
         """Stable across processes and versions (CRC-32, not Python's salted hash)."""
         return zlib.crc32(partition_key.encode("utf-8")) % self.partitions

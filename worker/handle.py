@@ -211,6 +211,8 @@ class MessageHandler:
     def _handle(self, delivery: Delivery, sleep: Callable[[float], bool], superseded: Sequence[Delivery],
                 covered: list[Delivery]) -> Settle:
         structlog.contextvars.clear_contextvars()
+        partition = self.topology.partition_named(delivery.queue)  # on every line, as the receiver logged it
+        structlog.contextvars.bind_contextvars(partition=delivery.queue if partition is None else partition)
         try:
             if delivery.queue == self.topology.invalid_queue:
                 self._fail_invalid(delivery, sleep)

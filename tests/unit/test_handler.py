@@ -10,6 +10,7 @@ from typing import Any
 
 import pika
 import pytest
+import structlog
 
 from builders import message
 from fakes import RecordingPublisher, StoreLime
@@ -17,6 +18,7 @@ from shared import headers as h
 from shared.config import build_config
 from shared.lime import LimeUnavailable
 from shared.limemeta import check_against_lime
+from shared.logs import configure_logging
 from shared.topology import Topology
 from worker.apply import Applier, IdCache
 from worker.handle import Delivery, LimeErrors, MessageHandler, Settle
@@ -187,3 +189,21 @@ def test_an_unchanged_message_posted_again_to_a_new_owner_is_logged_once(
     assert skipping.handle(delivery(company(2)), Waits()) is Settle.ACK
     processed, _ = records(lime)
     assert [(r["messageid"], r["outcome"]["key"]) for r in processed] == [(1, "applied"), (2, "unchanged")]
+
+
+def test_every_log_line_of_a_message_names_it_and_its_partition(handler: MessageHandler, lime: StoreLime) -> None:
+    """As the receiver's message_queued line does: a log system follows one message from
+    the receiver to Lime by message_id, and sees which partition held it."""
+    lime.fail("PUT", LimeUnavailable("Lime did not answer PUT in time"), times=1)
+    cache = IdCache()
+    handler.handle(delivery(company(1), cache=cache), Waits())
+    configure_logging("info")  # the tests log warnings only
+    try:
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
+            assert handler.handle(delivery(company(2, "Nytt Namn AB"), TOPOLOGY.partition_queue(3), cache=cache),
+                                  Waits()) is Settle.ACK
+    finally:
+        configure_logging("warning")
+    events = [line["event"] for line in lines]
+    assert "waiting_to_retry" in events and "message_processed" in events
+    assert all(line.get("message_id") == 2 and line.get("partition") == 3 for line in lines), lines
