@@ -24,6 +24,7 @@ from shared.exitcodes import DONE, FAILURES, STOPPED, USAGE
 from shared.jumplinks import JumpLinks
 from shared.lime import CircuitBreaker, LimeClient
 from shared.limemeta import check_against_lime, fetch_limetypes
+from shared.metrics import serve
 
 
 @click.command()
@@ -43,10 +44,15 @@ from shared.limemeta import check_against_lime, fetch_limetypes
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help=f"Default: {FOLDER / 'report.json'} ({FOLDER / 'report.dry-run.json'} for a dry run).")
 @click.option("--no-broker", is_flag=True, help="Do not hold partitions in RabbitMQ (only when no worker runs).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
+              help="Serve Prometheus metrics on this port while it runs (docs/operations.md, Metrics); 0 = none.")
 @click.pass_context
 def migrate(ctx: click.Context, **flags: Any) -> None:
     """Fill or overwrite Lime from BFUS (resumable; see docs/migration.md)."""
     config = ctx.obj["load"](("lime.api_key", "bfus.token"))
+    port = flags.pop("metrics_port")
+    if port:
+        serve(port)
     sys.exit(run_migration(config, options_from_flags(**flags)))
 
 

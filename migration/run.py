@@ -46,6 +46,7 @@ from typing import IO, Any
 from migration.checkpoint import Checkpoint, identity_flags
 from migration.errors import MigrationError, Stopped
 from migration.hold import PartitionHold
+from migration.metrics import objects
 from migration.report import DONE, Report
 from shared.bfus import BfusClient
 from shared.config import BrokerConfig, WorkerConfig
@@ -380,6 +381,7 @@ class Migration:
         checkpoint.record(item, outcome)
         with self._lock:
             report.counts[item.objecttype][outcome] += 1
+        objects().labels(item.objecttype, outcome).inc()
 
     def _write(self, mapper: ObjectMapper, values: dict[str, Any], existing: int | None) -> dict[str, Any]:
         """Each call retried through Lime outages on its own (a create is never repeated
@@ -426,6 +428,7 @@ class Migration:
         with self._lock:
             report.counts[item.objecttype]["failed"] += 1
             report.failures.append({"objecttype": item.objecttype, "key": item.key, "reason": reason, "error": error})
+        objects().labels(item.objecttype, "failed").inc()
 
     # ------------------------------------------------------------------ the run
 

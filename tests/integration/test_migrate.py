@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from migration.report import Report
 from migration.run import Migration, MigrationOptions
@@ -60,6 +61,12 @@ def check_all(stack: Stack, lime: LimeStandIn | None = None, keys: dict[str, set
     return report
 
 
+def migrated(objecttype: str, outcome: str) -> float:
+    """bfuslime_migration_objects_total as `bfus-lime migrate --metrics-port` serves it."""
+    return REGISTRY.get_sample_value("bfuslime_migration_objects_total",
+                                     {"objecttype": objecttype, "outcome": outcome}) or 0.0
+
+
 def lime_writes(lime: LimeStandIn) -> int:
     requests = lime.faults.stats()["requests"]
     return sum(n for k, n in requests.items() if k.startswith(("POST", "PUT")))
@@ -68,8 +75,10 @@ def lime_writes(lime: LimeStandIn) -> int:
 def test_empty_lime_is_filled_at_about_one_call_per_object(stack: Stack, tmp_path: Path) -> None:
     stack.bfus.changes.seed_customers(500)
     stack.lime.faults.reset_stats()
+    before = {t: migrated(t, "created") for t in TYPES}
     report = migrate(stack, tmp_path)
     assert not report.failures
+    assert {t: migrated(t, "created") - before[t] for t in TYPES} == {t: report.counts[t]["created"] for t in TYPES}
     objects = report.objects
     assert objects == sum(len(stack.bfus.store.snapshots(t)) for t in TYPES) > 1500
     assert {t: dict(c) for t, c in report.counts.items()} == {
