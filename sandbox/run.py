@@ -115,10 +115,12 @@ class Processes:
         self.logdir = logdir
         self.children: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``env``: variables added to this process's environment."""
         log = open(self.logdir / f"{name}.log", "ab")
         child = subprocess.Popen(
-            [*BFUS_LIME, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*BFUS_LIME, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         self.children.append((name, child))
         return child
@@ -212,8 +214,10 @@ def _run(options: RunOptions, workdir: Path, broker: BrokerHandle, processes: Pr
     receiver = f"http://127.0.0.1:{ports['receiver']}/"
     _wait_until(lambda: (r := _get(f"{receiver}readyz")) is not None and r.ok, 60, "receiver", processes)
     _subscribe(cfg, processes)
-    for i in range(options.workers):
-        processes.start(f"worker-{i + 1}", [*cfg, "worker", "--name", f"worker-{i + 1}"])
+    metrics = [free_port() for _ in range(options.workers)]  # each worker process its own /metrics
+    for i, port in enumerate(metrics):
+        processes.start(f"worker-{i + 1}", [*cfg, "worker", "--name", f"worker-{i + 1}"],
+                        {"BFUSLIME_WORKER__METRICS_PORT": str(port)})
     processes.start("bfus", [*cfg, "sandbox-bfus", "--db", str(workdir / "bfus.db"), "--admin-key", BFUS_ADMIN,
                              "--retry-pause", "0.5", "--seed", "2026", "--seed-customers", str(options.seed_customers)])
     bfus = f"http://127.0.0.1:{ports['bfus']}/"
@@ -232,6 +236,8 @@ Everything is up. Where to look:
                   management UI: {_public(broker.management_url)} (guest / guest)
   Receiver        POST {receiver}bfus/messages   X-API-Key: {RECEIVER_KEY}   ({receiver}readyz)
   Failed messages {receiver}admin/   (admin / {ADMIN_PASSWORD}), or: bfus-lime dlq list
+  Metrics         {receiver}metrics   workers: {', '.join(f'http://127.0.0.1:{p}/metrics' for p in metrics)}
+                  (Prometheus text; what each means: docs/operations.md, Metrics)
   BFUS stand-in   {bfus}api/v1/customers   Authorization: Bearer {BFUS_TOKEN}
                   {options.seed_customers} customers it had before the integration reach Lime only by
                   bfus-lime migrate

@@ -91,6 +91,8 @@ def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHa
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Everything is up. Where to look:" in result.stdout
     assert "X-API-Key: dev-lime-key" in result.stdout
+    [metrics] = [line for line in result.stdout.splitlines() if line.startswith("  Metrics")]
+    assert metrics.count("/metrics") == 3, metrics  # the receiver's and each worker's
     assert "All 60 changes are in Lime (60 processed, 0 failed)" in result.stdout
     [reached] = [line for line in result.stdout.splitlines() if "reached BFUS after" in line]  # then Lime -> BFUS
     assert "3 companies created" in reached and "refused" not in reached, reached
@@ -100,3 +102,5 @@ def test_run_brings_everything_up_and_stops_it(amqp_url: str, rabbitmq: BrokerHa
     assert "subscription 1 for http://127.0.0.1:" in (tmp_path / "run" / "logs" / "webhooks.log").read_text()
     stopped = [p for p in logs if "worker_stopped" in (tmp_path / "run" / "logs" / p).read_text()]
     assert stopped == ["worker-1.log", "worker-2.log"]
+    served = [p for p in logs if "metrics_served" in (tmp_path / "run" / "logs" / p).read_text()]
+    assert served == ["worker-1.log", "worker-2.log"]
