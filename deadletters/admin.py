@@ -52,15 +52,16 @@ def guard() -> Response | None:
     if not admin.password:
         abort(404)  # the pages are off until a password is configured
     auth = request.authorization
-    if not auth or not (hmac.compare_digest(auth.username or "", admin.user)
-                        and hmac.compare_digest(auth.password or "", admin.password)):
+    # compare_digest refuses str that is not ASCII (a TypeError, so a 500): compare UTF-8 bytes
+    if not auth or not (hmac.compare_digest((auth.username or "").encode(), admin.user.encode())
+                        and hmac.compare_digest((auth.password or "").encode(), admin.password.encode())):
         return Response("Sign in with the bfus-lime admin credentials.", 401,
                         {"WWW-Authenticate": 'Basic realm="bfus-lime admin", charset="UTF-8"'})
     if request.method == "POST":
         origin = request.headers.get("Origin")
         if origin and urlsplit(origin).netloc != request.host:
             abort(403)
-        if not hmac.compare_digest(request.form.get("csrf", ""), _csrf_token()):
+        if not hmac.compare_digest(request.form.get("csrf", "").encode(), _csrf_token().encode()):
             abort(403)
     return None
 

@@ -10,7 +10,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from deadletters import admin
-from receiver import health, jump, lime_events, messages, metrics
+from receiver import health, jump, lime_events, messages, metrics, openapi
 from receiver.errors import error_response
 from shared.config import Config, load_config
 from shared.publisher import ConfirmedPublisher
@@ -32,6 +32,7 @@ def create_app(config: Config | None = None, publisher: ConfirmedPublisher | Non
     app.register_blueprint(health.bp)
     app.register_blueprint(jump.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(openapi.bp)
     if config.receiver.metrics:
         metrics.instrument(app)
 
@@ -41,7 +42,8 @@ def create_app(config: Config | None = None, publisher: ConfirmedPublisher | Non
         message = err.description or err.name
         if err.code == 413:
             message = f"The message is larger than the limit of {config.receiver.max_body_bytes} bytes."
-        return error_response(err.code or 500, code, message)
+        allow = dict(err.get_headers()).get("Allow")  # a 405 names the methods the address takes (RFC 9110)
+        return error_response(err.code or 500, code, message, {"Allow": allow} if allow else None)
 
     return app
 

@@ -38,8 +38,18 @@ def partition_key(objecttype: str, key: str, customerno: str | None) -> str:
     return customerno or f"{objecttype}:{key}"
 
 
+# Below this a JSON number with a zero fraction (12.0, 1.2e1) names exactly one integer.
+EXACT_FLOAT_INTEGERS = 2**53
+
+
 class StrictInteger(fields.Integer):
+    """An integer as JSON has one: ``12``, or the same number written ``12.0`` / ``1.2e1``
+    (RFC 8259 and JSON Schema do not tell them apart) while below 2^53, where a float
+    still names one integer exactly; never a string, true / false or a fraction."""
+
     def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_INTEGERS:
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return value

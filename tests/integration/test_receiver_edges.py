@@ -86,6 +86,45 @@ def test_a_charset_other_than_utf8_is_415(stack: Stack) -> None:
     assert stack.post(message(6), headers={"Content-Type": "application/json; charset=UTF-8"}).status_code == 202
 
 
+@pytest.mark.parametrize("written, queued_as", [("12.0", 12), ("1.2e1", 12), ("9007199254740991.0", 2**53 - 1)])
+def test_an_id_written_with_a_zero_fraction_is_that_integer(stack: Stack, written: str, queued_as: int) -> None:
+    """Found by schemathesis (issue 16): 12.0 is the integer 12 for JSON Schema and RFC
+    8259, and was 422 "Not a valid integer"."""
+    body = envelope_text('{"customerno": "1"}', id=written)
+    response = stack.post(None, raw=body)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"status": "queued", "id": queued_as}
+    topology = stack.receiver_app.extensions["topology"]
+    [(props, stored)] = take_all(stack, topology.partition_queue(topology.partition_of("100234")))
+    assert stored == body and props.message_id == str(queued_as) and props.headers["x-bfus-id"] == queued_as
+
+
+@pytest.mark.parametrize("written", ["12.5", "9007199254740992.0", "1e300", "true", '"12"'])
+def test_an_id_that_is_no_exact_integer_is_still_422(stack: Stack, written: str) -> None:
+    """From 2^53 on a float no longer names one integer (9007199254740993.0 reads as
+    ...992), so such an id is refused rather than changed."""
+    response = stack.post(None, raw=envelope_text('{"customerno": "1"}', id=written))
+    assert response.status_code == 422 and set(response.json()["fields"]) == {"id"}
+    assert len(kept(stack)) == 1
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("DELETE", "bfus/messages", {"POST", "OPTIONS"}),
+    ("PUT", "lime/events", {"POST", "OPTIONS"}),
+    ("POST", "healthz", {"GET", "HEAD", "OPTIONS"}),
+])
+def test_a_method_the_address_does_not_take_is_405_naming_those_it_takes(stack: Stack, method: str, path: str,
+                                                                        allowed: set[str]) -> None:
+    """Found by schemathesis (issue 16): the JSON 405 came without the Allow header RFC
+    9110 requires."""
+    response = requests.request(method, f"{stack.receiver_url}{path}", headers={"X-API-Key": RECEIVER_KEY},
+                                json=message(5), timeout=10)
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+    assert kept(stack) == []
+
+
 def test_readiness_fails_after_confirm_timeouts_in_a_row_and_returns(make_stack: Callable[..., Stack],
                                                                      amqp_url: str) -> None:
     """Today's code: /readyz says ready while every publish times out."""
@@ -112,6 +151,21 @@ def test_readiness_fails_after_confirm_timeouts_in_a_row_and_returns(make_stack:
         assert stack.post(message(10)).status_code == 202
     finally:
         proxy.close()
+
+
+def test_admin_credentials_and_form_tokens_beyond_ascii_are_refused_not_500(make_stack: Callable[..., Stack]) -> None:
+    """Found by schemathesis (issue 16): hmac.compare_digest raises TypeError for a str
+    that is not ASCII, so a basic-auth name or password or a form's CSRF token with
+    "é" in it was a 500 instead of 401 / 403."""
+    stack = make_stack(partitions=2, config={"admin": {"user": "ops", "password": "s3cret"}})
+    stack.start_receiver()
+    admin = f"{stack.receiver_url}admin/"
+    for user, password in (("opé", "s3cret"), ("ops", "s3crét"), ("ops", "\u00a0\U0001f600")):
+        response = requests.get(admin, auth=(user.encode(), password.encode()), timeout=10)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Basic ")
+    response = requests.post(f"{admin}failed/1/requeue", data={"csrf": "x\t\u0098é"}, auth=("ops", "s3cret"),
+                             allow_redirects=False, timeout=10)
+    assert response.status_code == 403 and response.json()["error"] == "error"
 
 
 # ----------------------------------------------------------------------------- the production server
