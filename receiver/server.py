@@ -143,8 +143,11 @@ def serve(config: Config, config_path: str | None, host: str | None = None, port
         "proc_name": "bfus-lime-receiver",
         "child_exit": _child_exit,
     }
+    master = os.getpid()
     try:
         ReceiverServer(config_path, options).run()
     finally:
-        if made and folder is not None:
+        # A gunicorn process leaves through here too (its exit unwinds the forked stack):
+        # only the master, at the very end, removes the folder.
+        if made and folder is not None and os.getpid() == master:
             shutil.rmtree(folder, ignore_errors=True)
