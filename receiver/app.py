@@ -19,7 +19,7 @@ from shared.topology import Topology, declare_topology
 
 def create_app(config: Config | None = None, publisher: ConfirmedPublisher | None = None) -> Flask:
     config = config or load_config(need=("receiver.api_key",))
-    app = Flask("receiver")
+    app = Flask("receiver", static_folder=None)  # no static files: no /static route
     app.config["BFUS_LIME"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
     app.extensions["topology"] = Topology.from_config(config.broker)
