@@ -23,6 +23,7 @@ from deadletters.service import DeadLetters, direction_of
 from shared.config import Config
 from shared.inspect import describe, ready_count
 from shared.lime import LimeClient, LimeError
+from shared.limeevents import customer_keys
 from shared.logrecords import DIRECTIONS, FROM_BFUS, STATUSES, TO_BFUS, status_of
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -37,7 +38,8 @@ def _service() -> DeadLetters:
     service = current_app.extensions.get("dead_letters")
     if service is None:
         service = current_app.extensions["dead_letters"] = DeadLetters(_config().broker, LimeClient(_config().lime),
-                                                                        _config().lime.failed_limetype)
+                                                                        _config().lime.failed_limetype,
+                                                                        customer_keys(_config().mapping))
     return service
 
 

@@ -14,6 +14,7 @@ from deadletters.service import DeadLetters, direction_of
 from shared import headers
 from shared.exitcodes import FAILURES
 from shared.lime import LimeClient
+from shared.limeevents import customer_keys
 from shared.logrecords import DIRECTIONS, STATUSES, status_of
 
 
@@ -21,7 +22,8 @@ def _service(ctx: click.Context) -> DeadLetters:
     """The service for this command, on the configuration the command line named
     (``ctx.obj["load"]`` is set by the ``bfus-lime`` group)."""
     config = ctx.obj["load"](("lime.api_key",))
-    return DeadLetters(config.broker, LimeClient(config.lime), config.lime.failed_limetype)
+    return DeadLetters(config.broker, LimeClient(config.lime), config.lime.failed_limetype,
+                       customer_keys(config.mapping))
 
 
 def _statuses(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ removed (acked) only after its message is safely published elsewhere.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,9 +95,12 @@ class Taken:
 
 
 class DeadLetters:
-    def __init__(self, broker: BrokerConfig, lime: LimeClient, failed_limetype: str):
+    def __init__(self, broker: BrokerConfig, lime: LimeClient, failed_limetype: str,
+                 customer_keys: Mapping[str, str] | None = None):
+        """``customer_keys``: where a Lime event goes back to (shared.limeevents.customer_keys)."""
         self.broker = broker
         self.lime = lime
+        self.customer_keys = dict(customer_keys or {})
         self.topology = Topology.from_config(broker)
         self.limetype = failed_limetype
 
@@ -159,10 +162,11 @@ class DeadLetters:
 
     def _routing_key(self, body: bytes, direction: Any = None) -> str:
         """Where a message goes back to: its partition, as the receiver routes it (a
-        Lime event by its Lime object, a BFUS message by its customer)."""
+        Lime event by its customer when its values name one, else by its Lime object; a
+        BFUS message by its customer)."""
         try:
             if direction == TO_BFUS:
-                key = parse_event(body).partition_key
+                key = parse_event(body).partition_key(self.customer_keys)
             else:
                 key = parse_envelope(body).partition_key
         except EnvelopeError:

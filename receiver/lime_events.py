@@ -1,6 +1,7 @@
 """``POST /lime/events``: Lime's webhook deliveries (docs/lime-to-bfus.md). A delivery
 without a valid signature is answered 401 and queues nothing. A signed one is
-published with publisher confirms to the partition of its Lime object and answered
+published with publisher confirms to its partition (a linked company's customer's, where
+BFUS's messages about that customer go; else its Lime object's) and answered
 202 only once RabbitMQ confirmed it (503 otherwise, so Lime tries again); a v2
 delivery whose id was queued before is answered 200 ``duplicate`` and queues nothing.
 A signed body that is not a Lime event is kept for the failed-message log and
@@ -20,7 +21,7 @@ from receiver.errors import error_response
 from receiver.signatures import SignatureError, verify
 from shared import headers as h
 from shared.envelope import EnvelopeError
-from shared.limeevents import parse_event, queue_properties
+from shared.limeevents import customer_keys, parse_event, queue_properties
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, MessageUnencodable
 from shared.topology import INVALID_ROUTING_KEY
@@ -57,7 +58,7 @@ def receive_event() -> Response:
         event = parse_event(body)
     except EnvelopeError as err:
         return _keep_invalid(body, err, headers)
-    partition = context.topology().partition_of(event.partition_key)
+    partition = context.topology().partition_of(event.partition_key(customer_keys(context.config().mapping)))
     try:
         context.publish(context.topology().routing_key(partition), body, properties)
     except BrokerUnavailable as err:

@@ -4,6 +4,7 @@ receiver (which answers 400 and keeps what fails) and the worker."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,9 @@ import pika
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from shared import headers as h
+from shared.config import MappingConfig
 from shared.envelope import MAX_ID, MAX_PROBLEMS, EnvelopeError, StrictInteger, content_problems, decode_object
+from shared.lime import option_key
 from shared.logrecords import TO_BFUS
 
 ACTIONS = ("new", "update", "delete", "restore")
@@ -25,10 +28,26 @@ class LimeEvent:
     id: int  # the Lime object's id
     values: dict[str, Any] = field(default_factory=dict)  # every property after the write (absent for delete)
 
-    @property
-    def partition_key(self) -> str:
-        """Orders a Lime object's events: the object itself."""
+    def partition_key(self, customer_keys: Mapping[str, str] | None = None) -> str:
+        """What orders the event, as :func:`shared.envelope.partition_key` orders BFUS's
+        messages. An object linked to a BFUS customer (``customer_keys``: limetype ->
+        the Lime property holding the customer number, :func:`customer_keys`) goes to
+        its customer's partition: one lane then applies BFUS's messages about the
+        customer and sends the company's Lime edits one after the other, so neither
+        writes the company while the other is between its read and its write. Any
+        other object (a company not linked yet) by itself."""
+        prop = (customer_keys or {}).get(self.limetype)
+        number = option_key(self.values.get(prop)) if prop else None
+        if isinstance(number, str | int) and not isinstance(number, bool) and str(number).strip():
+            return str(number)
         return f"lime:{self.limetype}:{self.id}"
+
+
+def customer_keys(mapping: MappingConfig) -> dict[str, str]:
+    """The limetype of BFUS's customers in Lime -> its customer-number property
+    (empty when customers are not mapped)."""
+    spec = mapping.objects.get("customer")
+    return {spec.limetype: spec.key} if spec is not None else {}
 
 
 class _BodySchema(Schema):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bfus import BfusClient, BfusRejected
-from shared.fingerprint import advanced, changed, fingerprint, normal
+from shared.fingerprint import advanced, changed, fingerprint, normal, parse
 from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient, LimeRejected
 from shared.logs import get_logger
@@ -85,6 +85,7 @@ class Outbound:
         name = PRIVATE_NAME_FIELDS.get(mapper.objecttype, "") if mapper.exclude_personal else ""
         self.anonymous_name = mapper.fields[name].property if name in mapper.fields else None
         self.type_property = mapper.fields["customertype"].property if "customertype" in mapper.fields else None
+        self.restored = 0  # fingerprints written again after BFUS's "created" message (_after_creation)
 
     @property
     def limetype(self) -> str:
@@ -141,8 +142,12 @@ class Outbound:
         look like Lime edits, to be sent back over the person's edit); the sent fields
         then get their fingerprint when BFUS's message about them arrives. A company
         linked meanwhile (BFUS's "created" message overtook this) keeps its number.
-        A BFUS message applied between that read and this write is seen in Lime's
-        answer (its watermark moved): its fingerprint is put back (:meth:`_restore`)."""
+        For an update no BFUS message about the customer is applied between that read
+        and this write: a linked company's events share its customer's partition, so
+        the same lane applies them one after the other (shared/limeevents.py,
+        partition_key). A creation's event is the company's own (it had no number):
+        BFUS's "created" message may land in between, which Lime's answer shows
+        (:meth:`_after_creation`)."""
         values = dict(sent.lime_values)
         prop = self.mapper.fingerprint_property
         if not values:
@@ -157,32 +162,32 @@ class Outbound:
                 values.update(self.links.values(self.limetype, sent.company_id))
             if values:
                 answer = self.lime.update(self.limetype, sent.company_id, values)
-                if prop in values:
-                    self._restore(sent.company_id, now, answer)
+                if prop in values and sent.operation == "created":
+                    self._after_creation(sent.company_id, now, answer)
         except LimeRejected as err:
             if err.status != 404:  # removed in Lime since: nothing to remember
                 raise
         log.info("sent_remembered", fingerprint=prop in values, number=self.mapper.key_property in values)
 
-    def _restore(self, company_id: int, read: dict[str, Any], answer: dict[str, Any], rounds: int = 3) -> None:
-        """After :meth:`remember` wrote a fingerprint over the company as ``read``: when
-        Lime's ``answer`` shows another watermark, a BFUS message was applied in
-        between and its fingerprint (of the values it wrote, which Lime holds) was
-        overwritten; left so, those values would look like a Lime edit and go back to
-        BFUS over what it has now. Its fingerprint is written again, as often as
-        another message lands meanwhile (at most ``rounds``). A Lime user's edit in
-        that instant counts as BFUS's: the race docs/lime-to-bfus.md gives to BFUS."""
+    def _after_creation(self, company_id: int, read: dict[str, Any], answer: dict[str, Any]) -> None:
+        """When Lime's answer to the number's write-back shows a watermark the read
+        before it did not, BFUS's "created" message was applied in between, and its
+        fingerprint (of the values it wrote, which Lime now holds) was overwritten:
+        left so, a value BFUS set on its own (a default) would look like a Lime edit.
+        Its fingerprint is written again, over the same properties (one more call, only
+        in that instant; an edit a person saved in the same instant counts as BFUS's)."""
         watermark, prop = self.mapper.spec.watermark, self.mapper.fingerprint_property
-        for _ in range(rounds):
-            if not watermark or not prop:
-                return
-            if watermark not in answer:  # an answer without the object: read it
-                answer = self.lime.get(self.limetype, company_id)
-            if answer.get(watermark) == read.get(watermark):
-                return
-            log.info("sent_fingerprint_restored", message_id=answer.get(watermark))
-            read = answer
-            answer = self.lime.update(self.limetype, company_id, {prop: fingerprint(answer, self.flowing)})
+        if not watermark or not prop:
+            return
+        if watermark not in answer:  # an answer without the object: read it
+            answer = self.lime.get(self.limetype, company_id)
+        written = parse(answer.get(prop))
+        wanted = fingerprint(answer, tuple(written) or self.flowing)
+        if answer.get(watermark) == read.get(watermark) or written == parse(wanted):
+            return
+        log.info("created_fingerprint_restored", message_id=answer.get(watermark))
+        self.restored += 1
+        self.lime.update(self.limetype, company_id, {prop: wanted})
 
     def plan(self, company_id: int) -> Plan:
         """What :meth:`send` would send for the company as Lime has it now, found with

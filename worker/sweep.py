@@ -69,7 +69,7 @@ class Sweep:
                     self.since, at_since = self._stamp(company), set()
                 at_since.add(company["_id"])
                 if not self.outbound.nothing_to_send(company):
-                    self._queue(LimeEvent(self.outbound.limetype, "update", company["_id"]))
+                    self._queue(LimeEvent(self.outbound.limetype, "update", company["_id"], company))
                     queued += 1
             if len(page) < PAGE or not fresh:
                 break
@@ -81,9 +81,12 @@ class Sweep:
         return str(company.get("_timestamp") or "")
 
     def _queue(self, event: LimeEvent) -> None:
+        """To the partition a webhook of the company goes to (its customer's, when it
+        is linked); the body names the company only: the worker reads it."""
         body = json.dumps({"event": f"{event.limetype}.update",
                            "body": {"id": event.id, "limetype": event.limetype}}).encode()
-        self.publisher.publish(self.topology.exchange, self.topology.route(event.partition_key), body,
+        key = event.partition_key({self.outbound.limetype: self.outbound.mapper.key_property})
+        self.publisher.publish(self.topology.exchange, self.topology.route(key), body,
                                queue_properties(f"sweep:{event.id}"))
 
 def sweep_on_schedule(sweep: Sweep, interval: float, is_owner: Callable[[], bool], stopping: threading.Event) -> None:

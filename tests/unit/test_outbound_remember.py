@@ -1,6 +1,7 @@
 """Outbound.remember: after an edit went to BFUS, the company's fingerprint says BFUS
-has the sent values, and a BFUS message applied at the same moment keeps its own
-(docs/design.md, "Lime -> BFUS, and no echo loops")."""
+has the sent values (docs/design.md, "Lime -> BFUS, and no echo loops"). No BFUS
+message lands between its read and its write: a linked company's events share its
+customer's partition (tests/unit/test_signatures.py)."""
 
 from __future__ import annotations
 
@@ -19,32 +20,15 @@ BFUS_CUSTOMER = {"customerno": "100234", "customertype": "company", "name": "Kva
 WATERMARK = "bfuslastmessageid"
 
 
-class RacingLime(StoreLime):
-    """The Lime stand-in's store, where a BFUS message is applied (as the inbound
-    worker writes it: every mapped value, its fingerprint, its watermark) right after
-    the next read of the company is answered: between remember's read and its write."""
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self.after_next_read: dict[str, Any] | None = None
-
-    def get(self, limetype: str, object_id: int) -> dict[str, Any]:
-        read = super().get(limetype, object_id)
-        if self.after_next_read is not None:
-            self.store.update(limetype, object_id, self.after_next_read)
-            self.after_next_read = None
-        return read
-
-
-def setup(tmp_path: Path, limetypes: dict[str, Any]) -> tuple[RacingLime, ObjectMapper, Outbound, int]:
+def setup(tmp_path: Path, limetypes: dict[str, Any]) -> tuple[StoreLime, ObjectMapper, Outbound, int]:
     config = build_config({}, environ={})
     mapper = build_mappers(config.mapping, limetypes, outbound=True)["customer"]
-    lime = RacingLime(tmp_path / "lime.sqlite3")
+    lime = StoreLime(tmp_path / "lime.sqlite3")
     company = lime.store.create("company", {**mapper.map(BFUS_CUSTOMER), WATERMARK: 10})["_id"]
     return lime, mapper, Outbound(lime, None, mapper), company  # type: ignore[arg-type]  # BFUS is not called
 
 
-def sent_city(lime: RacingLime, mapper: ObjectMapper, company: int, city: str) -> Sent:
+def sent_city(lime: StoreLime, mapper: ObjectMapper, company: int, city: str) -> Sent:
     """A Lime user set the city, and the worker sent it to BFUS (what carry_out returns)."""
     lime.store.update("company", company, {"postalcity": city})
     now = lime.store.get("company", company)
@@ -63,18 +47,53 @@ def test_the_sent_values_get_their_fingerprint_in_one_read_and_one_write(
     assert lime.calls == {"GET": 1, "PUT": 1}
 
 
-def test_a_bfus_message_applied_between_the_read_and_the_write_keeps_its_fingerprint(
+class RacingLime(StoreLime):
+    """Where a BFUS message is applied (as the inbound worker writes it: every mapped
+    value, its fingerprint, its watermark) right after the next read is answered."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.after_next_read: dict[str, Any] | None = None
+
+    def get(self, limetype: str, object_id: int) -> dict[str, Any]:
+        read = super().get(limetype, object_id)
+        if self.after_next_read is not None:
+            self.store.update(limetype, object_id, self.after_next_read)
+            self.after_next_read = None
+        return read
+
+
+def created_in_lime(tmp_path: Path, limetypes: dict[str, Any]) -> tuple[RacingLime, ObjectMapper, Outbound, Sent]:
+    """A company a person registered in Lime, created in BFUS as customer 100234."""
+    config = build_config({}, environ={})
+    mapper = build_mappers(config.mapping, limetypes, outbound=True)["customer"]
+    lime = RacingLime(tmp_path / "lime.sqlite3")
+    values = {k: v for k, v in mapper.map(BFUS_CUSTOMER).items() if k not in ("customerno", "bfusfingerprint")}
+    company = lime.store.create("company", values)
+    fields = mapper.bfus_values(company, mapper.flowing_properties)
+    sent = Sent("created", "100234", fields, 201, company["_id"], {
+        "customerno": "100234", "bfusfingerprint": fp.advanced(None, company, mapper.flowing_properties)}, "")
+    return lime, mapper, Outbound(lime, None, mapper), sent  # type: ignore[arg-type]  # BFUS is not called
+
+
+def test_a_creations_number_and_fingerprint_are_written_back_in_one_read_and_one_write(
         tmp_path: Path, limetypes: dict[str, Any]) -> None:
-    """BFUS's message 11 was made before BFUS took the city (its snapshot has the old
-    city and a new phone) and lands in Lime just as the sent city's fingerprint is
-    written. Lime then holds message 11's values; its fingerprint must say so, or the
-    old city would look like a Lime edit and go back to BFUS over the city it has
-    (the re-send tests/integration/test_convergence.py found in CI)."""
-    lime, mapper, outbound, company = setup(tmp_path, limetypes)
-    sent = sent_city(lime, mapper, company, "Lund")
-    lime.after_next_read = {**mapper.map({**BFUS_CUSTOMER, "phone": "+4631556677"}), WATERMARK: 11}
+    lime, _mapper, outbound, sent = created_in_lime(tmp_path, limetypes)
     outbound.remember(sent)
-    now = lime.store.get("company", company)
-    assert (now["postalcity"], now["phone"], now[WATERMARK]) == ("Malmö", "+4631556677", 11)
-    assert outbound.nothing_to_send(now), "message 11's values look like a Lime edit"
-    assert lime.calls == {"GET": 1, "PUT": 2}
+    company = lime.store.get("company", sent.company_id)
+    assert company["customerno"] == "100234" and outbound.nothing_to_send(company)
+    assert lime.calls == {"GET": 1, "PUT": 1} and outbound.restored == 0
+
+
+def test_bfuss_created_message_landing_in_the_write_back_keeps_its_fingerprint(
+        tmp_path: Path, limetypes: dict[str, Any]) -> None:
+    """BFUS gave the customer a phone of its own; its "created" message is applied
+    between the write-back's read and write. Lime then holds BFUS's phone, and its
+    fingerprint must say so, or the phone would look like a Lime edit."""
+    lime, mapper, outbound, sent = created_in_lime(tmp_path, limetypes)
+    lime.after_next_read = {**mapper.map({**BFUS_CUSTOMER, "phone": "+4646123456"}), WATERMARK: 11}
+    outbound.remember(sent)
+    company = lime.store.get("company", sent.company_id)
+    assert (company["phone"], company[WATERMARK]) == ("+4646123456", 11)
+    assert outbound.nothing_to_send(company), "BFUS's phone looks like a Lime edit"
+    assert lime.calls == {"GET": 1, "PUT": 2} and outbound.restored == 1

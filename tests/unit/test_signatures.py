@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from builders import message
 from receiver import deliveries as deliveries_module
 from receiver.deliveries import Deliveries
 from receiver.signatures import SignatureError, Signed, verify
 from sandbox.lime.webhooks import signature_v1, signature_v2
-from shared.envelope import EnvelopeError
-from shared.limeevents import LimeEvent, parse_event
+from shared.config import build_config
+from shared.envelope import EnvelopeError, validate_envelope
+from shared.limeevents import LimeEvent, customer_keys, parse_event
 
 SECRET = "current-secret"
 PREVIOUS = "previous-secret"
@@ -186,7 +188,18 @@ def event(name: str = "company.update", **body: Any) -> bytes:
 def test_an_update_event_is_parsed() -> None:
     parsed = parse_event(event())
     assert parsed == LimeEvent("company", "update", 1001, {"id": 1001, "name": "Acme AB"})
-    assert parsed.partition_key == "lime:company:1001"
+    assert parsed.partition_key() == "lime:company:1001"
+    assert parsed.partition_key({"company": "customerno"}) == "lime:company:1001"  # not linked to a customer yet
+
+
+def test_a_linked_companys_events_share_its_customers_partition_with_bfuss_messages() -> None:
+    """So that one lane orders BFUS's messages about the customer and the company's Lime
+    edits (shared/limeevents.py, LimeEvent.partition_key)."""
+    linked = parse_event(event(values={"id": 1001, "name": "Acme AB", "customerno": "100234"}))
+    from_bfus = validate_envelope(message(7, "100234"))
+    assert linked.partition_key({"company": "customerno"}) == from_bfus.partition_key == "100234"
+    assert linked.partition_key({"agreement": "contractno"}) == "lime:company:1001"
+    assert customer_keys(build_config({}, environ={}).mapping) == {"company": "customerno"}
 
 
 def test_a_delete_event_with_id_and_limetype_only_is_parsed() -> None:
