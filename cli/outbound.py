@@ -166,6 +166,7 @@ def send_to_bfus(ctx: click.Context, company_id: int, dry_run: bool) -> None:
     bfus = BfusClient(config.bfus, timeout=(config.lime.connect_timeout, config.lime.read_timeout))
     outbound = Outbound(lime, bfus, mapper, config.outbound.create_when, JumpLinks(config.jump,
                                                                                   config.receiver.public_url))
+    outbound.duplicate_wait = 0.0  # a person runs this: BFUS's 409 is reported at once
     try:
         plan = outbound.plan(company_id)
         if not plan.found:

@@ -12,10 +12,11 @@ LimeUnavailable and BfusUnavailable through for what will succeed later."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.bfus import BfusClient, BfusRejected
+from shared.bfus import BfusClient, BfusRejected, BfusUnavailable
 from shared.fingerprint import advanced, changed, fingerprint, normal, parse
 from shared.jumplinks import JumpLinks
 from shared.lime import LimeClient, LimeRejected
@@ -28,6 +29,9 @@ IDENTITY_FIELDS = ("customertype", "orgno", "socialsecurityno")
 REASONS = {409: "bfus_duplicate", 404: "bfus_not_found"}
 log = get_logger(component="outbound")
 CREATE, UPDATE, NOTHING = "create", "update", ""
+# Seconds a creation BFUS calls a duplicate waits for BFUS's "created" message to link
+# the company (an earlier try created it), before it fails as bfus_duplicate.
+DUPLICATE_WAIT = 120.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class Outbound:
         self.anonymous_name = mapper.fields[name].property if name in mapper.fields else None
         self.type_property = mapper.fields["customertype"].property if "customertype" in mapper.fields else None
         self.restored = 0  # fingerprints written again after BFUS's "created" message (_after_creation)
+        self.duplicate_wait = DUPLICATE_WAIT
+        self._duplicates: dict[int, float] = {}  # company id -> when BFUS first answered its creation 409
 
     @property
     def limetype(self) -> str:
@@ -249,15 +255,37 @@ class Outbound:
         try:
             created = self.bfus.create_customer(plan.fields)
         except BfusRejected as err:
-            if err.status == 409 and self._linked(self.lime.get(self.limetype, plan.company_id)):
+            if err.status == 409:
+                self._duplicate(plan.company_id)  # returns when BFUS's customer is another one
                 return None  # an earlier try got through and the company is linked since
             raise self._refused(err, "create") from None
+        self._duplicates.pop(plan.company_id, None)
         customerno = str(created.get("customerno") or "")
         if not customerno:
             raise PermanentFailure("bfus_error", "BFUS created the customer but answered no customer number.",
                                    "no customerno in BFUS's answer")
         return Sent("created", customerno, plan.fields, 201, plan.company_id,
                     {self.mapper.key_property: customerno, **self._known(plan)}, plan.seen)
+
+    def _duplicate(self, company_id: int) -> None:
+        """BFUS answered a creation 409: it has a customer with this identity. Most
+        often it is this company's, created by an earlier try whose worker stopped
+        before it wrote the number back: BFUS's own "created" message then links the
+        company (by its identity) soon. Returns once it is linked; until
+        ``duplicate_wait`` seconds from the first 409 raises BfusUnavailable (the
+        event is tried again, in order); after that raises the refusal
+        (bfus_duplicate: a customer that is not this company's)."""
+        if self._linked(self.lime.get(self.limetype, company_id)):
+            self._duplicates.pop(company_id, None)
+            return
+        first = self._duplicates.setdefault(company_id, time.monotonic())
+        if time.monotonic() - first < self.duplicate_wait:
+            raise BfusUnavailable("BFUS has a customer with this identity (409); waiting for BFUS's own message "
+                                  "about it to link the company")
+        self._duplicates.pop(company_id, None)
+        raise PermanentFailure("bfus_duplicate", "BFUS refused the create (409): it has a customer with this "
+                               f"identity, and no BFUS message linked the company to it in {self.duplicate_wait:g} s.",
+                               "BFUS 409 duplicate")
 
     def _known(self, plan: Plan) -> dict[str, Any]:
         prop = self.mapper.fingerprint_property

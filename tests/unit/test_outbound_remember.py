@@ -8,10 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fakes import StoreLime
 from shared import fingerprint as fp
+from shared.bfus import BfusRejected, BfusUnavailable
 from shared.config import build_config
 from shared.mapping import ObjectMapper, build_mappers
+from worker.apply import PermanentFailure
 from worker.outbound import Outbound, Sent
 
 BFUS_CUSTOMER = {"customerno": "100234", "customertype": "company", "name": "Kvarn AB", "orgno": "556036-0793",
@@ -69,11 +73,11 @@ def created_in_lime(tmp_path: Path, limetypes: dict[str, Any]) -> tuple[RacingLi
     mapper = build_mappers(config.mapping, limetypes, outbound=True)["customer"]
     lime = RacingLime(tmp_path / "lime.sqlite3")
     values = {k: v for k, v in mapper.map(BFUS_CUSTOMER).items() if k not in ("customerno", "bfusfingerprint")}
-    company = lime.store.create("company", values)
+    company = lime.store.create("company", {**values, "sendtobfus": True})
     fields = mapper.bfus_values(company, mapper.flowing_properties)
     sent = Sent("created", "100234", fields, 201, company["_id"], {
         "customerno": "100234", "bfusfingerprint": fp.advanced(None, company, mapper.flowing_properties)}, "")
-    return lime, mapper, Outbound(lime, None, mapper), sent  # type: ignore[arg-type]  # BFUS is not called
+    return lime, mapper, Outbound(lime, None, mapper, "sendtobfus"), sent  # type: ignore[arg-type]  # no BFUS
 
 
 def test_a_creations_number_and_fingerprint_are_written_back_in_one_read_and_one_write(
@@ -97,3 +101,39 @@ def test_bfuss_created_message_landing_in_the_write_back_keeps_its_fingerprint(
     assert (company["phone"], company[WATERMARK]) == ("+4646123456", 11)
     assert outbound.nothing_to_send(company), "BFUS's phone looks like a Lime edit"
     assert lime.calls == {"GET": 1, "PUT": 2} and outbound.restored == 1
+
+
+class DuplicateBfus:
+    """BFUS answering every creation 409: it has a customer with that identity."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    def create_customer(self, fields: dict[str, Any]) -> dict[str, Any]:
+        self.posts += 1
+        raise BfusRejected(409, "duplicate", "A customer with this organisation number exists.")
+
+
+def test_a_creation_bfus_calls_a_duplicate_waits_for_bfuss_message_to_link_the_company(
+        tmp_path: Path, limetypes: dict[str, Any]) -> None:
+    """An earlier try created the customer and its worker stopped before writing the
+    number back (a soak's SIGKILL): the next try's 409 is held (tried again later, in
+    order) until BFUS's "created" message links the company; then nothing is sent."""
+    lime, _mapper, outbound, sent = created_in_lime(tmp_path, limetypes)
+    bfus = DuplicateBfus()
+    outbound.bfus = bfus  # type: ignore[assignment]
+    plan = outbound.plan(sent.company_id)
+    assert plan.operation == "create"
+    with pytest.raises(BfusUnavailable):
+        outbound.carry_out(plan)
+    lime.store.update("company", sent.company_id, {"customerno": "100234"})  # BFUS's message linked it
+    assert outbound.carry_out(plan) is None and bfus.posts == 2
+
+
+def test_a_duplicate_no_message_links_fails_as_bfus_duplicate(tmp_path: Path, limetypes: dict[str, Any]) -> None:
+    lime, _mapper, outbound, sent = created_in_lime(tmp_path, limetypes)
+    outbound.bfus = DuplicateBfus()  # type: ignore[assignment]
+    outbound.duplicate_wait = 0.0
+    with pytest.raises(PermanentFailure) as failed:
+        outbound.carry_out(outbound.plan(sent.company_id))
+    assert failed.value.reason == "bfus_duplicate"
