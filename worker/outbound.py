@@ -256,7 +256,7 @@ class Outbound:
             created = self.bfus.create_customer(plan.fields)
         except BfusRejected as err:
             if err.status == 409:
-                self._duplicate(plan.company_id)  # returns when BFUS's customer is another one
+                self._duplicate(plan.company_id, err)  # returns once the company is linked
                 return None  # an earlier try got through and the company is linked since
             raise self._refused(err, "create") from None
         self._duplicates.pop(plan.company_id, None)
@@ -267,13 +267,13 @@ class Outbound:
         return Sent("created", customerno, plan.fields, 201, plan.company_id,
                     {self.mapper.key_property: customerno, **self._known(plan)}, plan.seen)
 
-    def _duplicate(self, company_id: int) -> None:
+    def _duplicate(self, company_id: int, err: BfusRejected) -> None:
         """BFUS answered a creation 409: it has a customer with this identity. Most
         often it is this company's, created by an earlier try whose worker stopped
         before it wrote the number back: BFUS's own "created" message then links the
         company (by its identity) soon. Returns once it is linked; until
         ``duplicate_wait`` seconds from the first 409 raises BfusUnavailable (the
-        event is tried again, in order); after that raises the refusal
+        event is tried again, in order); after that raises BFUS's refusal
         (bfus_duplicate: a customer that is not this company's)."""
         if self._linked(self.lime.get(self.limetype, company_id)):
             self._duplicates.pop(company_id, None)
@@ -283,9 +283,7 @@ class Outbound:
             raise BfusUnavailable("BFUS has a customer with this identity (409); waiting for BFUS's own message "
                                   "about it to link the company")
         self._duplicates.pop(company_id, None)
-        raise PermanentFailure("bfus_duplicate", "BFUS refused the create (409): it has a customer with this "
-                               f"identity, and no BFUS message linked the company to it in {self.duplicate_wait:g} s.",
-                               "BFUS 409 duplicate")
+        raise self._refused(err, "create")
 
     def _known(self, plan: Plan) -> dict[str, Any]:
         prop = self.mapper.fingerprint_property
