@@ -73,5 +73,4 @@ def publish(routing_key: str, body: bytes, properties: Any) -> None:
     try:
         publisher().publish(topology().exchange, routing_key, body, properties)
     finally:
-        if config().receiver.metrics:
-            metrics.confirmed(time.perf_counter() - started)
+        metrics.confirmed(time.perf_counter() - started)

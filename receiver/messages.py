@@ -71,7 +71,6 @@ def _keep_invalid(body: bytes, err: EnvelopeError) -> Response:
     except BrokerUnavailable as unavailable:
         return context.unavailable(unavailable)
     log.warning("message_rejected", status=err.status, reason=err.reason)
-    if context.config().receiver.metrics:
-        metrics.kept_invalid(err.reason)
+    metrics.kept_invalid(err.reason)
     extra = {"fields": err.fields} if err.status == 422 else {}
     return error_response(err.status, err.reason, err.message, **extra)

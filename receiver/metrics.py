@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import Counter, Histogram
 
 from shared.metrics import exposition, once
@@ -34,9 +34,11 @@ metrics = once(ReceiverMetrics)
 
 
 def instrument(app: Flask) -> None:
-    """Count every answer of ``app`` and serve ``/metrics``."""
+    """Count every answer of ``app`` and serve ``/metrics``. An app not instrumented
+    (receiver.metrics off) counts nothing: :func:`confirmed` and :func:`kept_invalid`
+    look for its metrics here."""
     app.register_blueprint(bp)
-    metrics()  # made now: /metrics lists every metric from the start
+    app.extensions["metrics"] = metrics()  # made now: /metrics lists every metric from the start
 
     @app.before_request
     def started() -> None:
@@ -53,12 +55,20 @@ def instrument(app: Flask) -> None:
         return response
 
 
+def _of_app() -> ReceiverMetrics | None:
+    return current_app.extensions.get("metrics")
+
+
 def confirmed(seconds: float) -> None:
-    metrics().confirm_seconds.observe(seconds)
+    found = _of_app()
+    if found is not None:
+        found.confirm_seconds.observe(seconds)
 
 
 def kept_invalid(reason: str) -> None:
-    metrics().invalid.labels(reason).inc()
+    found = _of_app()
+    if found is not None:
+        found.invalid.labels(reason).inc()
 
 
 @bp.get("/metrics")
