@@ -1,7 +1,9 @@
-"""Lime CRM REST client (contract.md §3), built on a urllib3 connection pool (requests
-spent about as much CPU per call again as urllib3 does under it, and every message
-costs Lime calls): timeouts, a descriptive User-Agent, X-API-Key, a request-rate limit shared by the process's
-threads, and errors split into the two kinds the worker acts on:
+"""Lime CRM REST client (contract.md §3), built on libcurl (pycurl): every message
+costs Lime calls, and a call through libcurl costs the worker about a third of the CPU
+of one through urllib3 (whose header parsing alone cost more than libcurl's whole
+call; docs/operations.md "CPU"). Timeouts, a descriptive User-Agent, X-API-Key, a
+request-rate limit shared by the process's threads, and errors split into the two kinds
+the worker acts on:
 
 - :class:`LimeUnavailable`: try again later (connection trouble, timeouts, 5xx, 429,
   a refused API key). ``retry_after`` carries Lime's Retry-After when it sent one.
@@ -11,6 +13,7 @@ threads, and errors split into the two kinds the worker acts on:
 
 from __future__ import annotations
 
+import io
 import json as jsonlib
 import os
 import threading
@@ -18,13 +21,13 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import certifi
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
+import pycurl
 
 from shared import __version__
 from shared.config import LimeConfig
@@ -32,7 +35,8 @@ from shared.metrics import lime_metrics
 from shared.ratelimit import TokenBucket
 from shared.retry import Backoff
 
-USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; urllib3/{urllib3.__version__})"
+LIBCURL = pycurl.version_info()[1]
+USER_AGENT = f"bfus-lime/{__version__} (BFUS to Lime CRM integration; libcurl/{LIBCURL})"
 
 
 class LimeError(Exception):
@@ -133,45 +137,130 @@ def option_key(value: Any) -> Any:
     return value["key"] if isinstance(value, dict) and "key" in value else value
 
 
-def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
-    raw = response.headers.get("Retry-After")
+@dataclass
+class Answer:
+    """Lime's answer: status, body and the header lines as sent."""
+
+    status: int
+    data: bytes
+    head: bytes
+
+    def header(self, name: str) -> str | None:
+        """A header's value (the last block's: a proxy's CONNECT answer comes first)."""
+        wanted = name.lower().encode() + b":"
+        found = None
+        for line in self.head.split(b"\r\n"):
+            if line[:len(wanted)].lower() == wanted:
+                found = line[len(wanted):].strip().decode("latin-1")
+            elif line.startswith(b"HTTP/"):
+                found = None
+        return found
+
+
+def _retry_after(answer: Answer) -> float | None:
+    raw = answer.header("Retry-After")
     try:
         return max(0.0, float(raw)) if raw is not None else None
     except ValueError:
         return None
 
 
-def _error_body(response: urllib3.BaseHTTPResponse) -> tuple[str, str]:
+def _error_body(answer: Answer) -> tuple[str, str]:
     """Lime's error code and message (contract.md §3), or the start of whatever it sent."""
     try:
-        body = jsonlib.loads(response.data)
+        body = jsonlib.loads(answer.data)
     except ValueError:
-        return "error", response.data[:300].decode("utf-8", "replace")
+        return "error", answer.data[:300].decode("utf-8", "replace")
     if isinstance(body, dict):
         return str(body.get("error", "error")), str(body.get("message", body))
     return "error", str(body)[:300]
 
 
-def _origin(url: str) -> str:
-    """``scheme://host[:port]`` of ``url``, as Lime's own links start."""
-    parsed = urllib3.util.parse_url(url)
-    return f"{parsed.scheme}://{parsed.netloc}"
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (http(s)_proxy, no_proxy in either
+    case, read as requests would), or None."""
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme or "http") or None
 
 
-def _pool_manager(url: str, pool_size: int) -> urllib3.PoolManager:
-    """Connections to Lime: through the proxy the environment names for ``url`` (read
-    once, as requests would), verifying TLS against REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE or
-    certifi's bundle; no retries of urllib3's own (the worker decides)."""
-    options: dict[str, Any] = {
-        "maxsize": pool_size, "retries": False,
-        "ca_certs": os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where(),
-    }
-    proxies = urllib.request.getproxies()
-    host = urllib3.util.parse_url(url).host or ""
-    proxy = None if urllib.request.proxy_bypass(host) else proxies.get(urllib3.util.parse_url(url).scheme or "http")
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+class Transport:
+    """libcurl handles, one per call in flight (a handle serves one thread at a time);
+    each keeps its connection to Lime open between calls. At most ``pool_size`` are
+    kept idle. The proxy (read once) and the CA bundle (REQUESTS_CA_BUNDLE,
+    CURL_CA_BUNDLE or certifi's) are set on every handle: libcurl's own reading of the
+    environment is off. No redirects followed; gzip and deflate answers decoded."""
+
+    def __init__(self, url: str, connect_timeout: float, read_timeout: float, pool_size: int):
+        self.proxy = proxy_for(url) or ""  # "": no proxy, whatever the environment says
+        self.ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        self.connect_ms = max(1, round(connect_timeout * 1000))
+        # libcurl has no per-read timeout: the whole call may take connect + read.
+        self.total_ms = max(1, round((connect_timeout + read_timeout) * 1000))
+        self.pool_size = pool_size
+        self._idle: list[pycurl.Curl] = []
+        self._lock = threading.Lock()
+
+    def _handle(self) -> pycurl.Curl:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return pycurl.Curl()
+
+    def _release(self, handle: pycurl.Curl) -> None:
+        with self._lock:
+            if len(self._idle) < self.pool_size:
+                self._idle.append(handle)
+                return
+        handle.close()
+
+    def send(self, method: str, url: str, body: bytes | None, headers: list[str]) -> Answer:
+        """One exchange; pycurl.error when no answer came."""
+        handle = self._handle()
+        data, head = io.BytesIO(), io.BytesIO()
+        try:
+            handle.reset()  # options only: the open connection stays
+            handle.setopt(pycurl.URL, url)
+            handle.setopt(pycurl.NOSIGNAL, 1)
+            handle.setopt(pycurl.CONNECTTIMEOUT_MS, self.connect_ms)
+            handle.setopt(pycurl.TIMEOUT_MS, self.total_ms)
+            handle.setopt(pycurl.PROXY, self.proxy)
+            handle.setopt(pycurl.CAINFO, self.ca)
+            handle.setopt(pycurl.ACCEPT_ENCODING, "gzip, deflate")
+            handle.setopt(pycurl.HTTPHEADER, headers)
+            if body is not None:
+                handle.setopt(pycurl.POSTFIELDS, body)
+            if method == "HEAD":
+                handle.setopt(pycurl.NOBODY, 1)
+            elif method != ("POST" if body is not None else "GET"):
+                handle.setopt(pycurl.CUSTOMREQUEST, method)
+            handle.setopt(pycurl.WRITEFUNCTION, data.write)
+            handle.setopt(pycurl.HEADERFUNCTION, head.write)
+            handle.perform()
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+        except pycurl.error as err:
+            err.os_errno = handle.getinfo(pycurl.OS_ERRNO)
+            handle.close()  # its connection is in an unknown state
+            raise
+        self._release(handle)
+        return Answer(status, data.getvalue(), head.getvalue())
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for handle in idle:
+            handle.close()
+
+
+def _unreachable(err: pycurl.error, method: str) -> LimeUnavailable:
+    """Why no answer came, in the socket's words where there are some."""
+    code = err.args[0] if err.args else None
+    errno = getattr(err, "os_errno", 0)
+    if code == pycurl.E_OPERATION_TIMEDOUT and not errno:
+        return LimeUnavailable(f"Lime did not answer {method} in time")
+    reason = os.strerror(errno) if errno else (err.args[1] if len(err.args) > 1 else str(err))
+    return LimeUnavailable(f"Lime unreachable: {reason}")
 
 
 def _objects_and_next(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
@@ -182,17 +271,13 @@ def _objects_and_next(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str |
 class LimeClient:
     def __init__(self, config: LimeConfig, pool_size: int = 16, breaker: CircuitBreaker | None = None):
         self.base_url = config.url
-        self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
         self.bucket = TokenBucket(config.rate_limit)
         lime_metrics().budget.set(config.rate_limit)
         self.breaker = breaker or CircuitBreaker(threshold=10**9)  # by default never opens
-        self.headers = {"X-API-Key": config.api_key, "User-Agent": USER_AGENT, "Accept": "application/hal+json",
-                        "Accept-Encoding": "gzip, deflate"}
-        self.manager = _pool_manager(self.base_url, pool_size)
-        # Lime's own address: one pool, asked by path (a proxy needs the whole URL).
-        self._origin = _origin(self.base_url)
-        self._pool = None if isinstance(self.manager, urllib3.ProxyManager) else \
-            self.manager.connection_from_url(self.base_url)
+        self.headers = [f"X-API-Key: {config.api_key}", f"User-Agent: {USER_AGENT}", "Accept: application/hal+json",
+                        "Expect:"]  # no 100-continue round trip before a body
+        self._json_headers = [*self.headers, "Content-Type: application/json"]
+        self.transport = Transport(self.base_url, config.connect_timeout, config.read_timeout, pool_size)
         self._calls: Counter = Counter()
         self._answers = 0  # answers below 500 (Lime is up, whatever it said)
         self._lock = threading.Lock()
@@ -233,12 +318,17 @@ class LimeClient:
         return result
 
     def _request(self, method: str, path: str, params: dict[str, Any] | None, json: Any) -> Any:
-        url = path if path.startswith("http") else urljoin(self.base_url, path)
+        if path.startswith("http"):
+            url = path
+        elif self.base_url.endswith("/") and not path.startswith("/"):
+            url = self.base_url + path
+        else:
+            url = urljoin(self.base_url, path)
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params, doseq=True)
         headers, body = self.headers, None
         if json is not None:
-            headers = {**headers, "Content-Type": "application/json"}
+            headers = self._json_headers
             body = jsonlib.dumps(json, allow_nan=False).encode()
         metrics = lime_metrics()
         metrics.waited(self.bucket.acquire())
@@ -246,39 +336,29 @@ class LimeClient:
             self._calls[method] += 1
         started = time.perf_counter()
         try:
-            response = self._send(method, url, body, headers)
-        except (HTTPError, OSError) as err:
+            answer = self.transport.send(method, url, body, headers)
+        except pycurl.error as err:
             metrics.answered(method, "unreachable", time.perf_counter() - started)
-            if isinstance(err, TimeoutError) and not isinstance(err, NewConnectionError):  # urllib3 makes it one
-                raise LimeUnavailable(f"Lime did not answer {method} in time") from None
-            raise LimeUnavailable(f"Lime unreachable: {socket_error(err)}") from None
-        status = response.status
+            raise _unreachable(err, method) from None
+        status = answer.status
         metrics.answered(method, status, time.perf_counter() - started)
         if status < 500:
             with self._lock:
                 self._answers += 1
         if status < 300:
-            if status == 204 or not response.data:
+            if status == 204 or not answer.data:
                 return None
             try:
-                return jsonlib.loads(response.data)
+                return jsonlib.loads(answer.data)
             except ValueError:
                 raise LimeUnavailable(f"Lime sent a {status} that is not JSON", status=status) from None
-        code, message = _error_body(response)
+        code, message = _error_body(answer)
         if status == 429 or status >= 500:
-            raise LimeUnavailable(f"Lime answered {status}: {message}", _retry_after(response), status)
+            raise LimeUnavailable(f"Lime answered {status}: {message}", _retry_after(answer), status)
         if status in (401, 403):
             # A refused key is a configuration problem: wait rather than fail every message.
             raise LimeUnavailable(f"Lime refused the API key ({status}): {message}", None, status)
         raise LimeRejected(status, code, message)
-
-    def _send(self, method: str, url: str, body: bytes | None,
-              headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-        options: dict[str, Any] = {"body": body, "headers": headers, "retries": False, "redirect": False,
-                                   "timeout": self.timeout}
-        if self._pool is not None and url.startswith(self._origin):
-            return self._pool.urlopen(method, url[len(self._origin):] or "/", **options)
-        return self.manager.urlopen(method, url, **options)
 
     # ------------------------------------------------------------------ API
 

@@ -6,19 +6,22 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import urllib3
 
 from shared.config import LimeConfig
-from shared.lime import LimeClient, LimeRejected, LimeUnavailable, _pool_manager
+from shared.lime import LimeClient, LimeRejected, LimeUnavailable, proxy_for
 
 SEEN: list[dict] = []
 UNLIMITED = {"connect_timeout": 2.0, "read_timeout": 5.0, "rate_limit": 1000.0, "processed_limetype": "bfusprocessed",
              "failed_limetype": "bfusfailed"}
 ANSWERS: list[tuple[int, bytes]] = []
+HEADERS: list[tuple[str, str]] = []  # sent with the next answer
+PAUSE: list[float] = []  # seconds before the next answer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -29,7 +32,12 @@ class _Handler(BaseHTTPRequestHandler):
         SEEN.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                      "body": self.rfile.read(length)})
         status, body = ANSWERS.pop(0)
+        if PAUSE:
+            time.sleep(PAUSE.pop())
         self.send_response(status)
+        for name, value in HEADERS:
+            self.send_header(name, value)
+        HEADERS.clear()
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -52,6 +60,8 @@ def server() -> Iterator[str]:
 def client(server: str) -> LimeClient:
     SEEN.clear()
     ANSWERS.clear()
+    HEADERS.clear()
+    PAUSE.clear()
     return LimeClient(LimeConfig(url=server, api_key="secret-key", **UNLIMITED))
 
 
@@ -104,9 +114,48 @@ def test_a_closed_port_is_unreachable_with_the_sockets_reason() -> None:
 def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    assert not isinstance(_pool_manager("https://lime.example/api/v1/", 4), urllib3.ProxyManager)
+    assert proxy_for("https://lime.example/api/v1/") is None
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
-    manager = _pool_manager("https://lime.example/api/v1/", 4)
-    assert isinstance(manager, urllib3.ProxyManager) and manager.proxy.host == "proxy.example"
+    assert proxy_for("https://lime.example/api/v1/") == "http://proxy.example:3128"
+    assert proxy_for("http://lime.example/api/v1/") is None  # only https_proxy named
     monkeypatch.setenv("no_proxy", "lime.example")
-    assert not isinstance(_pool_manager("https://lime.example/api/v1/", 4), urllib3.ProxyManager)
+    assert proxy_for("https://lime.example/api/v1/") is None
+
+
+def test_a_429_carries_limes_retry_after(client: LimeClient) -> None:
+    ANSWERS.append((429, b'{"error": "too_many_requests", "message": "slow down"}'))
+    HEADERS.append(("Retry-After", "7"))
+    with pytest.raises(LimeUnavailable, match="Lime answered 429: slow down") as busy:
+        client.get("company", 7)
+    assert (busy.value.retry_after, busy.value.status) == (7.0, 429)
+
+
+def test_a_gzipped_answer_is_decoded(client: LimeClient) -> None:
+    packed = zlib.compressobj(wbits=31)
+    ANSWERS.append((200, packed.compress(b'{"_id": 7}') + packed.flush()))
+    HEADERS.append(("Content-Encoding", "gzip"))
+    assert client.get("company", 7) == {"_id": 7}
+    assert "gzip" in SEEN[0]["headers"]["Accept-Encoding"]
+
+
+def test_an_answer_later_than_the_timeouts_is_unavailable(server: str) -> None:
+    SEEN.clear()
+    ANSWERS.append((200, b"{}"))
+    PAUSE.append(1.0)
+    client = LimeClient(LimeConfig(url=server, api_key="k", **{**UNLIMITED, "connect_timeout": 0.1,
+                                                               "read_timeout": 0.2}))
+    started = time.monotonic()
+    with pytest.raises(LimeUnavailable, match="Lime did not answer GET in time"):
+        client.get("company", 7)
+    assert time.monotonic() - started < 0.9
+
+
+def test_calls_go_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch, server: str) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", server.removesuffix("api/v1/"))  # the test server plays the proxy
+    SEEN.clear()
+    ANSWERS.append((200, b'{"_id": 7}'))
+    client = LimeClient(LimeConfig(url="http://lime.example/api/v1/", api_key="k", **UNLIMITED))
+    assert client.get("company", 7) == {"_id": 7}
+    assert SEEN[0]["path"] == "http://lime.example/api/v1/limeobject/company/7/"  # the whole URL: a proxy's request
