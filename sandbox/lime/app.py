@@ -226,8 +226,7 @@ def _api_blueprint() -> Blueprint:
 
     @bp.put("/limeobject/<limetype>/<int:object_id>/")
     def update(limetype: str, object_id: int) -> Response:
-        before = store().get(limetype, object_id)
-        updated = store().update(limetype, object_id, _body())
+        before, updated = store().change(limetype, object_id, _body())
         injector().wrote(limetype, object_id)
         if webhooks().wants(f"{limetype}.update"):
             webhooks().fire(f"{limetype}.update", _event_body(limetype, updated, before))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class Limetype:
     descriptive: str | None = None
     localname: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def stored_properties(self) -> list[Property]:
         return [p for p in self.properties.values() if p.stored]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,11 @@ def _parse_date(value: str) -> str:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).date().isoformat()
 
 
+# What SQLite returns for a value of each property type (_column_ddl's column types).
+_STORED_AS: dict[str, type] = {"integer": int, "belongsto": int, "file": int, "user": int, "yesno": int,
+                               "decimal": float, "percent": float}
+
+
 @dataclass
 class Filter:
     column: str
@@ -82,6 +87,8 @@ class LimeStore:
     def __init__(self, path: str | Path, limetypes: dict[str, Limetype]):
         self.limetypes = limetypes
         self.db = ThreadLocalDB(path)
+        self._indexes: set[tuple[str, str]] = set()  # (limetype, column) known indexed
+        self._reader_cache: dict[str, tuple[tuple[str, Property | None], ...]] = {}
         self._create_tables()
 
     # ------------------------------------------------------------------ plumbing
@@ -111,21 +118,13 @@ class LimeStore:
                 for p in lt.stored_properties:
                     if p.name not in have:  # a property added to the schema since this database was made
                         db.execute(f"ALTER TABLE {self._table(lt.name)} ADD COLUMN {self._column_ddl(p)}")
-                for p in lt.stored_properties:
-                    db.execute(
-                        f'CREATE INDEX IF NOT EXISTS "ix_{lt.name}_{p.name}" '
-                        f"ON {self._table(lt.name)} ({self._col(p.name)})"
-                    )
             # Lime object ids are unique across limetypes and start at 1001.
             db.execute("CREATE TABLE IF NOT EXISTS _ids (id INTEGER PRIMARY KEY AUTOINCREMENT)")
             if db.execute("SELECT COUNT(*) FROM _ids").fetchone()[0] == 0:
                 db.execute("INSERT INTO _ids (id) VALUES (1000)")
 
     def _column_ddl(self, prop: Property) -> str:
-        sql_type = {
-            "integer": "INTEGER", "belongsto": "INTEGER", "file": "INTEGER", "user": "INTEGER",
-            "decimal": "REAL", "percent": "REAL", "yesno": "INTEGER",
-        }.get(prop.type, "TEXT")
+        sql_type = {int: "INTEGER", float: "REAL", str: "TEXT"}[_STORED_AS.get(prop.type, str)]
         return f"{self._col(prop.name)} {sql_type}"
 
     def limetype(self, name: str) -> Limetype:
@@ -198,7 +197,8 @@ class LimeStore:
             return value
         raise bad_request(f"Property '{where}' cannot be written.", "read_only")
 
-    def _from_db(self, prop: Property, value: Any) -> Any:
+    @staticmethod
+    def _from_db(prop: Property, value: Any) -> Any:
         if prop.type in TEXT_TYPES:
             return value if value is not None else ""
         if prop.type == "yesno":
@@ -250,8 +250,10 @@ class LimeStore:
             return None
         return self._db().execute(f"SELECT * FROM {self._table(limetype)} WHERE _id = ?", (object_id,)).fetchone()
 
-    def row_to_object(self, lt: Limetype, row: sqlite3.Row) -> dict[str, Any]:
-        obj = {p.name: self._from_db(p, row[p.name]) for p in lt.stored_properties}
+    def row_to_object(self, lt: Limetype, row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
+        """The object as Lime answers it, from its row (or the same columns in a dict)."""
+        obj = {name: row[name] if prop is None else self._from_db(prop, row[name])
+               for name, prop in self._readers(lt)}
         obj["_id"] = row["_id"]
         obj["_timestamp"] = row["_timestamp"]
         obj["_createdtime"] = row["_createdtime"]
@@ -260,6 +262,16 @@ class LimeStore:
         descriptive = row[lt.descriptive] if lt.descriptive and lt.descriptive in row.keys() else None
         obj["_descriptive"] = str(descriptive) if descriptive not in (None, "") else f"{lt.name} {row['_id']}"
         return obj
+
+    def _readers(self, lt: Limetype) -> tuple[tuple[str, Property | None], ...]:
+        """Each stored property's column, with the property when its value needs
+        converting from what SQLite holds (None: as it is)."""
+        readers = self._reader_cache.get(lt.name)
+        if readers is None:
+            converted = TEXT_TYPES | {"yesno", "option"}  # what _from_db changes
+            readers = self._reader_cache[lt.name] = tuple((p.name, p if p.type in converted else None)
+                                                          for p in lt.stored_properties)
+        return readers
 
     def get(self, limetype: str, object_id: int) -> dict[str, Any]:
         lt = self.limetype(limetype)
@@ -282,22 +294,40 @@ class LimeStore:
                 (new_id, stamp, stamp, *checked.values()),
             )
         assert new_id is not None
-        return self.get(limetype, new_id)
+        if not self._as_stored(lt, checked):
+            return self.get(limetype, new_id)
+        return self.row_to_object(lt, {**checked, "_id": new_id, "_createdtime": stamp, "_timestamp": stamp})
 
     def update(self, limetype: str, object_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        return self.change(limetype, object_id, values)[1]
+
+    def change(self, limetype: str, object_id: int, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Update an object with ``values`` (a partial update): (before, after)."""
         lt = self.limetype(limetype)
-        if self._get_row(limetype, object_id) is None:
-            raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
-        checked = self._checked(lt, values, creating=False)
-        checked["_timestamp"] = now_iso()
-        with self.db.write() as db:
-            sets = ", ".join(f"{self._col(k)} = ?" for k in checked)
-            cur = db.execute(
-                f"UPDATE {self._table(limetype)} SET {sets} WHERE _id = ?", (*checked.values(), object_id)
-            )
-            if cur.rowcount == 0:
+        with self.db.write() as db:  # the read and the write in one transaction: before is what was replaced
+            row = self._get_row(limetype, object_id)
+            if row is None:
                 raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
-        return self.get(limetype, object_id)
+            checked = self._checked(lt, values, creating=False)
+            checked["_timestamp"] = now_iso()
+            sets = ", ".join(f"{self._col(k)} = ?" for k in checked)
+            db.execute(f"UPDATE {self._table(limetype)} SET {sets} WHERE _id = ?", (*checked.values(), object_id))
+        before = self.row_to_object(lt, row)
+        if not self._as_stored(lt, checked):
+            return before, self.get(limetype, object_id)
+        return before, self.row_to_object(lt, {**dict(zip(row.keys(), row, strict=True)), **checked})
+
+    @staticmethod
+    def _as_stored(lt: Limetype, checked: dict[str, Any]) -> bool:
+        """Whether SQLite keeps each of ``checked``'s values as it is (then the object
+        is built from them, not read back): an int, float or text in a column of that
+        kind, or null."""
+        for name, value in checked.items():
+            prop = lt.properties.get(name)
+            kind = _STORED_AS.get(prop.type, str) if prop is not None else str
+            if value is not None and type(value) is not kind:
+                return False
+        return True
 
     def delete(self, limetype: str, object_id: int) -> None:
         self.limetype(limetype)
@@ -365,7 +395,7 @@ class LimeStore:
     ) -> tuple[list[dict[str, Any]], bool]:
         """Objects matching every filter; and whether more follow this page."""
         lt = self.limetype(limetype)
-        where, params = self._where(filters)
+        where, params = self._where(limetype, filters)
         sql = f"SELECT * FROM {self._table(limetype)}{where}"
         sql += " ORDER BY " + ", ".join([*order, '"_id" ASC'])
         sql += " LIMIT ? OFFSET ?"
@@ -374,18 +404,36 @@ class LimeStore:
 
     def count(self, limetype: str, filters: Iterable[Filter] = ()) -> int:
         self.limetype(limetype)
-        where, params = self._where(filters)
+        where, params = self._where(limetype, filters)
         return self._db().execute(f"SELECT COUNT(*) FROM {self._table(limetype)}{where}", params).fetchone()[0]
 
-    def _where(self, filters: Iterable[Filter]) -> tuple[str, list[Any]]:
+    def _where(self, limetype: str, filters: Iterable[Filter]) -> tuple[str, list[Any]]:
         clauses, params = [], []
         for f in filters:
+            self._index(limetype, f.column)
             if f.value is None and f.op == "=":
                 clauses.append(f"{self._col(f.column)} IS NULL")
             else:
                 clauses.append(f"{self._col(f.column)} {f.op} ?")
                 params.append(f.value)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def _index(self, limetype: str, column: str) -> None:
+        """An index on ``column``, made the first time a query filters on it: every
+        index costs every write of its table (a page more in the write-ahead log), and
+        most properties are never filtered on."""
+        if column == "_id" or (limetype, column) in self._indexes:
+            return
+        with self.db.write() as db:
+            db.execute(f'CREATE INDEX IF NOT EXISTS "ix_{limetype}_{column}" '
+                       f"ON {self._table(limetype)} ({self._col(column)})")
+        self._indexes.add((limetype, column))
+
+    def indexed(self, limetype: str) -> set[str]:
+        """The columns of ``limetype``'s table that have an index."""
+        rows = self._db().execute(f"PRAGMA index_list({self._table(limetype)})").fetchall()
+        return {info["name"] for row in rows
+                for info in self._db().execute(f'PRAGMA index_info("{row["name"]}")').fetchall()}
 
     def all_objects(self, limetype: str) -> list[dict[str, Any]]:
         lt = self.limetype(limetype)

@@ -367,3 +367,46 @@ def test_a_property_added_to_the_schema_gets_its_column_in_an_existing_database(
     [company] = store.all_objects("company")
     assert company["bfuslink"] == ""
     assert store.update("company", company["_id"], {"bfuslink": JUMP})["bfuslink"] == JUMP
+
+
+def test_an_answer_to_a_write_is_the_object_a_read_returns_after_it(tmp_path: Path) -> None:
+    """The store builds a write's answer from the values it wrote (no read back) when
+    SQLite keeps them as they are; every property type, and a default SQLite converts
+    (then it reads the object back)."""
+    from sandbox.lime.schema import parse_schema
+
+    schema = parse_schema({"limetypes": {
+        "thing": {"descriptive": "name", "properties": {
+            "name": {"type": "string"}, "note": {"type": "text"}, "site": {"type": "link"},
+            "count": {"type": "integer"}, "price": {"type": "decimal"}, "share": {"type": "percent"},
+            "done": {"type": "yesno"}, "kind": {"type": "option", "options": ["a", "b"]},
+            "when": {"type": "time"}, "day": {"type": "date"}, "parent": {"type": "belongsto", "related": "thing"},
+            "level": {"type": "integer", "default": "5"},  # text SQLite turns into 5
+        }}}})
+    store = LimeStore(tmp_path / "lime.db", schema)
+    parent = store.create("thing", {"name": "Förälder"})
+    assert parent == store.get("thing", parent["_id"]) and parent["level"] == 5
+    values = {"name": "Sak", "note": "rad 1\nrad 2", "site": "https://example.se/", "count": 3, "price": 7,
+              "share": 12.5, "done": True, "kind": {"key": "b"}, "when": "2026-11-29T10:00:00Z", "day": "2026-11-29",
+              "parent": parent["_id"]}
+    created = store.create("thing", values)
+    assert created == store.get("thing", created["_id"])
+    assert created["price"] == 7.0 and isinstance(created["price"], float) and created["done"] is True
+    before, after = store.change("thing", created["_id"], {"price": 8, "done": False, "kind": "a", "name": ""})
+    assert before == created
+    assert after == store.get("thing", created["_id"]) and after["_descriptive"] == f"thing {created['_id']}"
+    assert store.update("thing", created["_id"], {"level": 6}) == store.get("thing", created["_id"])
+    with pytest.raises(Exception, match="does not exist"):
+        store.change("thing", 999_999, {"count": "not a number"})  # 404 before the values are checked
+
+
+def test_a_property_gets_its_index_when_a_query_first_filters_on_it(api: Api, lime: LimeStandIn) -> None:
+    """Each index costs every write of its table, so the stand-in makes one only for a
+    property some query filters on (a filter answers the same with or without it)."""
+    for number in ("1", "2", "3"):
+        api.company(customerno=number)
+    assert lime.store.indexed("company") == set()
+    found = api.get("limeobject/company/", params={"customerno": "2"}).json()["_embedded"]["limeobjects"]
+    assert [c["customerno"] for c in found] == ["2"]
+    api.get("limeobject/company/", params={"min-_timestamp": "2000-01-01T00:00:00Z", "_id": found[0]["_id"]})
+    assert lime.store.indexed("company") == {"customerno", "_timestamp"}
