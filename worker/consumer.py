@@ -3,9 +3,12 @@
 Each tick the worker's :class:`~worker.ownership.Ownership` decides which partitions
 it holds (fair share, hand-over, pausing while Lime is down; the lock protocol is
 shared/partitions.py). Each owned partition has a *lane* (worker/lanes.py): a thread
-applying its deliveries strictly in order. Lanes settle a delivery by asking the
-connection's thread to ack it (``add_callback_threadsafe``, the only pika call that
-may cross threads)."""
+applying its deliveries strictly in order. Lanes settle a delivery by queueing its ack;
+the connection's thread sends the queued acks at each turn of its loop (at least every
+0.1 s), and a lane wakes it (``add_callback_threadsafe``, the only pika call that may
+cross threads) only when half a prefetch window waits: one wake-up per ack cost the
+worker about as much CPU as the rest of pika's work for the message (docs/operations.md
+"CPU")."""
 
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ class Worker:
         self._connected = threading.Event()
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._lock = threading.Lock()
+        self._acks: list[Delivery] = []  # settled by their lanes; sent by the connection's thread
+        self._acks_lock = threading.Lock()
         self.settled = 0
         self.received = 0  # deliveries handed to a lane, less those given back (settled catches up when done)
         self.max_delivery_count = 0
@@ -75,8 +80,8 @@ class Worker:
 
     @property
     def working(self) -> bool:
-        """Whether any of its lanes has messages in the works or waiting."""
-        return any(not lane.idle for lane in list(self._lanes.values()))
+        """Whether any of its lanes has messages in the works or waiting, or acks wait."""
+        return bool(self._acks) or any(not lane.idle for lane in list(self._lanes.values()))
 
     def owned_partitions(self) -> list[int]:
         ownership = self._ownership
@@ -114,6 +119,9 @@ class Worker:
             self._generation += 1  # deliveries of the old connection can no longer be acked
         for lane in self._lanes.values():
             lane.drop_queued()
+        with self._acks_lock:
+            lost, self._acks = len(self._acks), []
+        self._dropped(lost)  # acks the old connection can no longer send: the broker redelivers
 
     def _consume(self) -> None:
         connection = pika.BlockingConnection(self._params)
@@ -124,7 +132,7 @@ class Worker:
             locks = PartitionLocks(ControlChannel(connection), self.topology, self.name)
             ownership = self._ownership = Ownership(
                 self.name, self.topology, locks, self.lime, partial(self._subscribe_partition, connection, generation),
-                self._lane, self.lime_config.processed_limetype)
+                self._lane, self.lime_config.processed_limetype, self._send_acks)
             presence = Counted(connection, self.topology.presence_queue)
             presence.join()
             budget = Budget(
@@ -137,6 +145,7 @@ class Worker:
             interval = self.settings.rebalance_interval
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=min(0.1, interval))
+                self._send_acks()
                 if budget is not None and not budget.busy and self.working:
                     budget.look(True)  # count as busy now, not at the next tick
                 if time.monotonic() >= next_tick:
@@ -175,9 +184,11 @@ class Worker:
             if ownership.let_go_idle() and self._lane(self.topology.invalid_queue).idle:
                 break
             connection.process_data_events(time_limit=0.05)
+            self._send_acks()
         else:
             log.warning("worker_drain_timeout", worker=self.name, partitions=sorted(ownership.owned))
             self._abandon.set()
+        self._send_acks()
         connection.process_data_events(time_limit=0)
 
     # ------------------------------------------------------------------ deliveries
@@ -262,19 +273,34 @@ class Worker:
                 return False
 
     def _ack(self, delivery: Delivery) -> None:
+        """Queue its ack for the connection's thread; wake that thread when half a
+        prefetch window waits (the broker sends no more while the window is full)."""
         connection = self._connection
         if connection is None or not self._current(delivery):
             self._dropped(1)
             return
+        with self._acks_lock:
+            self._acks.append(delivery)
+            wake = len(self._acks) == max(1, self.settings.prefetch // 2)
+        if wake:
+            try:
+                connection.add_callback_threadsafe(self._send_acks)
+            except Exception:
+                pass  # connection gone: _connection_gone lets go of what waits
 
-        def ack() -> None:
-            if self._current(delivery):
+    def _send_acks(self) -> None:
+        """Ack what the lanes settled (the connection's thread only)."""
+        if not self._acks:
+            return
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+        for delivery in acks:
+            if not self._current(delivery):
+                self._dropped(1)  # its channel or connection went: the broker redelivers, the log record dedupes
+                continue
+            try:
                 delivery.channel.basic_ack(delivery.delivery_tag)
-                self.settled += 1
-            else:
+            except (pika.exceptions.ChannelClosed, pika.exceptions.ChannelWrongStateError):
                 self._dropped(1)
-
-        try:
-            connection.add_callback_threadsafe(ack)
-        except Exception:
-            self._dropped(1)  # connection gone: the broker redelivers, the log record check dedupes
+                continue
+            self.settled += 1

@@ -51,7 +51,10 @@ class Ownership:
     broker dropped the locks with the old one)."""
 
     def __init__(self, name: str, topology: Topology, locks: PartitionLocks, lime: LimeClient | None,
-                 subscribe: Callable[[Owned], BlockingChannel], lane: Callable[[int], Lane], probe_limetype: str):
+                 subscribe: Callable[[Owned], BlockingChannel], lane: Callable[[int], Lane], probe_limetype: str,
+                 send_acks: Callable[[], None] = lambda: None):
+        """``send_acks()`` sends the acks lanes have queued: called before a channel
+        closes, so that a message its lane finished is not redelivered."""
         self.name = name
         self.topology = topology
         self.locks = locks
@@ -59,6 +62,7 @@ class Ownership:
         self.subscribe = subscribe
         self.lane = lane
         self.probe_limetype = probe_limetype
+        self.send_acks = send_acks
         self.owned: dict[int, Owned] = {}
         self.lime_down = False
         self._lock = threading.Lock()
@@ -146,6 +150,7 @@ class Ownership:
         log.info("partition_released", partition=owned.index, worker=self.name)
 
     def close_channel(self, owned: Owned) -> None:
+        self.send_acks()  # a lane seen idle has queued its last ack: it goes before the channel closes
         channel, owned.channel = owned.channel, None
         self.lane(owned.index).drop_queued()
         if channel is not None and channel.is_open:
