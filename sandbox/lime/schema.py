@@ -61,7 +61,11 @@ class Property:
         return self.type != "hasmany"
 
     def option(self, key: str) -> Option | None:
-        return next((o for o in self.options if o.key == key), None)
+        return self._options_by_key.get(key)
+
+    @cached_property
+    def _options_by_key(self) -> dict[str, Option]:
+        return {o.key: o for o in reversed(self.options)}  # the first of a key wins, as a search in order
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         out: dict[str, Any] = {
