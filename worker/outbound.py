@@ -91,7 +91,8 @@ class Outbound:
         self.type_property = mapper.fields["customertype"].property if "customertype" in mapper.fields else None
         self.restored = 0  # fingerprints written again after BFUS's "created" message (_after_creation)
         self.duplicate_wait = DUPLICATE_WAIT
-        self._duplicates: dict[int, float] = {}  # company id -> when BFUS first answered its creation 409
+        # company id -> when BFUS first and last answered its creation 409
+        self._duplicates: dict[int, tuple[float, float]] = {}
 
     @property
     def limetype(self) -> str:
@@ -274,12 +275,18 @@ class Outbound:
         company (by its identity) soon. Returns once it is linked; until
         ``duplicate_wait`` seconds from the first 409 raises BfusUnavailable (the
         event is tried again, in order); after that raises BFUS's refusal
-        (bfus_duplicate: a customer that is not this company's)."""
+        (bfus_duplicate: a customer that is not this company's). A 409 more than
+        ``duplicate_wait`` after the company's last one starts a new wait (the event of
+        the last was let go: its partition handed over, the worker stopped)."""
         if self._linked(self.lime.get(self.limetype, company_id)):
             self._duplicates.pop(company_id, None)
             return
-        first = self._duplicates.setdefault(company_id, time.monotonic())
-        if time.monotonic() - first < self.duplicate_wait:
+        now = time.monotonic()
+        first, last = self._duplicates.get(company_id, (now, now))
+        if now - last > self.duplicate_wait:
+            first = now
+        self._duplicates[company_id] = (first, now)
+        if now - first < self.duplicate_wait:
             raise BfusUnavailable("BFUS has a customer with this identity (409); waiting for BFUS's own message "
                                   "about it to link the company")
         self._duplicates.pop(company_id, None)

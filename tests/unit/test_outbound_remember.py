@@ -137,3 +137,24 @@ def test_a_duplicate_no_message_links_fails_as_bfus_duplicate(tmp_path: Path, li
     with pytest.raises(PermanentFailure) as failed:
         outbound.carry_out(outbound.plan(sent.company_id))
     assert failed.value.reason == "bfus_duplicate"
+
+
+def test_a_duplicate_wait_left_long_ago_does_not_shorten_a_new_one(
+        tmp_path: Path, limetypes: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 409 whose event was let go mid-wait (its partition handed over) leaves its time
+    behind; a 409 of the same company much later waits its own 120 s, not what is left
+    of the old wait; one wait lasts 120 s from its first 409 however often it is tried."""
+    lime, _mapper, outbound, sent = created_in_lime(tmp_path, limetypes)
+    outbound.bfus = DuplicateBfus()  # type: ignore[assignment]
+    clock = [1000.0]
+    monkeypatch.setattr("worker.outbound.time.monotonic", lambda: clock[0])
+    plan = outbound.plan(sent.company_id)
+    with pytest.raises(BfusUnavailable):
+        outbound.carry_out(plan)  # the first wait, then let go
+    for clock[0] in (5000.0, 5060.0, 5115.0):  # much later: a new wait, tried every minute or less
+        with pytest.raises(BfusUnavailable):
+            outbound.carry_out(plan)
+    clock[0] = 5121.0  # 121 s after the new wait's first 409
+    with pytest.raises(PermanentFailure) as failed:
+        outbound.carry_out(plan)
+    assert failed.value.reason == "bfus_duplicate"
