@@ -246,12 +246,6 @@ class Transport:
         self._release(handle)
         return Answer(status, data.getvalue(), head.getvalue())
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for handle in idle:
-            handle.close()
-
 
 def _unreachable(err: pycurl.error, method: str) -> LimeUnavailable:
     """Why no answer came, in the socket's words where there are some."""

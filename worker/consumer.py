@@ -4,8 +4,8 @@ Each tick the worker's :class:`~worker.ownership.Ownership` decides which partit
 it holds (fair share, hand-over, pausing while Lime is down; the lock protocol is
 shared/partitions.py). Each owned partition has a *lane* (worker/lanes.py): a thread
 applying its deliveries strictly in order. Lanes settle a delivery by queueing its ack;
-the connection's thread sends the queued acks at each turn of its loop (at least every
-0.1 s), and a lane wakes it (``add_callback_threadsafe``, the only pika call that may
+the connection's thread sends the queued acks at each turn of its loop (at most 0.1 s
+apart), and a lane wakes it (``add_callback_threadsafe``, the only pika call that may
 cross threads) only when half a prefetch window waits: one wake-up per ack cost the
 worker about as much CPU as the rest of pika's work for the message (docs/operations.md
 "CPU")."""
