@@ -11,6 +11,7 @@ from shared.bfus import BfusClient
 from shared.config import Config, ConfigError, LimeConfig, RetentionConfig
 from shared.jumplinks import JumpLinks
 from shared.lime import CircuitBreaker, LimeClient, LimeUnavailable
+from shared.limeevents import customer_keys
 from shared.limemeta import check_against_lime, fetch_limetypes
 from shared.logs import get_logger
 from shared.metrics import serve
@@ -97,7 +98,7 @@ def build_worker(
     )
     worker = Worker(config.broker, config.worker, config.lime, handler, name, lime)
     metrics().watch(config.broker.partitions, lambda: len(worker.owned_partitions()), lambda: breaker.is_open)
-    sweep = Sweep(lime, publisher, topology, outbound) if outbound is not None else None
+    sweep = Sweep(lime, publisher, topology, outbound, customer_keys(config.mapping)) if outbound is not None else None
     return WorkerProcess(worker, publisher, lime, config.lime, config.retention, sweep, config.outbound.sweep_interval)
 
 

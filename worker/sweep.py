@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from shared.lime import LimeClient, LimeUnavailable
 from shared.limeevents import LimeEvent, queue_properties
@@ -30,11 +30,15 @@ TAKEOVER = 300.0
 
 
 class Sweep:
-    def __init__(self, lime: LimeClient, publisher: ConfirmedPublisher, topology: Topology, outbound: Outbound):
+    def __init__(self, lime: LimeClient, publisher: ConfirmedPublisher, topology: Topology, outbound: Outbound,
+                 customer_keys: Mapping[str, str]):
+        """``customer_keys``: where a company's events go (shared.limeevents.customer_keys),
+        as the receiver routes its webhooks."""
         self.lime = lime
         self.publisher = publisher
         self.topology = topology
         self.outbound = outbound
+        self.customer_keys = dict(customer_keys)
         self.since: str | None = None  # Lime's _timestamp of the newest change seen
 
     def start_point(self, lookback: float) -> None:
@@ -85,7 +89,7 @@ class Sweep:
         is linked); the body names the company only: the worker reads it."""
         body = json.dumps({"event": f"{event.limetype}.update",
                            "body": {"id": event.id, "limetype": event.limetype}}).encode()
-        key = event.partition_key({self.outbound.limetype: self.outbound.mapper.key_property})
+        key = event.partition_key(self.customer_keys)
         self.publisher.publish(self.topology.exchange, self.topology.route(key), body,
                                queue_properties(f"sweep:{event.id}"))
 

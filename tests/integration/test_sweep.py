@@ -9,6 +9,7 @@ from typing import Any
 from sandbox.stack import Stack, wait_for
 from shared.bfus import BfusClient
 from shared.lime import LimeClient
+from shared.limeevents import customer_keys
 from shared.limemeta import check_against_lime
 from shared.topology import Topology
 from worker.outbound import Outbound
@@ -48,7 +49,7 @@ def test_a_company_behind_a_page_boundary_is_swept_while_lime_rewrites_the_list(
     outbound = Outbound(lime, BfusClient(config.bfus), check_against_lime(config, lime.limetypes())["customer"],
                         config.outbound.create_when)
     publisher = stack.receiver_app.extensions["publisher"]
-    sweep = Sweep(lime, publisher, Topology.from_config(config.broker), outbound)
+    sweep = Sweep(lime, publisher, Topology.from_config(config.broker), outbound, customer_keys(config.mapping))
 
     assert sweep.once() == 1  # the marked company, first on the second page until the rewrite moved it up
     wait_for(lambda: store.get("company", marked["_id"]).get("customerno"), 30, "the swept company in BFUS")
