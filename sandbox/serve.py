@@ -10,9 +10,40 @@ from typing import Any
 
 import waitress
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 
 # Quiet: "task queue depth" notes under load, and the noise of connections cut by stop().
 logging.getLogger("waitress").setLevel(logging.CRITICAL)
+
+
+class QuietChannel(HTTPChannel):
+    """waitress's connection, without its busy loop while a request answers.
+
+    A request's thread appends its answer to the connection's buffer and sends it
+    itself, both under the buffer's lock. waitress's main loop sees the buffer filled
+    in between, finds the lock taken and asks again at once, holding the interpreter
+    lock while the request's thread waits for it: with two requests at a time, several
+    hundred turns per request and several ms of CPU (tests/unit/test_serve.py). Here the
+    loop leaves a connection alone while its request writes, unless the buffer has
+    reached its high watermark (the request then waits for the loop to send it below
+    that), and is woken when the request leaves something unsent."""
+
+    _writing = False
+
+    def write_soon(self, data: bytes) -> int:
+        self._writing = True
+        try:
+            return super().write_soon(data)
+        finally:
+            self._writing = False
+            if self.total_outbufs_len:
+                self.server.pull_trigger()
+
+    def writable(self) -> bool:
+        if self._writing and self.total_outbufs_len < self.adj.outbuf_high_watermark \
+                and not (self.will_close or self.close_when_flushed):
+            return False
+        return bool(super().writable())
 
 
 class ServerThread:
@@ -37,6 +68,7 @@ class ServerThread:
         if self._server is not None:
             return self
         self._server = waitress.create_server(self.app, host=self.host, port=self.port, **self.options)
+        self._server.channel_class = QuietChannel
         self.port = self._server.effective_port
         self._thread = threading.Thread(target=self._server.run, daemon=True, name=f"http:{self.port}")
         self._thread.start()
