@@ -16,7 +16,7 @@ import requests
 from shared.bfus import BfusError
 from shared.config import Config, ProblemsError
 from shared.exitcodes import FAILURES, UNREACHABLE, USAGE
-from shared.lime import LimeRejected, LimeUnavailable, socket_error
+from shared.lime import LimeRejected, LimeUnavailable
 from shared.publisher import BrokerUnavailable
 
 
@@ -24,6 +24,27 @@ def public(url: str) -> str:
     """A URL without its password."""
     parts = urlsplit(url)
     return url.replace(f":{parts.password}@", ":***@") if parts.password else url
+
+
+def socket_error(err: BaseException) -> str:
+    """The socket's own reason (``Connection refused``) inside a wrapping error (requests'
+    texts are long and repeat the URL; pika's are only class names), else the error's
+    type."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        stack.extend(e for e in (current.__cause__, current.__context__, *current.args) if isinstance(e, BaseException))
+        for name in ("reason", "exception"):  # urllib3's and pika's wrapped errors
+            inner = getattr(current, name, None)
+            if isinstance(inner, BaseException):
+                stack.append(inner)
+    return type(err).__name__
 
 
 def _reason(err: BaseException) -> str:

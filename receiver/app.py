@@ -13,6 +13,7 @@ from deadletters import admin
 from receiver import health, jump, lime_events, messages, metrics, openapi
 from receiver.errors import error_response
 from shared.config import Config, load_config
+from shared.limeevents import customer_keys
 from shared.publisher import ConfirmedPublisher
 from shared.topology import Topology, declare_topology
 
@@ -23,6 +24,7 @@ def create_app(config: Config | None = None, publisher: ConfirmedPublisher | Non
     app.config["BFUS_LIME"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes
     app.extensions["topology"] = Topology.from_config(config.broker)
+    app.extensions["customer_keys"] = customer_keys(config.mapping)
     if publisher is None:
         publisher = ConfirmedPublisher(config.broker, "receiver", on_connect=lambda: declare_topology(config.broker))
         publisher.start()

@@ -37,6 +37,12 @@ def topology() -> Topology:
     return current_app.extensions["topology"]
 
 
+def customer_keys() -> dict[str, str]:
+    """Limetype -> the Lime property holding its BFUS customer number (a Lime event's
+    partition), from the mapping once."""
+    return current_app.extensions["customer_keys"]
+
+
 def lime() -> LimeClient:
     """This process's Lime client (the lime section), made on first use: only the jump
     calls Lime from the receiver."""

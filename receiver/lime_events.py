@@ -21,7 +21,7 @@ from receiver.errors import error_response
 from receiver.signatures import SignatureError, verify
 from shared import headers as h
 from shared.envelope import EnvelopeError
-from shared.limeevents import customer_keys, parse_event, queue_properties
+from shared.limeevents import parse_event, queue_properties
 from shared.logs import get_logger
 from shared.publisher import BrokerUnavailable, MessageUnencodable
 from shared.topology import INVALID_ROUTING_KEY
@@ -58,7 +58,7 @@ def receive_event() -> Response:
         event = parse_event(body)
     except EnvelopeError as err:
         return _keep_invalid(body, err, headers)
-    partition = context.topology().partition_of(event.partition_key(customer_keys(context.config().mapping)))
+    partition = context.topology().partition_of(event.partition_key(context.customer_keys()))
     try:
         context.publish(context.topology().routing_key(partition), body, properties)
     except BrokerUnavailable as err:

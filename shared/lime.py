@@ -110,27 +110,6 @@ class CircuitBreaker:
                 self._open_until = time.monotonic() + self._backoff.pause()
 
 
-def socket_error(err: BaseException) -> str:
-    """The socket's own reason (``Connection refused``) inside a wrapping error (requests'
-    texts are long and repeat the URL; pika's are only class names), else the error's
-    type."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror
-        stack.extend(e for e in (current.__cause__, current.__context__, *current.args) if isinstance(e, BaseException))
-        for name in ("reason", "exception"):  # urllib3's and pika's wrapped errors
-            inner = getattr(current, name, None)
-            if isinstance(inner, BaseException):
-                stack.append(inner)
-    return type(err).__name__
-
-
 def option_key(value: Any) -> Any:
     """An option as Lime reads it (``{"id", "key", "text"}``) as its key, the form
     Lime takes on writes; any other value as it is."""
