@@ -29,18 +29,18 @@ def big(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         yield b"y" * (2 * 1024 * 1024)
 
 
-def fetch_all(port: int, path: str, requests: int, bodies: list[int]) -> None:
+def fetch_all(port: int, requests: int, bodies: list[int]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     for _ in range(requests):
-        conn.request("GET", path)
+        conn.request("GET", "/")
         bodies.append(len(conn.getresponse().read()))
     conn.close()
 
 
-def serve_concurrently(app: Any, path: str, clients: int, requests: int, **options: Any) -> list[int]:
+def serve_concurrently(app: Any, clients: int, requests: int, **options: Any) -> list[int]:
     bodies: list[int] = []
     with ServerThread(app, options=options) as server:
-        threads = [threading.Thread(target=fetch_all, args=(server.port, path, requests, bodies))
+        threads = [threading.Thread(target=fetch_all, args=(server.port, requests, bodies))
                    for _ in range(clients)]
         for t in threads:
             t.start()
@@ -62,7 +62,7 @@ def test_the_loop_leaves_a_connection_alone_while_its_request_writes(monkeypatch
         handle_write(self)
 
     monkeypatch.setattr(QuietChannel, "handle_write", counted)
-    bodies = serve_concurrently(chunked, "/", CLIENTS, REQUESTS)
+    bodies = serve_concurrently(chunked, CLIENTS, REQUESTS)
     assert bodies == [CHUNKS * 1024] * (CLIENTS * REQUESTS)
     assert turns <= 2 * CLIENTS * REQUESTS
 
@@ -72,5 +72,5 @@ def test_an_answer_larger_than_the_buffer_is_sent_whole(monkeypatch: pytest.Monk
     not leave that connection alone then (the answer would never end)."""
     small = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)]  # the request cannot send it all itself
     monkeypatch.setattr(Adjustments, "socket_options", [*Adjustments.socket_options, *small])
-    bodies = serve_concurrently(big, "/", 2, 3, outbuf_high_watermark=64 * 1024)
+    bodies = serve_concurrently(big, 2, 3, outbuf_high_watermark=64 * 1024)
     assert bodies == [8 * 1024 * 1024] * 6
