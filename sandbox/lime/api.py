@@ -25,6 +25,7 @@ and answered by ``Answer``.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -172,13 +173,15 @@ class LimeAPI:
         self.store = store
         self.faults = faults
         self.webhooks = webhooks
-        self.routes = ROUTES.bind("lime")
+        # A path's route, kept for the paths seen last: werkzeug's matcher walks its rules
+        # anew for every request, and a stand-in's requests repeat their paths.
+        self.route = functools.lru_cache(maxsize=4096)(ROUTES.bind("lime").match)
         self._base_urls: dict[tuple[Any, ...], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         call = Call(environ)
         try:
-            endpoint, args = self.routes.match(environ.get("PATH_INFO") or "/", call.method)
+            endpoint, args = self.route(environ.get("PATH_INFO") or "/", call.method)
         except NotFound:
             return error_answer(404, "not_found", f"No such resource: {self._path(environ)}")(start_response)
         except MethodNotAllowed:
