@@ -174,6 +174,34 @@ def test_bad_value_in_put_changes_nothing(api: Api) -> None:
     assert api.get(f"limeobject/company/{obj['_id']}/").json()["phone"] == "+468111111"
 
 
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b'{"name": "x"}', "text/plain"),
+        (b'{"name": ', "application/json"),
+        (b'["name", "x"]', "application/json"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json"),
+        (b'{"name": "\xff\xfe"}', "application/json"),
+    ],
+    ids=["not sent as JSON", "cut short", "not an object", "nested 100,000 deep", "not UTF-8"],
+)
+def test_a_body_that_is_not_a_json_object_is_400_and_writes_nothing(api: Api, data: bytes, content_type: str) -> None:
+    response = requests.post(api.base + "limeobject/company/", data=data,
+                             headers={**api.headers, "Content-Type": content_type}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_body"
+    assert api.get("limeobject/company/").json()["_embedded"]["limeobjects"] == []
+
+
+def test_an_unknown_path_is_404_and_a_wrong_method_405_in_json_and_not_counted(api: Api) -> None:
+    requests.post(f"{api.root}_admin/stats/reset", headers=ADMIN, timeout=10)
+    missing = api.get("nothing/here/")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = requests.patch(api.base + "limeobject/company/", json={}, headers=api.headers, timeout=10)
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert requests.get(f"{api.root}_admin/stats", headers=ADMIN, timeout=10).json()["total"] == 0
+
+
 def test_missing_or_wrong_api_key_is_401(api: Api) -> None:
     for headers in ({}, {"X-API-Key": "wrong"}):
         response = requests.get(api.base + "limeobject/company/", headers=headers, timeout=10)
