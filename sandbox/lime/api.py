@@ -31,6 +31,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -52,10 +53,6 @@ CONTROL_PARAMS = {"_limit", "_offset", "_offset_id", "_sort", "_embed"}
 FAULT_CODES = {503: "unavailable", 429: "too_many_requests", 500: "internal_error"}
 SUBSCRIPTION_ENDPOINTS = {"available", "subscriptions", "subscribe", "subscription", "change_subscription",
                           "unsubscribe"}
-STATUS_LINES = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
-                401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found",
-                405: "405 Method Not Allowed", 429: "429 Too Many Requests", 500: "500 Internal Server Error",
-                503: "503 Service Unavailable"}
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +85,7 @@ class Answer:
         headers = list(self.headers.items())
         if self.content_type is not None:
             headers += [("Content-Type", self.content_type), ("Content-Length", str(len(self.body)))]
-        start_response(STATUS_LINES.get(self.status) or f"{self.status} Error", headers)
+        start_response(f"{self.status} {HTTPStatus(self.status).phrase}", headers)
         return [self.body]
 
 
