@@ -300,10 +300,13 @@ class LimeAPI:
         return json_answer(self.with_links(self.base_url(call), limetype, self.store.get(limetype, object_id)))
 
     def update(self, call: Call, limetype: str, object_id: int) -> Answer:
-        before, updated = self.store.change(limetype, object_id, call.json_object())
+        event = f"{limetype}.update"
+        if self.webhooks.wants(event):  # the object before only for the event's original_values
+            before, updated = self.store.change(limetype, object_id, call.json_object())
+            self.webhooks.fire(event, event_body(limetype, updated, before))
+        else:
+            updated = self.store.update(limetype, object_id, call.json_object())
         self.faults.wrote(limetype, object_id)
-        if self.webhooks.wants(f"{limetype}.update"):
-            self.webhooks.fire(f"{limetype}.update", event_body(limetype, updated, before))
         return json_answer(self.with_links(self.base_url(call), limetype, updated))
 
     def delete(self, call: Call, limetype: str, object_id: int) -> Answer:

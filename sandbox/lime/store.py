@@ -4,9 +4,10 @@ property, values checked the way Lime checks them."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ class LimeRequestError(Exception):
 
 def bad_request(message: str, code: str = "bad_request") -> LimeRequestError:
     return LimeRequestError(400, code, message)
+
+
+def _text(value: Any) -> Any:
+    return value if value is not None else ""
+
+
+def _option_json(prop: Property, value: Any) -> dict[str, Any] | None:
+    option = prop.option(value) if value is not None else None
+    return {"id": option.id, "key": option.key, "text": option.text} if option else None
 
 
 def now_iso() -> str:
@@ -88,7 +98,7 @@ class LimeStore:
         self.limetypes = limetypes
         self.db = ThreadLocalDB(path)
         self._indexes: set[tuple[str, str]] = set()  # (limetype, column) known indexed
-        self._reader_cache: dict[str, tuple[tuple[str, Property | None], ...]] = {}
+        self._reader_cache: dict[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {}
         self._create_tables()
 
     # ------------------------------------------------------------------ plumbing
@@ -198,15 +208,15 @@ class LimeStore:
         raise bad_request(f"Property '{where}' cannot be written.", "read_only")
 
     @staticmethod
-    def _from_db(prop: Property, value: Any) -> Any:
+    def _reader(prop: Property) -> Callable[[Any], Any] | None:
+        """What turns a value as SQLite holds it into the value Lime answers (None: as it is)."""
         if prop.type in TEXT_TYPES:
-            return value if value is not None else ""
+            return _text
         if prop.type == "yesno":
-            return bool(value)
+            return bool
         if prop.type == "option":
-            option = prop.option(value) if value is not None else None
-            return {"id": option.id, "key": option.key, "text": option.text} if option else None
-        return value
+            return functools.partial(_option_json, prop)
+        return None
 
     def _checked(self, lt: Limetype, values: dict[str, Any], creating: bool) -> dict[str, Any]:
         if not isinstance(values, dict):
@@ -252,8 +262,7 @@ class LimeStore:
 
     def row_to_object(self, lt: Limetype, row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
         """The object as Lime answers it, from its row (or the same columns in a dict)."""
-        obj = {name: row[name] if prop is None else self._from_db(prop, row[name])
-               for name, prop in self._readers(lt)}
+        obj = {name: row[name] if read is None else read(row[name]) for name, read in self._readers(lt)}
         obj["_id"] = row["_id"]
         obj["_timestamp"] = row["_timestamp"]
         obj["_createdtime"] = row["_createdtime"]
@@ -263,14 +272,11 @@ class LimeStore:
         obj["_descriptive"] = str(descriptive) if descriptive not in (None, "") else f"{lt.name} {row['_id']}"
         return obj
 
-    def _readers(self, lt: Limetype) -> tuple[tuple[str, Property | None], ...]:
-        """Each stored property's column, with the property when its value needs
-        converting from what SQLite holds (None: as it is)."""
+    def _readers(self, lt: Limetype) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+        """Each stored property's column, with what converts its value (None: nothing)."""
         readers = self._reader_cache.get(lt.name)
         if readers is None:
-            converted = TEXT_TYPES | {"yesno", "option"}  # what _from_db changes
-            readers = self._reader_cache[lt.name] = tuple((p.name, p if p.type in converted else None)
-                                                          for p in lt.stored_properties)
+            readers = self._reader_cache[lt.name] = tuple((p.name, self._reader(p)) for p in lt.stored_properties)
         return readers
 
     def get(self, limetype: str, object_id: int) -> dict[str, Any]:
@@ -299,12 +305,18 @@ class LimeStore:
         return self.row_to_object(lt, {**checked, "_id": new_id, "_createdtime": stamp, "_timestamp": stamp})
 
     def update(self, limetype: str, object_id: int, values: dict[str, Any]) -> dict[str, Any]:
-        return self.change(limetype, object_id, values)[1]
+        """Update an object with ``values`` (a partial update): the object after."""
+        return self._write(limetype, object_id, values)[1]
 
     def change(self, limetype: str, object_id: int, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Update an object with ``values`` (a partial update): (before, after)."""
+        """``update``, with the object before: (before, after)."""
+        row, after = self._write(limetype, object_id, values)
+        return self.row_to_object(self.limetype(limetype), row), after
+
+    def _write(self, limetype: str, object_id: int, values: dict[str, Any]) -> tuple[sqlite3.Row, dict[str, Any]]:
+        """The object's row before, and the object after."""
         lt = self.limetype(limetype)
-        with self.db.write() as db:  # the read and the write in one transaction: before is what was replaced
+        with self.db.write() as db:  # the read and the write in one transaction: the row is what was replaced
             row = self._get_row(limetype, object_id)
             if row is None:
                 raise LimeRequestError(404, "not_found", f"{limetype} {object_id} does not exist.")
@@ -312,10 +324,9 @@ class LimeStore:
             checked["_timestamp"] = now_iso()
             sets = ", ".join(f"{self._col(k)} = ?" for k in checked)
             db.execute(f"UPDATE {self._table(limetype)} SET {sets} WHERE _id = ?", (*checked.values(), object_id))
-        before = self.row_to_object(lt, row)
         if not self._as_stored(lt, checked):
-            return before, self.get(limetype, object_id)
-        return before, self.row_to_object(lt, {**dict(zip(row.keys(), row, strict=True)), **checked})
+            return row, self.get(limetype, object_id)
+        return row, self.row_to_object(lt, {**dict(zip(row.keys(), row, strict=True)), **checked})
 
     @staticmethod
     def _as_stored(lt: Limetype, checked: dict[str, Any]) -> bool:
