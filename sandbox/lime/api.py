@@ -18,9 +18,9 @@ Why no web framework here: every Lime call of every benchmark lands on this app,
 the stand-in shares the benchmark's machine (issue 14). Measured with ``python -m
 bench.cpu`` (Lime latency 20 ms), the stand-in's CPU per request with the same handlers
 was about 1.5 ms under Flask, 1.4 under werkzeug's Request and Response, 1.15 under
-Falcon, and 0.9 served from the WSGI environ as here. Routing stays werkzeug's (the rules
-and the 404 and 405 that Flask gave); a request is read from the environ by ``Call``
-and answered by ``Answer``.
+Falcon, and about 1.1 served from the WSGI environ as here (docs/operations.md, "CPU").
+Routing stays werkzeug's (the rules and the 404 and 405 that Flask gave); a request is
+read from the environ by ``Call`` and answered by ``Answer``.
 """
 
 from __future__ import annotations
