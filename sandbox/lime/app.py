@@ -51,7 +51,7 @@ def _response(answer: Answer) -> Response:
 
 
 def _json(body: Any) -> Response:
-    return _response(json_answer(body, ))
+    return _response(json_answer(body, content_type="application/json"))
 
 
 def _error(status: int, code: str, message: str) -> Response:

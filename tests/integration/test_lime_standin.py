@@ -299,6 +299,13 @@ def test_requests_are_counted_by_method_and_limetype(api: Api) -> None:
     assert stats["total"] == 4
 
 
+def test_the_admin_api_answers_plain_json(api: Api) -> None:
+    for path in ("_admin/faults", "_admin/stats", "_admin/webhooks", "_admin/counts", "_admin/objects/company"):
+        response = requests.get(f"{api.root}{path}", headers=ADMIN, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/json", path
+
+
 # --------------------------------------------------------------------------- link properties and the card (issue 13)
 
 JUMP = "https://bfus-lime.example.se/jump/company/1001?client=MFU&sig=9f2c0a"
