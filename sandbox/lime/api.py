@@ -29,6 +29,7 @@ import functools
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -81,11 +82,14 @@ class Answer:
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, start_response: Callable[..., Any]) -> list[bytes]:
+    def header_list(self) -> list[tuple[str, str]]:
         headers = list(self.headers.items())
         if self.content_type is not None:
             headers += [("Content-Type", self.content_type), ("Content-Length", str(len(self.body)))]
-        start_response(f"{self.status} {HTTPStatus(self.status).phrase}", headers)
+        return headers
+
+    def __call__(self, start_response: Callable[..., Any]) -> list[bytes]:
+        start_response(f"{self.status} {HTTPStatus(self.status).phrase}", self.header_list())
         return [self.body]
 
 
@@ -161,6 +165,17 @@ def event_body(limetype: str, obj: dict[str, Any], before: dict[str, Any] | None
     return body
 
 
+@dataclass
+class Admitted:
+    """A request routed and counted, to be served after ``delay`` seconds (the latency)."""
+
+    call: Call
+    endpoint: str
+    args: Mapping[str, Any]
+    verdict: tuple[int, str, dict[str, str]] | None  # a fault's (status, message, headers), or None
+    delay: float
+
+
 _URL_PARTS = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT")
 
 
@@ -176,41 +191,57 @@ class LimeAPI:
         self._base_urls: dict[tuple[Any, ...], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        """The API as a WSGI app: the request's thread sleeps out the latency."""
+        admitted = self.admit(environ)
+        if isinstance(admitted, Answer):
+            return admitted(start_response)
+        if admitted.delay:
+            time.sleep(admitted.delay)
+        return self.serve(admitted)(start_response)
+
+    def admit(self, environ: dict[str, Any]) -> Admitted | Answer:
+        """Route the request, count it and decide its fault: what ``serve`` answers
+        once the caller has waited ``delay`` seconds. An unknown path or method is
+        answered at once, neither counted nor delayed."""
         call = Call(environ)
         try:
             endpoint, args = self.route(environ.get("PATH_INFO") or "/", call.method)
         except NotFound:
-            return error_answer(404, "not_found", f"No such resource: {self._path(environ)}")(start_response)
+            return error_answer(404, "not_found", f"No such resource: {self._path(environ)}")
         except MethodNotAllowed:
-            return error_answer(405, "method_not_allowed",
-                                f"{call.method} is not allowed on {self._path(environ)}")(start_response)
+            return error_answer(405, "method_not_allowed", f"{call.method} is not allowed on {self._path(environ)}")
+        verdict, delay = self.faults.admit(call.method, args.get("limetype", "limetype"),
+                                           environ.get("REMOTE_ADDR") or "-",
+                                           call.data if call.method in ("POST", "PUT") else b"")
+        return Admitted(call, endpoint, args, verdict, delay)
+
+    def serve(self, admitted: Admitted) -> Answer:
+        """The answer to an admitted request: its fault's, else the handler's."""
+        call = admitted.call
         try:
-            answer = self._guard(call, endpoint, args) or getattr(self, endpoint)(call, **args)
+            answer = self._guard(admitted) or getattr(self, admitted.endpoint)(call, **admitted.args)
         except LimeRequestError as err:
             answer = error_answer(err.status, err.code, err.message)
         except Exception:
-            log.exception("the Lime stand-in failed on %s %s", call.method, self._path(environ))
+            log.exception("the Lime stand-in failed on %s %s", call.method, self._path(call.environ))
             answer = error_answer(500, "internal_error", "The stand-in failed on this request.")
         self.faults.answered(answer.status)
-        return answer(start_response)
+        return answer
 
     @staticmethod
     def _path(environ: dict[str, Any]) -> str:
         return f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
 
-    def _guard(self, call: Call, endpoint: str, args: Mapping[str, Any]) -> Answer | None:
-        """Faults first (the request is counted and waits out the latency), then the key."""
-        verdict = self.faults.before(call.method, args.get("limetype", "limetype"),
-                                     call.environ.get("REMOTE_ADDR") or "-",
-                                     call.data if call.method in ("POST", "PUT") else b"")
-        if verdict is not None:
-            status, message, headers = verdict
+    def _guard(self, admitted: Admitted) -> Answer | None:
+        """The fault's answer, if any, then the API key and the right to manage webhooks."""
+        if admitted.verdict is not None:
+            status, message, headers = admitted.verdict
             return error_answer(status, FAULT_CODES[status], message, headers)
-        key = call.header("X-API-Key")
+        key = admitted.call.header("X-API-Key")
         if not any(hmac.compare_digest(key, k) for k in self.settings.api_keys):
             return error_answer(401, "unauthorized", "A valid X-API-Key header is required.")
         allowed = self.settings.webhook_keys
-        if endpoint in SUBSCRIPTION_ENDPOINTS and allowed is not None and not any(
+        if admitted.endpoint in SUBSCRIPTION_ENDPOINTS and allowed is not None and not any(
                 hmac.compare_digest(key, k) for k in allowed):
             return error_answer(403, "forbidden",
                                 "Managing webhooks needs an administrator or the group Webhook Users.")

@@ -67,7 +67,7 @@ def create_lime_app(settings: LimeSandboxSettings) -> Flask:
     app.url_map.strict_slashes = False
     app.register_blueprint(_admin_blueprint(), url_prefix="/_admin")
     app.register_blueprint(web_blueprint(), url_prefix=f"/{settings.application}/web")
-    api = LimeAPI(settings, lime_store, faults, hooks)
+    app.extensions["lime_api"] = api = LimeAPI(settings, lime_store, faults, hooks)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {f"/{settings.application}/api/v1": api})  # type: ignore[method-assign]
 
     @app.errorhandler(LimeRequestError)
@@ -176,17 +176,20 @@ def _admin_blueprint() -> Blueprint:
 
 
 class LimeStandIn:
-    """The stand-in as an object: its app, store and fault injector, servable on a port."""
+    """The stand-in as an object: its app, store and fault injector, servable on a port
+    (by uvicorn, the API on its event loop: sandbox/lime/front.py)."""
 
     def __init__(self, settings: LimeSandboxSettings, host: str = "127.0.0.1", port: int = 0):
-        from sandbox.serve import ServerThread
+        from sandbox.lime.front import LimeFront
+        from sandbox.serve import LoopServerThread
 
         self.settings = settings
         self.app = create_lime_app(settings)
         self.store: LimeStore = self.app.extensions["lime_store"]
         self.faults: FaultInjector = self.app.extensions["lime_faults"]
         self.webhooks: Webhooks = self.app.extensions["lime_webhooks"]
-        self.server = ServerThread(self.app, host, port)
+        front = LimeFront(self.app, self.app.extensions["lime_api"], f"/{settings.application}/api/v1")
+        self.server = LoopServerThread(front, host, port)
 
     @property
     def api_url(self) -> str:

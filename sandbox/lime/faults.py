@@ -64,10 +64,11 @@ class FaultInjector:
     def snapshot(self) -> dict[str, Any]:
         return asdict(self.faults)
 
-    def before(self, method: str, limetype: str, client: str,
-               body: bytes = b"") -> tuple[int, str, dict[str, str]] | None:
+    def admit(self, method: str, limetype: str, client: str,
+              body: bytes = b"") -> tuple[tuple[int, str, dict[str, str]] | None, float]:
         """Count the request and decide its fate: None to serve it, else (status,
-        message, headers) to answer instead. Sleeps for the configured latency."""
+        message, headers) to answer instead; and the seconds it waits first (the
+        latency, which the caller sleeps out: sandbox/lime/front.py)."""
         with self._lock:
             self._requests[f"{method} {limetype}"] += 1
             faults = self.faults
@@ -78,9 +79,7 @@ class FaultInjector:
             if verdict is None and faults.fail_containing and method in ("POST", "PUT") \
                     and faults.fail_limetype in ("", limetype) and faults.fail_containing.encode() in body:
                 verdict = 500, "Internal server error (injected for this payload).", {}
-        if delay > 0:
-            time.sleep(delay / 1000.0)
-        return verdict
+        return verdict, delay / 1000.0
 
     def _verdict(self, faults: Faults, client: str) -> tuple[int, str, dict[str, str]] | None:
         if faults.down:
