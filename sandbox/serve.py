@@ -119,10 +119,9 @@ class LoopServerThread:
     def start(self) -> LoopServerThread:
         if self._server is not None:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(2048)  # connections wait in the backlog until the loop accepts them
+        family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+        # Listening from here on: connections wait in the backlog until the loop accepts them.
+        sock = socket.create_server((self.host, self.port), family=family, backlog=2048)
         self.port = sock.getsockname()[1]
         self._socket = sock
         config = uvicorn.Config(self.app, http="httptools", lifespan="off", log_config=None, access_log=False,

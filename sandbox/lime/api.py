@@ -205,7 +205,7 @@ class LimeAPI:
         answered at once, neither counted nor delayed."""
         call = Call(environ)
         try:
-            endpoint, args = self.route(environ.get("PATH_INFO") or "/", call.method)
+            endpoint, args = self.route(_path_info(environ), call.method)
         except NotFound:
             return error_answer(404, "not_found", f"No such resource: {self._path(environ)}")
         except MethodNotAllowed:
@@ -230,7 +230,7 @@ class LimeAPI:
 
     @staticmethod
     def _path(environ: dict[str, Any]) -> str:
-        return f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
+        return f"{environ.get('SCRIPT_NAME', '')}{_path_info(environ)}"
 
     def _guard(self, admitted: Admitted) -> Answer | None:
         """The fault's answer, if any, then the API key and the right to manage webhooks."""
@@ -390,6 +390,12 @@ class LimeAPI:
         if not self.webhooks.remove(sub_id):
             raise LimeRequestError(404, "not_found", f"No subscription {sub_id}.")
         return Answer(204)
+
+
+def _path_info(environ: dict[str, Any]) -> str:
+    """The path below the API, as text: WSGI gives its UTF-8 bytes as Latin-1 characters."""
+    path: str = environ.get("PATH_INFO") or "/"
+    return path if path.isascii() else path.encode("latin-1").decode("utf-8", "replace")
 
 
 def _int_arg(call: Call, name: str, default: int, minimum: int) -> int:

@@ -22,7 +22,7 @@ from typing import Any, cast
 from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi import build_environ
 
-from sandbox.lime.api import Answer, LimeAPI, error_answer
+from sandbox.lime.api import Answer, LimeAPI
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -37,9 +37,6 @@ class LimeFront:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return
-        if not scope["query_string"].isascii():  # WSGI (and a2wsgi) read it as ASCII
-            await reply(send, error_answer(400, "invalid_parameter", "The query string must be percent-encoded ASCII."))
             return
         path: str = scope["path"]
         if path != self.prefix and not path.startswith(self.prefix + "/"):

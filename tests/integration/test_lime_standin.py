@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,24 @@ def test_an_unknown_path_is_404_and_a_wrong_method_405_in_json_and_not_counted(a
     wrong = requests.patch(api.base + "limeobject/company/", json={}, headers=api.headers, timeout=10)
     assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
     assert requests.get(f"{api.root}_admin/stats", headers=ADMIN, timeout=10).json()["total"] == 0
+
+
+def test_an_unknown_limetype_is_named_as_sent_also_outside_ascii(api: Api) -> None:
+    for path in ("limetype/k%C3%A4nd/", "limeobject/k%C3%A4nd/"):
+        response = api.get(path)
+        assert response.status_code == 404
+        assert response.json()["message"] == "Limetype 'känd' does not exist."
+
+
+@pytest.mark.parametrize("request_line", [b"GET /lime/api/v1/limeobject/company/?name=\xe5 HTTP/1.1",
+                                          b"GET /lime/api/v1/limeobject/\xe5/ HTTP/1.1", b"NOT HTTP AT ALL"],
+                         ids=["raw byte in the query", "raw byte in the path", "no request line"])
+def test_a_request_that_is_not_http_gets_400_and_the_api_serves_on(lime: LimeStandIn, api: Api,
+                                                                     request_line: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", lime.server.port), timeout=10) as sock:
+        sock.sendall(request_line + b"\r\nHost: lime\r\nX-API-Key: " + lime.api_key.encode() + b"\r\n\r\n")
+        assert sock.makefile("rb").readline().split()[1] == b"400"
+    assert api.get("limeobject/company/").status_code == 200
 
 
 def test_missing_or_wrong_api_key_is_401(api: Api) -> None:

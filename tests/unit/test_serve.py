@@ -1,7 +1,9 @@
-"""sandbox/serve.py: the stand-ins' HTTP server (waitress in a thread)."""
+"""sandbox/serve.py: the stand-ins' HTTP servers (waitress in a thread, uvicorn on a
+loop in a thread)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import threading
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 from waitress.adjustments import Adjustments
 
-from sandbox.serve import QuietChannel, ServerThread
+from sandbox.serve import LoopServerThread, QuietChannel, ServerThread
 
 CHUNKS = 20  # an answer written in this many pieces: as many times the buffer fills while a request writes
 CLIENTS, REQUESTS = 4, 50  # keep-alive connections at once, requests on each
@@ -74,3 +76,52 @@ def test_an_answer_larger_than_the_buffer_is_sent_whole(monkeypatch: pytest.Monk
     monkeypatch.setattr(Adjustments, "socket_options", [*Adjustments.socket_options, *small])
     bodies = serve_concurrently(big, 2, 3, outbuf_high_watermark=64 * 1024)
     assert bodies == [8 * 1024 * 1024] * 6
+
+
+class Held:
+    """An ASGI app: ``/`` answers at once, ``/held`` only when released (never, here)."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/held":
+            self.arrived.set()
+            await asyncio.Event().wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_the_loop_server_drops_every_connection_when_stopped_and_serves_again_on_its_port() -> None:
+    app = Held()
+    server = LoopServerThread(app).start()
+    port = server.port
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    idle.request("GET", "/")
+    assert idle.getresponse().read() == b"ok"  # kept alive
+    outcome: list[BaseException | bytes] = []
+
+    def wait_held() -> None:
+        held = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            held.request("GET", "/held")
+            outcome.append(held.getresponse().read())
+        except (OSError, http.client.HTTPException) as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=wait_held)
+    waiting.start()
+    assert app.arrived.wait(10)
+    server.stop()
+    waiting.join(10)
+    assert not waiting.is_alive() and isinstance(outcome[0], (OSError, http.client.HTTPException))  # cut, not hung
+    with pytest.raises((OSError, http.client.HTTPException)):
+        idle.request("GET", "/")
+        idle.getresponse()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)
+    with server.start():
+        assert server.port == port
+        again = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        again.request("GET", "/")
+        assert again.getresponse().read() == b"ok"
