@@ -22,7 +22,7 @@ with others), so a loaded machine stretches the drain but not the figures.
   Lime call answered. Both are printed: a message costs ``calls/msg`` calls (2 here;
   coalescing and no-op skipping lower it elsewhere, and a call's CPU is most of a
   message's).
-- The stand-in: it serves from this process (waitress threads), so its CPU is this
+- The stand-in: it serves from this process (uvicorn's loop thread), so its CPU is this
   process's own (getrusage, every thread) over the drain, less this process's idle
   CPU measured alongside the worker's (the receiver and the BFUS stand-in are idle by
   then; this benchmark polls the log count 5 times a second in both), per request the

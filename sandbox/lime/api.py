@@ -14,11 +14,17 @@ Every request the API routes is counted and may meet a fault (sandbox/lime/fault
 before its API key is checked; every create, update and delete fires the webhooks of
 sandbox/lime/webhooks.py. Errors are JSON ``{"error": code, "message": text}``.
 
+A request is served in two steps, ``admit`` (route, count, decide the fault and the
+latency) and ``serve`` (answer), so that the latency can pass between them without a
+thread: sandbox/lime/front.py sleeps it out on the event loop. As a WSGI app
+(``__call__``, mounted in the Flask app) the request's thread sleeps instead.
+
 Why no web framework here: every Lime call of every benchmark lands on this app, and
 the stand-in shares the benchmark's machine (issue 14). Measured with ``python -m
 bench.cpu`` (Lime latency 20 ms), the stand-in's CPU per request with the same handlers
 was about 1.5 ms under Flask, 1.4 under werkzeug's Request and Response, 1.15 under
-Falcon, and about 1.1 served from the WSGI environ as here (docs/operations.md, "CPU").
+Falcon, and about 1.1 served from the WSGI environ as here, under waitress; about 0.6
+on uvicorn's event loop (docs/operations.md, "CPU").
 Routing stays werkzeug's (the rules and the 404 and 405 that Flask gave); a request is
 read from the environ by ``Call`` and answered by ``Answer``.
 """

@@ -1,6 +1,7 @@
 """The Lime CRM stand-in: the REST API of contract.md §3 on SQLite (sandbox/lime/api.py,
 mounted at ``/<application>/api/v1``), plus an admin API (its own key) for fault
-injection, request counts and data export, and the web client's cards.
+injection, request counts and data export, and the web client's cards. ``LimeStandIn``
+serves it all through sandbox/lime/front.py (the API on uvicorn's event loop).
 
     /_admin/faults  GET, PUT      /_admin/stats  GET     /_admin/stats/reset  POST
     /_admin/objects/<type>  GET (every object, no paging)   /_admin/counts  GET
@@ -188,8 +189,8 @@ class LimeStandIn:
         self.store: LimeStore = self.app.extensions["lime_store"]
         self.faults: FaultInjector = self.app.extensions["lime_faults"]
         self.webhooks: Webhooks = self.app.extensions["lime_webhooks"]
-        front = LimeFront(self.app, self.app.extensions["lime_api"], f"/{settings.application}/api/v1")
-        self.server = LoopServerThread(front, host, port)
+        self.front = LimeFront(self.app, self.app.extensions["lime_api"], f"/{settings.application}/api/v1")
+        self.server = LoopServerThread(self.front, host, port)
 
     @property
     def api_url(self) -> str:
@@ -218,4 +219,5 @@ class LimeStandIn:
     def close(self) -> None:
         """Stop serving and delivering webhooks, for good."""
         self.server.stop()
+        self.front.close()
         self.webhooks.stop()

@@ -35,6 +35,10 @@ class LimeFront:
         self.prefix = prefix
         self.rest = WSGIMiddleware(wsgi_app)
 
+    def close(self) -> None:
+        """Let a2wsgi's threads end (they would wait for admin requests for good)."""
+        self.rest.executor.shutdown(wait=False)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import pytest
 import requests
 from htmlpage import Page
 
-from sandbox.lime.app import LimeStandIn
+from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.lime.schema import Limetype, load_schema
 from sandbox.lime.store import LimeStore
+from sandbox.stack import wait_for
 
 ADMIN = {"X-Admin-Key": "dev-lime-admin"}
 
@@ -219,6 +221,20 @@ def test_a_request_that_is_not_http_gets_400_and_the_api_serves_on(lime: LimeSta
         sock.sendall(request_line + b"\r\nHost: lime\r\nX-API-Key: " + lime.api_key.encode() + b"\r\n\r\n")
         assert sock.makefile("rb").readline().split()[1] == b"400"
     assert api.get("limeobject/company/").status_code == 200
+
+
+def test_a_closed_standin_leaves_none_of_its_threads_behind(tmp_path: Path) -> None:
+    """Tests start hundreds of stand-ins: each must take its server's, the admin's and
+    the webhooks' threads with it when closed."""
+    before = set(threading.enumerate())
+    lime = LimeStandIn(LimeSandboxSettings(db_path=tmp_path / "lime.db")).start()
+    api = Api(lime)
+    assert api.get("limeobject/company/").status_code == 200
+    assert requests.get(f"{api.root}_admin/stats", headers=ADMIN, timeout=10).status_code == 200
+    assert len(set(threading.enumerate()) - before) >= 2  # the loop's and an admin request's at least
+    lime.close()
+    wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.is_alive()], 10,
+             "the stand-in's threads to end")
 
 
 def test_missing_or_wrong_api_key_is_401(api: Api) -> None:
