@@ -48,7 +48,7 @@ from werkzeug.wsgi import get_current_url, get_input_stream
 
 from sandbox.lime.faults import FaultInjector
 from sandbox.lime.schema import Limetype
-from sandbox.lime.store import Filter, LimeRequestError, LimeStore, bad_request
+from sandbox.lime.store import INTEGERS, Filter, LimeRequestError, LimeStore, bad_request
 from sandbox.lime.webhooks import EVENTS, SIGNATURES, Webhooks
 from shared.lime import option_key
 
@@ -69,16 +69,16 @@ ROUTES = Map([
     Rule("/limetype/<limetype>/", endpoint="limetype", methods=["GET"]),
     Rule("/limeobject/<limetype>/", endpoint="list_objects", methods=["GET"]),
     Rule("/limeobject/<limetype>/", endpoint="create", methods=["POST"]),
-    Rule("/limeobject/<limetype>/<int:object_id>/", endpoint="read", methods=["GET"]),
-    Rule("/limeobject/<limetype>/<int:object_id>/", endpoint="update", methods=["PUT"]),
-    Rule("/limeobject/<limetype>/<int:object_id>/", endpoint="delete", methods=["DELETE"]),
+    Rule("/limeobject/<limetype>/<int(max=9223372036854775807):object_id>/", endpoint="read", methods=["GET"]),
+    Rule("/limeobject/<limetype>/<int(max=9223372036854775807):object_id>/", endpoint="update", methods=["PUT"]),
+    Rule("/limeobject/<limetype>/<int(max=9223372036854775807):object_id>/", endpoint="delete", methods=["DELETE"]),
     Rule("/subscription/available/", endpoint="available", methods=["GET"]),
     Rule("/subscription/", endpoint="subscriptions", methods=["GET"]),
     Rule("/subscription/", endpoint="subscribe", methods=["POST"]),
-    Rule("/subscription/<int:sub_id>/", endpoint="subscription", methods=["GET"]),
-    Rule("/subscription/<int:sub_id>/", endpoint="change_subscription", methods=["PUT"]),
-    Rule("/subscription/<int:sub_id>/", endpoint="unsubscribe", methods=["DELETE"]),
-], strict_slashes=False)
+    Rule("/subscription/<int(max=9223372036854775807):sub_id>/", endpoint="subscription", methods=["GET"]),
+    Rule("/subscription/<int(max=9223372036854775807):sub_id>/", endpoint="change_subscription", methods=["PUT"]),
+    Rule("/subscription/<int(max=9223372036854775807):sub_id>/", endpoint="unsubscribe", methods=["DELETE"]),
+], strict_slashes=False, merge_slashes=False)  # "a//b" is no path of Lime's: 404, not a redirect
 
 
 @dataclass
@@ -414,6 +414,8 @@ def _int_arg(call: Call, name: str, default: int, minimum: int) -> int:
         raise bad_request(f"{name} must be an integer, got {raw!r}.", "invalid_parameter") from None
     if value < minimum:
         raise bad_request(f"{name} must be at least {minimum}.", "invalid_parameter")
+    if value not in INTEGERS:
+        raise bad_request(f"{name} must be below 2^63.", "invalid_parameter")
     return value
 
 

@@ -33,6 +33,16 @@ def bad_request(message: str, code: str = "bad_request") -> LimeRequestError:
     return LimeRequestError(400, code, message)
 
 
+def _integer_filter(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"Filter on '{name}' expects an integer, got {raw!r}.", "invalid_filter") from None
+    if value not in INTEGERS:
+        raise bad_request(f"Filter on '{name}' expects an integer from -2^63 to 2^63-1.", "invalid_filter")
+    return value
+
+
 def _text(value: Any) -> Any:
     return value if value is not None else ""
 
@@ -82,6 +92,7 @@ def _parse_date(value: str) -> str:
 # What SQLite returns for a value of each property type (_column_ddl's column types).
 _STORED_AS: dict[str, type] = {"integer": int, "belongsto": int, "file": int, "user": int, "yesno": int,
                                "decimal": float, "percent": float}
+INTEGERS = range(-(2**63), 2**63)  # what an integer property (an SQLite INTEGER) holds
 
 
 @dataclass
@@ -175,6 +186,8 @@ class LimeStore:
         if prop.type in ("integer", "file", "user"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad_request(f"Property '{where}' expects an integer, got {value!r}.", "invalid_value")
+            if value not in INTEGERS:
+                raise bad_request(f"Property '{where}' expects an integer from -2^63 to 2^63-1.", "invalid_value")
             return value
         if prop.type in ("decimal", "percent"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -202,7 +215,7 @@ class LimeStore:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad_request(f"Property '{where}' expects the related object's id, got {value!r}.",
                                   "invalid_value")
-            if self._get_row(prop.related or "", value) is None:
+            if value not in INTEGERS or self._get_row(prop.related or "", value) is None:
                 raise bad_request(f"Property '{where}': {prop.related} {value} does not exist.", "invalid_relation")
             return value
         raise bad_request(f"Property '{where}' cannot be written.", "read_only")
@@ -352,10 +365,7 @@ class LimeStore:
     def filter_value(self, lt: Limetype, name: str, raw: str) -> tuple[str, Any]:
         """A query-string value converted to what the column holds."""
         if name == "_id":
-            try:
-                return "_id", int(raw)
-            except ValueError:
-                raise bad_request(f"Filter on _id expects an integer, got {raw!r}.", "invalid_filter") from None
+            return "_id", _integer_filter(name, raw)
         if name in ("_timestamp", "_createdtime"):
             try:  # stored in this machine's offset (now_iso), so compared in it
                 return name, dt.datetime.fromisoformat(_parse_time(raw)).astimezone().isoformat(
@@ -371,10 +381,7 @@ class LimeStore:
                 raise bad_request(f"Filter on '{name}' expects true or false, got {raw!r}.", "invalid_filter")
             return name, int(raw.lower() in ("true", "1"))
         if prop.type in ("integer", "belongsto", "file", "user"):
-            try:
-                return name, int(raw)
-            except ValueError:
-                raise bad_request(f"Filter on '{name}' expects an integer, got {raw!r}.", "invalid_filter") from None
+            return name, _integer_filter(name, raw)
         if prop.type in ("decimal", "percent"):
             try:
                 return name, float(raw)

@@ -223,6 +223,39 @@ def test_a_request_that_is_not_http_gets_400_and_the_api_serves_on(lime: LimeSta
     assert api.get("limeobject/company/").status_code == 200
 
 
+HUGE = 10**30  # beyond any integer Lime (or SQLite) stores
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "limeobject/company/", {"name": "Acme AB", "bfuslastmessageid": HUGE}),
+    ("POST", "limeobject/company/", {"name": "Acme AB", "bfuslastmessageid": -HUGE}),
+    ("POST", "limeobject/person/", {"firstname": "Ada", "company": HUGE}),
+    ("PUT", "limeobject/company/{id}/", {"bfuslastmessageid": HUGE}),
+    ("GET", f"limeobject/bfusprocessedmessage/?messageid={HUGE}", None),
+    ("GET", f"limeobject/bfusprocessedmessage/?min-messageid={HUGE}", None),
+    ("GET", f"limeobject/company/?_id={HUGE}", None),
+    ("GET", f"limeobject/company/?_offset_id={HUGE}", None),
+    ("GET", f"limeobject/company/?_sort=name&_offset={HUGE}", None),
+], ids=["integer", "negative integer", "relation", "update", "filter", "min- filter", "_id filter", "_offset_id",
+        "_offset"])
+def test_a_number_beyond_what_lime_stores_is_400_and_writes_nothing(api: Api, method: str, path: str,
+                                                                     body: dict[str, Any] | None) -> None:
+    company = api.company(bfuslastmessageid=7)
+    response = requests.request(method, api.base + path.format(id=company["_id"]), json=body, headers=api.headers,
+                                timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] in ("invalid_value", "invalid_relation", "invalid_filter", "invalid_parameter")
+    assert [c["bfuslastmessageid"] for c in api.get("limeobject/company/").json()["_embedded"]["limeobjects"]] == [7]
+    assert api.get("limeobject/person/").json()["_embedded"]["limeobjects"] == []
+
+
+@pytest.mark.parametrize("path", [f"limeobject/company/{HUGE}/", f"subscription/{HUGE}/", "limeobject//company/",
+                                  "limetype//company/"])
+def test_an_id_beyond_what_lime_stores_or_an_empty_path_segment_is_404(api: Api, path: str) -> None:
+    response = api.get(path, allow_redirects=False)
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
 def test_a_closed_standin_leaves_none_of_its_threads_behind(tmp_path: Path) -> None:
     """Tests start hundreds of stand-ins: each must take its server's, the admin's and
     the webhooks' threads with it when closed."""
