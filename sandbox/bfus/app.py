@@ -46,6 +46,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from marshmallow import Schema, ValidationError, validates
+from marshmallow import fields as mfields
+from marshmallow.validate import ContainsOnly, OneOf, Range
 
 from sandbox.bfus.changes import ChangeMaker, ChangeMix
 from sandbox.bfus.mfu import mfu_blueprint
@@ -167,7 +170,11 @@ def _int_arg(name: str, default: int, maximum: int | None = None) -> int:
     value = int(raw)  # ValueError -> 400 below
     if value < 0:
         raise ValueError(f"{name} must be >= 0")
-    return min(value, maximum) if maximum else value
+    if maximum:
+        return min(value, maximum)
+    if value >= 2**63:  # past what SQLite counts
+        raise ValueError(f"{name} must be below 2^63")
+    return value
 
 
 def _api_blueprint() -> Blueprint:
@@ -333,6 +340,25 @@ def _duplicate(customer: dict[str, Any], customerno: str | None) -> Response | N
     return None
 
 
+MOST_CHANGES = 1_000_000  # changes (and customers) one request may ask for
+
+
+class ChangesRequest(Schema):
+    """The body of ``POST /_admin/changes``."""
+
+    count = mfields.Integer(load_default=10, strict=True, validate=Range(1, MOST_CHANGES))
+    customers = mfields.Integer(load_default=None, allow_none=True, strict=True, validate=Range(1, MOST_CHANGES))
+    delete_share = mfields.Float(load_default=0.1, validate=Range(0, 1))
+    rate = mfields.Float(load_default=None, allow_none=True, validate=Range(0, 1_000_000))  # per second; 0: at once
+    objecttypes = mfields.List(mfields.String(validate=OneOf(OBJECTTYPES)), load_default=["customer"],
+                               validate=ContainsOnly(OBJECTTYPES))
+
+    @validates("objecttypes")
+    def _with_customer(self, value: list[str], **_: Any) -> None:
+        if "customer" not in value:
+            raise ValidationError("Must list customer (and any of the others).")
+
+
 def _admin_blueprint() -> Blueprint:
     bp = Blueprint("bfus_admin", __name__)
 
@@ -344,20 +370,18 @@ def _admin_blueprint() -> Blueprint:
 
     @bp.post("/changes")
     def make_changes() -> Response:
-        body: dict[str, Any] = request.get_json(silent=True) or {}
-        count = body.get("count", 10)
-        if not isinstance(count, int) or count < 1:
-            return _error(400, "invalid_body", "count must be a positive integer.")
-        mix = ChangeMix(delete=float(body.get("delete_share", 0.1)), update=1 - float(body.get("delete_share", 0.1)))
-        objecttypes = body.get("objecttypes", ["customer"])
-        if not isinstance(objecttypes, list) or "customer" not in objecttypes or not set(objecttypes) <= set(
-                OBJECTTYPES):
-            return _error(400, "invalid_body", f"objecttypes must list customer and any of {', '.join(OBJECTTYPES)}.")
-        kinds = tuple(t for t in OBJECTTYPES if t in objecttypes)
-        if body.get("rate"):
-            _standin().feed(count, body.get("customers"), float(body["rate"]), mix, kinds)
+        try:
+            body = ChangesRequest().load(request.get_json(silent=True) or {})
+        except ValidationError as err:
+            problems = "; ".join(f"{name}: {texts}" for name, texts in sorted(err.messages_dict.items()))
+            return _error(400, "invalid_body", f"Not a changes request: {problems}")
+        count, customers, share = body["count"], body["customers"], body["delete_share"]
+        mix = ChangeMix(delete=share, update=1 - share)
+        kinds = tuple(t for t in OBJECTTYPES if t in body["objecttypes"])
+        if body["rate"]:
+            _standin().feed(count, customers, body["rate"], mix, kinds)
             return jsonify({"status": "feeding", "count": count, "rate": body["rate"]})
-        report = _standin().changes.make(count, body.get("customers"), mix, objecttypes=kinds)
+        report = _standin().changes.make(count, customers, mix, objecttypes=kinds)
         return jsonify({k: v for k, v in report.__dict__.items() if k != "ids"})
 
     @bp.get("/queue")

@@ -153,6 +153,30 @@ def test_customer_api_pages_and_filters(bfus: BfusStandIn) -> None:
     assert requests.get(f"{bfus.url}api/v1/customers?status=former", headers=headers, timeout=5).json()["total"] == 0
 
 
+def test_an_offset_beyond_what_bfus_counts_is_400(bfus: BfusStandIn) -> None:
+    headers = {"Authorization": "Bearer dev-bfus-token"}
+    response = requests.get(f"{bfus.url}api/v1/customers?offset={10**30}", headers=headers, timeout=5)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"count": 10**30}, "count"), ({"count": True}, "count"), ({"count": 0}, "count"),
+    ({"count": 3, "customers": 10**30}, "customers"), ({"count": 3, "delete_share": "most"}, "delete_share"),
+    ({"count": 3, "delete_share": 2}, "delete_share"), ({"count": 3, "rate": "fast"}, "rate"),
+    ({"count": 3, "objecttypes": "customer"}, "objecttypes"), ({"count": 3, "objecttypes": ["meter"]}, "objecttypes"),
+    ({"count": 3, "objecttypes": ["customer", "x"]}, "objecttypes"), ({"count": 3, "colour": "red"}, "colour"),
+])
+def test_a_changes_request_the_admin_api_cannot_follow_is_400_naming_the_field_and_queues_nothing(
+        bfus: BfusStandIn, body: dict[str, Any], field: str) -> None:
+    bfus.poster.pause()
+    before = bfus.store.queue_status()["pending"]
+    response = requests.post(f"{bfus.url}_admin/changes", json=body, headers={"X-Admin-Key": "dev-bfus-admin"},
+                             timeout=10)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_body"
+    assert f"{field}:" in response.json()["message"]
+    assert bfus.store.queue_status()["pending"] == before
+
+
 def test_seeded_customers_have_facilities_contracts_and_meters(bfus: BfusStandIn) -> None:
     bfus.changes.seed_customers(50)
     store = bfus.store
