@@ -10,6 +10,11 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# The largest value of each number fault (the others are shares, at most 1): an hour's
+# latency, a day's rate window.
+MOST = {"latency_ms": 3_600_000, "jitter_ms": 3_600_000, "spike_ms": 3_600_000, "rate_limit": 1_000_000_000,
+        "rate_window": 86_400}
+
 
 @dataclass
 class Faults:
@@ -36,10 +41,13 @@ class Faults:
             elif isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"fault '{name}' expects true or false")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"fault '{name}' expects a number >= 0")
-            elif name.endswith("rate") and name != "rate_limit" and value > 1:
-                raise ValueError(f"fault '{name}' is a share between 0 and 1")
+            elif isinstance(current, int) and not isinstance(value, int):
+                raise ValueError(f"fault '{name}' expects a whole number")
+            elif value > MOST.get(name, 1):
+                raise ValueError(f"fault '{name}' is at most {MOST.get(name, 1)}"
+                                 + ("" if name in MOST else " (a share)"))
             setattr(self, name, type(current)(value))
 
 

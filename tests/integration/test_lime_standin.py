@@ -356,6 +356,19 @@ def test_admin_needs_its_own_key_and_rejects_unknown_faults(api: Api) -> None:
     assert api.faults(error_rate=2).status_code == 400
 
 
+@pytest.mark.parametrize("fault", [{"latency_ms": 1e308}, {"latency_ms": 10**400}, {"jitter_ms": 3_600_001},
+                                   {"spike_ms": 1e300}, {"rate_limit": 10**30}, {"rate_limit": 1.5},
+                                   {"rate_window": 1e308}, {"error_rate": 1.5}])
+def test_a_fault_beyond_its_range_is_400_naming_it_and_changes_nothing(api: Api, fault: dict[str, Any]) -> None:
+    """A latency of 1e308 ms would hang every request for good; 10^400 was a 500."""
+    before = requests.get(f"{api.root}_admin/faults", headers=ADMIN, timeout=10).json()
+    response = api.faults(**fault)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_fault"
+    assert f"'{next(iter(fault))}'" in response.json()["message"]
+    assert requests.get(f"{api.root}_admin/faults", headers=ADMIN, timeout=10).json() == before
+    assert api.get("limetype/company/").status_code == 200
+
+
 def test_requests_are_counted_by_method_and_limetype(api: Api) -> None:
     requests.post(f"{api.root}_admin/stats/reset", headers=ADMIN, timeout=10)
     api.company()
