@@ -10,7 +10,8 @@ from flask import Flask, Response, request
 
 
 def answer_http_errors_in_json(app: Flask, error: Callable[[int, str, str], Response]) -> None:
-    """404 and 405 through ``error(status, code, message)``, the app's own error answer."""
+    """404, 405 and 413 (past MAX_CONTENT_LENGTH) through ``error(status, code, message)``,
+    the app's own error answer."""
 
     @app.errorhandler(404)
     def not_found(_err: Any) -> Response:
@@ -19,3 +20,7 @@ def answer_http_errors_in_json(app: Flask, error: Callable[[int, str, str], Resp
     @app.errorhandler(405)
     def not_allowed(_err: Any) -> Response:
         return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+
+    @app.errorhandler(413)
+    def too_large(_err: Any) -> Response:
+        return error(413, "too_large", f"The body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.")

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from sandbox.lime.app import LimeSandboxSettings
 
 HAL = "application/hal+json"
+MOST_BODY = 64 * 1024 * 1024  # bytes a request may send (413 beyond: a Lime object is a few KB)
 CONTROL_PARAMS = {"_limit", "_offset", "_offset_id", "_sort", "_embed"}
 FAULT_CODES = {503: "unavailable", 429: "too_many_requests", 500: "internal_error"}
 SUBSCRIPTION_ENDPOINTS = {"available", "subscriptions", "subscribe", "subscription", "change_subscription",

@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from sandbox.httperrors import answer_http_errors_in_json
-from sandbox.lime.api import Answer, LimeAPI, error_answer, json_answer, request_filters
+from sandbox.lime.api import MOST_BODY, Answer, LimeAPI, error_answer, json_answer, request_filters
 from sandbox.lime.faults import FaultInjector, Faults
 from sandbox.lime.schema import load_schema
 from sandbox.lime.store import LimeRequestError, LimeStore
@@ -62,6 +62,7 @@ def _error(status: int, code: str, message: str) -> Response:
 def create_lime_app(settings: LimeSandboxSettings) -> Flask:
     app = Flask("sandbox.lime")
     app.config["LIME"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = MOST_BODY
     app.extensions["lime_store"] = lime_store = LimeStore(settings.db_path, load_schema(settings.schema_path))
     app.extensions["lime_faults"] = faults = FaultInjector(settings.faults, settings.seed)
     app.extensions["lime_webhooks"] = hooks = Webhooks(settings.webhook_retry_base, seed=settings.seed)

@@ -22,7 +22,7 @@ from typing import Any, cast
 from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi import build_environ
 
-from sandbox.lime.api import Answer, LimeAPI
+from sandbox.lime.api import MOST_BODY, Answer, LimeAPI, error_answer
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -46,8 +46,14 @@ class LimeFront:
         if path != self.prefix and not path.startswith(self.prefix + "/"):
             await self.rest(scope, receive, send)  # type: ignore[arg-type]
             return
-        body = io.BytesIO(await read_body(receive))
-        environ = cast(dict[str, Any], build_environ(scope, body))  # type: ignore[arg-type]
+        body = await read_body(receive)
+        if body is None:  # the client left before sending it all
+            return
+        if len(body) > MOST_BODY:
+            await reply(send, error_answer(413, "too_large", f"A request's body is at most {MOST_BODY} bytes.",
+                                           {"Connection": "close"}))
+            return
+        environ = cast(dict[str, Any], build_environ(scope, io.BytesIO(body)))  # type: ignore[arg-type]
         environ["SCRIPT_NAME"], environ["PATH_INFO"] = self.prefix, environ["PATH_INFO"][len(self.prefix):]
         admitted = self.api.admit(environ)
         if isinstance(admitted, Answer):
@@ -58,12 +64,17 @@ class LimeFront:
         await reply(send, self.api.serve(admitted))
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
+async def read_body(receive: Receive) -> bytes | None:
+    """The request's body, or None when the client left before sending it all; reading
+    stops past MOST_BODY bytes."""
+    chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
         chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
+        size += len(chunks[-1])
+        if not message.get("more_body") or size > MOST_BODY:
             return b"".join(chunks)
 
 

@@ -14,6 +14,7 @@ import pytest
 import requests
 from htmlpage import Page
 
+from sandbox.lime.api import MOST_BODY
 from sandbox.lime.app import LimeSandboxSettings, LimeStandIn
 from sandbox.lime.schema import Limetype, load_schema
 from sandbox.lime.store import LimeStore
@@ -254,6 +255,18 @@ def test_a_number_beyond_what_lime_stores_is_400_and_writes_nothing(api: Api, me
 def test_an_id_beyond_what_lime_stores_or_an_empty_path_segment_is_404(api: Api, path: str) -> None:
     response = api.get(path, allow_redirects=False)
     assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_a_body_past_the_limit_is_413_and_the_standin_serves_on(lime: LimeStandIn, api: Api) -> None:
+    """The API reads a body into memory: it stops past MOST_BODY bytes."""
+    response = requests.post(api.base + "limeobject/company/", data=b"x" * (MOST_BODY + 1),
+                             headers={**api.headers, "Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
+    with socket.create_connection(("127.0.0.1", lime.server.port), timeout=10) as sock:  # the admin, on the header
+        sock.sendall(b"PUT /_admin/faults HTTP/1.1\r\nHost: lime\r\nX-Admin-Key: dev-lime-admin\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{}" % (MOST_BODY + 1))
+        assert sock.makefile("rb").readline().split()[1] == b"413"
+    assert api.get("limeobject/company/").json()["_embedded"]["limeobjects"] == []
 
 
 def test_a_closed_standin_leaves_none_of_its_threads_behind(tmp_path: Path) -> None:
