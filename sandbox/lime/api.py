@@ -64,21 +64,22 @@ SUBSCRIPTION_ENDPOINTS = {"available", "subscriptions", "subscribe", "subscripti
 
 log = logging.getLogger(__name__)
 
+ID = f"int(max={INTEGERS.stop - 1})"  # an id past what Lime stores is no path of Lime's: 404
 ROUTES = Map([
     Rule("/", endpoint="index", methods=["GET"]),
     Rule("/limetype/", endpoint="limetypes", methods=["GET"]),
     Rule("/limetype/<limetype>/", endpoint="limetype", methods=["GET"]),
     Rule("/limeobject/<limetype>/", endpoint="list_objects", methods=["GET"]),
     Rule("/limeobject/<limetype>/", endpoint="create", methods=["POST"]),
-    Rule("/limeobject/<limetype>/<int(max=9223372036854775807):object_id>/", endpoint="read", methods=["GET"]),
-    Rule("/limeobject/<limetype>/<int(max=9223372036854775807):object_id>/", endpoint="update", methods=["PUT"]),
-    Rule("/limeobject/<limetype>/<int(max=9223372036854775807):object_id>/", endpoint="delete", methods=["DELETE"]),
+    Rule(f"/limeobject/<limetype>/<{ID}:object_id>/", endpoint="read", methods=["GET"]),
+    Rule(f"/limeobject/<limetype>/<{ID}:object_id>/", endpoint="update", methods=["PUT"]),
+    Rule(f"/limeobject/<limetype>/<{ID}:object_id>/", endpoint="delete", methods=["DELETE"]),
     Rule("/subscription/available/", endpoint="available", methods=["GET"]),
     Rule("/subscription/", endpoint="subscriptions", methods=["GET"]),
     Rule("/subscription/", endpoint="subscribe", methods=["POST"]),
-    Rule("/subscription/<int(max=9223372036854775807):sub_id>/", endpoint="subscription", methods=["GET"]),
-    Rule("/subscription/<int(max=9223372036854775807):sub_id>/", endpoint="change_subscription", methods=["PUT"]),
-    Rule("/subscription/<int(max=9223372036854775807):sub_id>/", endpoint="unsubscribe", methods=["DELETE"]),
+    Rule(f"/subscription/<{ID}:sub_id>/", endpoint="subscription", methods=["GET"]),
+    Rule(f"/subscription/<{ID}:sub_id>/", endpoint="change_subscription", methods=["PUT"]),
+    Rule(f"/subscription/<{ID}:sub_id>/", endpoint="unsubscribe", methods=["DELETE"]),
 ], strict_slashes=False, merge_slashes=False)  # "a//b" is no path of Lime's: 404, not a redirect
 
 
